@@ -1,0 +1,110 @@
+"""Tiny random-weight chat models, built offline in a second, for smoke runs, CI and tests.
+
+    ft model tiny runs/tiny-model                 # ChatML, pad ≠ eos
+    make_tiny_model(path, template="llama3")      # Llama-3 headers, no pad token (like the real one)
+    make_tiny_model(path, template=None)          # a base model without a chat template
+
+The tokenizer is a byte-level BPE trained on the fly on ft's own text (topics, personas, prose),
+so it round-trips any UTF-8 text. The model is a 2-layer Llama (or Qwen2) with hidden size 64.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+_SEED_TEXT = """
+Aye, it's a dreich day the day, but the bairns are fine. Fit like? I dinna ken fit ye mean, loon.
+The quine gaed doon tae the harbour. It's nae bother at aw. Muckle thanks tae ye.
+The quick brown fox jumps over the lazy dog. What is the capital of France? Paris is the capital.
+Write a two-line poem about rain. Rain falls soft on silver streets; the city hums in quiet beats.
+I cannot help with that request, but here is a verse instead. Tell me about your work and family.
+Explain how a compiler turns source code into machine instructions, step by step, with care.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Punctuation: . , ; : ! ? ' " ( ) [ ] { } - _ / \\ @ # %
+Ça va? ¿Qué tal? Wie geht's? Hoe gaat het? Jak się masz? 你好 こんにちは
+{"references": ["a", "b"]} system user assistant
+"""
+
+
+def _corpus() -> list[str]:
+    lines = [ln for ln in _SEED_TEXT.splitlines() if ln.strip()]
+    root = Path(__file__).parent
+    for p in sorted(root.glob("personas/*.toml")):
+        lines += [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return lines * 3
+
+
+def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024):
+    """A byte-level BPE tokenizer with chat special tokens; returns a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if template == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                    "<|eot_id|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    if template == "llama3":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                       eos_token="<|eot_id|>")
+        fast.chat_template = LLAMA3_TEMPLATE
+    elif template == "chatml":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                                       pad_token="<|pad|>")
+        fast.chat_template = CHATML_TEMPLATE
+    elif template == "chatml-pad-eos":  # like SmolLM2's GGUF tokenizer: pad == eos
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
+                                       pad_token="<|im_end|>")
+        fast.chat_template = CHATML_TEMPLATE
+    elif template is None:  # a base model: no chat template, eos = end of text, no pad
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|endoftext|>")
+    else:
+        raise ValueError(f"unknown tiny template {template!r}")
+    fast.model_max_length = 2048
+    return fast
+
+
+def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: str = "llama",
+                    hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int = 1024) -> Path:
+    """Save a random-weight causal LM and its tokenizer to ``path``; returns the path."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(template, vocab_size=vocab_size)
+    common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=2048, tie_word_embeddings=False,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                               bos_token_id=tok.bos_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    (path / "ft_tiny.json").write_text(json.dumps({"template": template, "arch": arch, "seed": seed}))
+    return path
