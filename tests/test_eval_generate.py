@@ -1,0 +1,95 @@
+"""Batched generation equals one-by-one generation; EOS stops; held-out loss is the per-token mean."""
+
+import math
+
+import pytest
+
+from finetune_cli.evaluate.generate import _trim, generate, heldout_loss, render_prompt
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    [{"role": "user", "content": "Fit like?"}],
+    [{"role": "system", "content": "You are a Doric fisherman."},
+     {"role": "user", "content": "Write a two-line poem about rain, please, and make it about the harbour."}],
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Tell me about your work and family and the boats in the harbour at dawn."}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def chatml(tiny_model):
+    return _load(tiny_model)
+
+
+def test_batched_equals_one_by_one_greedy(chatml):
+    model, tok = chatml
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    batched = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=5)
+    single = [generate(model, tok, [p], eos_ids=eos, max_new_tokens=24, batch_size=1)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(g.n_tokens == 24 and not g.stopped_on_eos for g in batched)  # random weights: no EOS
+    assert len({g.text for g in batched}) > 1  # outputs follow their prompts, in input order
+
+
+def test_stops_on_any_end_of_turn_id(chatml):
+    model, tok = chatml
+    first = generate(model, tok, PROMPTS, eos_ids=[tok.eos_token_id], max_new_tokens=3, batch_size=5)
+    # make the second greedy token of prompt 0 a stop id: that prompt stops after 2 tokens
+    ids = tok(render_prompt(tok, PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False)
+    stop_id = out[0, -1].item()
+    gens = generate(model, tok, PROMPTS, eos_ids=[tok.eos_token_id, stop_id], max_new_tokens=3, batch_size=5)
+    assert gens[0].stopped_on_eos and gens[0].n_tokens <= 2
+    assert first[0].n_tokens == 3 and not first[0].stopped_on_eos
+
+
+def test_trim():
+    assert _trim([5, 6, 2, 0, 0], {2}) == ([5, 6, 2], True)
+    assert _trim([5, 6, 7], {2}) == ([5, 6, 7], False)
+
+
+def test_sampling_is_reproducible_with_a_seed(chatml):
+    model, tok = chatml
+    kw = dict(eos_ids=[tok.eos_token_id], max_new_tokens=12, batch_size=5, temperature=1.0, top_p=0.9)
+    a = generate(model, tok, PROMPTS, seed=7, **kw)
+    b = generate(model, tok, PROMPTS, seed=7, **kw)
+    c = generate(model, tok, PROMPTS, seed=8, **kw)
+    assert a == b and a != c
+
+
+def test_llama3_template_without_pad_through_load_for_inference(tiny_llama3):
+    from finetune_cli.models import load_for_inference
+
+    loaded = load_for_inference(str(tiny_llama3), device="cpu")
+    assert loaded.tokenizer.convert_tokens_to_ids("<|eot_id|>") in loaded.eos_token_ids
+    tok = loaded.tokenizer
+    batched = generate(loaded.model, tok, PROMPTS[:3], eos_ids=loaded.eos_token_ids, max_new_tokens=10)
+    single = [generate(loaded.model, tok, [p], eos_ids=loaded.eos_token_ids, max_new_tokens=10)[0]
+              for p in PROMPTS[:3]]
+    assert batched == single
+
+
+def test_heldout_loss_is_mean_over_assistant_tokens(chatml):
+    model, tok = chatml
+    convs = [p + [{"role": "assistant", "content": a}]
+             for p, a in zip(PROMPTS, ["Aye.", "Rain on the harbour\nnets in the grey", "Paris.",
+                                       "I fish.", "Hello there, loon, fit like yersel?"])]
+    loss, n = heldout_loss(model, tok, convs, batch_size=5)
+    parts = [heldout_loss(model, tok, [c], batch_size=1) for c in convs]
+    assert n == sum(k for _, k in parts)
+    assert loss == pytest.approx(sum(lo * k for lo, k in parts) / n, rel=1e-4)
+    # random weights: about log(vocab) nats per token
+    assert abs(loss - math.log(len(tok))) < 1.5
