@@ -1,0 +1,194 @@
+"""Personas: a voice described as data (TOML), shared by ``ft gen`` (which makes data in the voice)
+and ``ft eval`` (which measures whether a model kept it).
+
+    persona = load_persona("doric")            # a shipped persona, or a path: load_persona("my.toml")
+    marker_density("Aye, it's a dreich day.", persona.markers)   # markers per 100 words -> 40.0
+
+A persona file holds: the generation instructions sent to an LLM, an optional system prompt for the
+training rows, style markers with a target density band, banned openings, a length band in words,
+prompt templates per bucket (``core``, ``adv``, ``safety``, and ``multi`` keyed by language), and a
+phrase ``bank`` from which the offline ``template`` provider composes answers. Adding a voice means
+adding a file: see ``personas/doric.toml`` for the annotated example.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .config import from_mapping, load_toml, opt
+from .errors import ConfigError
+
+PERSONA_DIR = Path(__file__).parent / "personas"
+BUCKETS = ("core", "adv", "safety", "multi")
+# Placeholders a template or bank phrase may use; anything else is a typo caught at load time.
+PROMPT_FIELDS = {"topic", "thing"}
+BANK_FIELDS = {"topic", "thing", "lang"}
+
+
+@dataclass
+class Templates:
+    """User prompts per bucket. ``{topic}`` is the topic, ``{thing}`` its main content word."""
+
+    core: list[str] = opt(help="Plain questions about the topic.")
+    adv: list[str] = opt(help="Questions that push the assistant to drop the voice.")
+    safety: list[str] = opt(help="Harmful asks the assistant refuses, in the voice.")
+    multi: dict[str, list[str]] = opt(help="Questions written in another language, keyed by language name.")
+
+
+@dataclass
+class Bank:
+    """The offline ``template`` provider's phrase bank. Answers are composed as
+    opener + ``sentences`` bodies (topic-group bodies preferred when present) + closer."""
+
+    openers: list[str] = opt(help="First sentence of a core answer.")
+    bodies: list[str] = opt(help="Body sentences that fit any topic.")
+    closers: list[str] = opt(help="Last sentence of an answer.")
+    refusals: list[str] = opt(help="Refusals of a harmful ask, in the voice.")
+    redirects: list[str] = opt(help="What the assistant offers instead after a refusal.")
+    adv_openers: list[str] = opt(help="First sentence when asked to drop the voice.")
+    multi_openers: list[str] = opt(help="First sentence when the user wrote in another language ({lang}).")
+    followups: list[str] = opt(help="Follow-up user turns for multi-turn rows (the simulated user).")
+    group_bodies: dict[str, list[str]] = opt({}, "Extra body sentences per topic group.")
+    sentences: list[int] = opt([2, 5], "Body sentences per answer [min, max].")
+
+
+@dataclass
+class Persona:
+    name: str = opt(help="Short name, recorded in each row's meta.persona.")
+    instructions: str = opt(help="Generation instructions: the system prompt sent to the LLM that writes answers.")
+    markers: list[str] = opt(help="Style markers (words or phrases), matched whole-word, case-insensitive.")
+    marker_band: list[float] = opt(help="Accepted marker density [lo, hi], in markers per 100 words.")
+    length_words: list[int] = opt(help="Accepted answer length [lo, hi], in words.")
+    templates: Templates = opt(help="Prompt templates per bucket.")
+    description: str = opt("", "One line shown in listings.")
+    system_prompt: str | None = opt(None, "System turn written into every training row (none: no system turn).")
+    banned_openings: list[str] = opt([], "Answers must not open with these phrases (case-insensitive).")
+    languages: list[str] = opt([], "Languages for the multi bucket (keys of templates.multi); empty: all of them.")
+    script: str = opt("latin", "The script the voice is written in: answers in another script are rejected.",
+                      choices=("latin", "any"))
+    bank: Bank | None = opt(None, "Phrase bank for the offline template provider.")
+
+    def validate(self, origin: str) -> None:
+        errors = []
+        lo, hi = (self.marker_band + [None, None])[:2]
+        if len(self.marker_band) != 2 or lo < 0 or lo > hi:
+            errors.append(f"{origin}: marker_band must be [lo, hi] with 0 <= lo <= hi, got {self.marker_band}")
+        if len(self.length_words) != 2 or not 0 < self.length_words[0] <= self.length_words[1]:
+            errors.append(f"{origin}: length_words must be [lo, hi] with 0 < lo <= hi, got {self.length_words}")
+        if not [m for m in self.markers if m.strip()]:
+            errors.append(f"{origin}: markers must list at least one word")
+        for bucket in ("core", "adv", "safety"):
+            items = getattr(self.templates, bucket)
+            if not items:
+                errors.append(f"{origin}: templates.{bucket} is empty")
+            errors += _check_fields(items, PROMPT_FIELDS, f"{origin}: templates.{bucket}")
+        for lang, items in self.templates.multi.items():
+            if not items:
+                errors.append(f"{origin}: templates.multi.{lang} is empty")
+            errors += _check_fields(items, PROMPT_FIELDS, f"{origin}: templates.multi.{lang}")
+        for lang in self.languages:
+            if lang not in self.templates.multi:
+                errors.append(f"{origin}: languages: {lang!r} has no templates.multi.{lang} "
+                              f"(have: {', '.join(self.templates.multi) or 'none'})")
+        if self.bank is not None:
+            b = self.bank
+            for name in ("openers", "bodies", "closers", "refusals", "redirects", "adv_openers",
+                         "multi_openers", "followups"):
+                items = getattr(b, name)
+                if not items:
+                    errors.append(f"{origin}: bank.{name} is empty")
+                errors += _check_fields(items, BANK_FIELDS, f"{origin}: bank.{name}")
+            for group, items in b.group_bodies.items():
+                errors += _check_fields(items, BANK_FIELDS, f"{origin}: bank.group_bodies.{group}")
+            if len(b.sentences) != 2 or not 1 <= b.sentences[0] <= b.sentences[1]:
+                errors.append(f"{origin}: bank.sentences must be [min, max] with 1 <= min <= max")
+        if errors:
+            raise ConfigError("\n".join(errors))
+
+    @property
+    def multi_languages(self) -> list[str]:
+        return list(self.languages) or list(self.templates.multi)
+
+
+def _check_fields(items: list[str], allowed: set[str], where: str) -> list[str]:
+    errors = []
+    for i, text in enumerate(items):
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as e:
+            errors.append(f"{where}[{i}]: bad placeholder ({e}) in {text[:40]!r}")
+            continue
+        for name in names - allowed:
+            errors.append(f"{where}[{i}]: unknown placeholder {{{name}}} (allowed: "
+                          f"{', '.join('{' + a + '}' for a in sorted(allowed))})")
+    return errors
+
+
+def available_personas() -> list[str]:
+    return sorted(p.stem for p in PERSONA_DIR.glob("*.toml"))
+
+
+def resolve_persona_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.is_file() or "/" in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"persona file {name_or_path!r} not found")
+        return p
+    shipped = PERSONA_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        raise ConfigError(f"unknown persona {name_or_path!r} (shipped: {', '.join(available_personas())}; "
+                          "or pass a path to a .toml file)")
+    return shipped
+
+
+def load_persona(name_or_path: str) -> Persona:
+    """A shipped persona by name (``doric``, ``bard``) or a persona TOML file by path.
+
+    Raises :class:`ConfigError` naming the file and key on an unknown key, a wrong type, a bad band
+    or an unknown placeholder.
+    """
+    path = resolve_persona_path(name_or_path)
+    data = load_toml(path)
+    persona = from_mapping(Persona, data, origin=str(path))
+    persona.validate(str(path))
+    persona.source = str(path)  # where it came from, for run records (not a TOML key)
+    return persona
+
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+
+
+def count_words(text: str) -> int:
+    """Words as ft counts them everywhere: runs of letters/digits, inner apostrophes kept (dinna, it's)."""
+    return len(_WORD.findall(text))
+
+
+@lru_cache(maxsize=64)
+def _marker_regex(markers: tuple[str, ...]) -> re.Pattern | None:
+    alts = sorted({m.strip().lower() for m in markers if m.strip()}, key=len, reverse=True)
+    if not alts:
+        return None
+    # whole-word: no letter/digit/apostrophe directly before; no letter/digit directly after
+    # (a marker may end in an apostrophe, like wi').
+    body = "|".join(re.escape(a).replace("'", "['’]") for a in alts)
+    return re.compile(rf"(?<![\w'’])(?:{body})(?![\w])", re.IGNORECASE | re.UNICODE)
+
+
+def count_markers(text: str, markers: list[str] | tuple[str, ...]) -> int:
+    rx = _marker_regex(tuple(markers))
+    return len(rx.findall(text)) if rx is not None else 0
+
+
+def marker_density(text: str, markers: list[str] | tuple[str, ...]) -> float:
+    """Style markers per 100 words: whole-word, case-insensitive (``Aye`` counts, ``ayes`` does not).
+
+    Multi-word markers (``fit like``) count once per occurrence. Empty text has density 0.
+    """
+    words = count_words(text)
+    if words == 0:
+        return 0.0
+    return 100.0 * count_markers(text, markers) / words

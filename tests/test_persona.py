@@ -1,0 +1,66 @@
+"""Persona files: the shipped ones load and validate; bad files fail naming file and key; markers are
+measured whole-word and case-insensitively (eval relies on the same function)."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_cli.errors import ConfigError
+from finetune_cli.persona import (available_personas, count_words, load_persona, marker_density)
+
+
+@pytest.mark.parametrize("name", ["doric", "bard"])
+def test_shipped_personas_load(name):
+    p = load_persona(name)
+    assert p.name == name
+    assert p.markers and p.bank is not None
+    assert p.marker_band[0] < p.marker_band[1]
+    assert set(p.multi_languages) <= set(p.templates.multi)
+    for bucket in ("core", "adv", "safety"):
+        assert getattr(p.templates, bucket)
+
+
+def test_available_lists_shipped():
+    assert {"doric", "bard"} <= set(available_personas())
+
+
+def test_marker_density_whole_word_case_insensitive():
+    markers = ["aye", "ken", "wi'", "fit like"]
+    # 'Aye' counts, 'ayes'/'kennel' do not; wi' with a trailing apostrophe counts; a phrase counts once.
+    text = "Aye, ayes and kennel. Fit like? I ken, wi' ye."
+    assert count_words(text) == 10
+    assert marker_density(text, markers) == pytest.approx(100 * 4 / 10)
+    assert marker_density("", markers) == 0.0
+    assert marker_density("Plain English only.", markers) == 0.0
+
+
+def test_curly_apostrophe_counts_same():
+    assert marker_density("wi’ him", ["wi'"]) == marker_density("wi' him", ["wi'"]) == 50.0
+
+
+def test_user_persona_from_path(tmp_path):
+    src = load_persona("doric").source
+    text = open(src, encoding="utf-8").read().replace('name = "doric"', 'name = "mine"')
+    (tmp_path / "mine.toml").write_text(text, encoding="utf-8")
+    assert load_persona(str(tmp_path / "mine.toml")).name == "mine"
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (('marker_band = [6.0, 70.0]', 'marker_band = [9.0, 3.0]'), "marker_band"),
+    (('length_words = [30, 170]', 'lenght_words = [30, 170]'), "did you mean 'length_words'"),
+    (('"Give me three tips for {topic}.",', '"Give me three tips for {topc}.",'), "unknown placeholder {topc}"),
+    (('languages = ["French",', 'languages = ["Klingon", "French",'), "Klingon"),
+])
+def test_bad_persona_names_file_and_key(tmp_path, edit, expect):
+    text = open(load_persona("doric").source, encoding="utf-8").read()
+    assert edit[0] in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_persona(str(bad))
+    assert str(bad) in str(e.value) and expect in str(e.value)
+
+
+def test_unknown_persona_name():
+    with pytest.raises(ConfigError, match="unknown persona 'klingon'.*doric"):
+        load_persona("klingon")
