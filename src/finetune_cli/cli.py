@@ -9,8 +9,12 @@ from typing import Optional
 
 import typer
 
-from . import __version__, sharegpt
+from . import __version__, models, sharegpt
 from .command import register
+from .export import command as merge_command
+from .train import records as train_records
+from .train import run as train_run
+from .train.config import TrainConfig
 
 app = typer.Typer(
     name="ft",
@@ -34,8 +38,18 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
     """ft: collect → transform → fine-tune → evaluate → export."""
 
 
+register(app, "train", TrainConfig, "train", train_run.run,
+         help="Fine-tune a model (LoRA/DoRA/rsLoRA/QLoRA/full) on conversations or text; writes runs/<name>/.")
+register(app, "runs", train_records.RunsConfig, "runs", train_records.run_runs,
+         help="List training runs side by side: model, method, r/alpha, lr, data, steps, best eval loss, tokens/s.")
+model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+register(model_app, "tiny", models.TinyConfig, "model_tiny", models.run_tiny,
+         help="Build a tiny random-weight model (2 layers, hidden 64) for smoke runs and CI, offline.")
+app.add_typer(model_app, name="model")
 register(app, "to-sharegpt", sharegpt.ToShareGPTConfig, "to_sharegpt", sharegpt.run,
          help="Convert OpenAI messages JSONL to ShareGPT conversations (or back with --reverse).")
+register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
+         help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
 
 
 def main() -> None:

@@ -78,8 +78,11 @@ def _param(section: str, f, hint: Any) -> inspect.Parameter:
         ann = Optional[inner]
     else:
         ann = Optional[str]
-    opt = typer.Option(None, *decls, help=_help(section, f), show_default=False,
-                       rich_help_panel=m.get("panel"))
+    if m.get("positional"):
+        opt = typer.Argument(None, help=_help(section, f), show_default=False, metavar=f.name.upper())
+    else:
+        opt = typer.Option(None, *decls, help=_help(section, f), show_default=False,
+                           rich_help_panel=m.get("panel"))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
 
 

@@ -41,13 +41,14 @@ def opt(default: Any = MISSING, help: str = "", *, ge: float | None = None, le: 
         gt: float | None = None, lt: float | None = None, choices: tuple[str, ...] | None = None,
         env: tuple[str, ...] = (), flag: str | None = None, short: str | None = None,
         panel: str | None = None, secret: bool = False, cli: bool = True, required: bool = False,
-        default_factory: Any = MISSING) -> Any:
+        default_factory: Any = MISSING, positional: bool = False) -> Any:
     """A config field: default, help (units and sentinels), range, choices, env names, CLI flag.
 
     ``required=True`` fields default to None and must be set by a file, the environment or a flag.
+    ``positional=True`` makes the CLI take it as an argument (``ft model tiny DIR``) instead of a flag.
     """
     meta = dict(help=help, ge=ge, le=le, gt=gt, lt=lt, choices=choices, env=tuple(env), flag=flag,
-                short=short, panel=panel, secret=secret, cli=cli, required=required)
+                short=short, panel=panel, secret=secret, cli=cli, required=required, positional=positional)
     if required:
         default = None
     if default_factory is not MISSING:
@@ -322,7 +323,8 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
     for f in fields(cls):
         if f.name not in values or (f.metadata.get("required") and values[f.name] is None):
             flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-            errors.append(f"{section.replace('_', '-')}: missing required option {flag}")
+            what = f"argument {f.name.upper()}" if f.metadata.get("positional") else f"option {flag}"
+            errors.append(f"{section.replace('_', '-')}: missing required {what}")
             continue
         src = sources[f.name]
         where = {"default": f"default {f.name}", "flag": f"option --{f.name.replace('_', '-')}"}.get(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ft_home
+from .config import ft_home, opt
 from .errors import ConfigError
 from .ui import NULL, Reporter
 
@@ -68,6 +68,7 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     reporter.info(f"converting {gguf.name} to safetensors once (later loads take seconds) → {out}")
+    quiet_hf()
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
@@ -80,8 +81,16 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     if missing:  # a tied lm_head
         fresh.tie_weights()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The GGUF tokenizer's eos/pad are not trusted (they differ between transformers versions):
-    # training and load_for_inference check them against the chat template.
+    # The GGUF tokenizer's eos/pad are not trusted (transformers 5.17 reads SmolLM2's eos as
+    # <|im_start|>): eos becomes the template's end-of-turn token; training also fixes the pad.
+    from .train.template import end_of_turn
+
+    eot = end_of_turn(tok)
+    if eot is not None and tok.eos_token_id != eot[1]:
+        tok.eos_token = eot[0]
+        fresh.config.eos_token_id = eot[1]
+        if fresh.generation_config is not None:
+            fresh.generation_config.eos_token_id = eot[1]
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
@@ -94,6 +103,14 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     return out
 
 
+def quiet_hf() -> None:
+    """No tqdm bars or info chatter from transformers/hub: ft shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def resolve_model(name_or_path: str, reporter: Reporter | None = None) -> str:
     """A local directory (or hub id) for an alias, a .gguf file, a directory or a hub id."""
     reporter = reporter or NULL
@@ -104,6 +121,7 @@ def resolve_model(name_or_path: str, reporter: Reporter | None = None) -> str:
             from .tiny import make_tiny_model
 
             reporter.info(f"building the tiny random-weight model once → {out}")
+            quiet_hf()
             tmp = out.with_name(f"tiny.tmp{os.getpid()}")
             make_tiny_model(tmp)
             try:
@@ -154,6 +172,7 @@ def load_model(name_or_path: str, *, dtype=None, device: str | None = None, repo
     """``(model, tokenizer)`` for a causal LM from anything ``resolve_model`` accepts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_hf()
     path = resolve_model(name_or_path, reporter)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
@@ -252,3 +271,28 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
     return Loaded(model=model, tokenizer=tok, kind=kind, name=display, base_model=base_name,
                   adapter_dir=adapter_dir, run_dir=run_dir, system_prompt=run.get("system_prompt"),
                   eos_token_ids=ids)
+
+
+# ---------------------------------------------------------------- ft model tiny
+
+@dataclass
+class TinyConfig:
+    dir: str = opt(help="Where to write the model (a new or empty directory).", required=True, positional=True)
+    template: str = opt("chatml", "Chat template: chatml (pad ≠ eos), llama3 (Llama-3 headers, no pad), "
+                                  "chatml-pad-eos (pad == eos, like SmolLM2's GGUF) or none (a base model).",
+                        choices=("chatml", "llama3", "chatml-pad-eos", "none"))
+    arch: str = opt("llama", "Architecture.", choices=("llama", "qwen2"))
+    seed: int = opt(0, "Seed for the random weights.")
+
+
+def run_tiny(cfg: TinyConfig, reporter: Reporter) -> dict:
+    """Build a 2-layer, hidden-64 random-weight model with a byte-level BPE tokenizer, offline, in seconds."""
+    from .tiny import make_tiny_model
+
+    out = Path(cfg.dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{cfg.dir}: exists and is not an empty directory")
+    quiet_hf()
+    make_tiny_model(out, template=None if cfg.template == "none" else cfg.template, arch=cfg.arch, seed=cfg.seed)
+    reporter.result(f"tiny {cfg.arch} model ({cfg.template}) → {out}  (try: ft train --model {out} --data ...)")
+    return {"model": str(out), "template": cfg.template, "arch": cfg.arch}

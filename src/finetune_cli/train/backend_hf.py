@@ -1,0 +1,237 @@
+"""The transformers + peft backend: load and wrap the model, batch the examples, build the Trainer.
+
+It uses the stock ``transformers.Trainer`` (checkpoints, resume, eval, early stopping, and
+``accelerate launch``/``torchrun`` unchanged); ft owns tokenization and masking (``template.py``),
+so TRL's dataset preparation has nothing left to do and is not used.
+
+Padding-free batching: a micro-batch is one row holding its examples back to back, with
+``position_ids`` restarting at 0 for each and no attention mask. transformers turns restarting
+position ids into a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``) for
+the sdpa and eager kernels and into varlen calls for flash-attention, so no attention crosses
+examples; the first label of every example is masked so no example predicts the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..models import default_dtype, quiet_hf, resolve_model
+from .config import TrainConfig
+from .template import PadEos, choose_template, setup_pad_eos
+
+
+@dataclass
+class Setup:
+    """What loading decided, printed at start and saved in run.json."""
+
+    base_model: str
+    device: str
+    dtype: str
+    template: str
+    pad_eos: PadEos
+    added_tokens: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    attn: str = ""
+    optimizer: str = ""
+    gradient_checkpointing: bool = False
+
+
+def _dtype(cfg: TrainConfig, device: str):
+    import torch
+
+    if cfg.dtype == "auto":
+        return default_dtype(device)
+    if device == "cpu" and cfg.dtype != "float32":
+        raise ConfigError(f"option --dtype {cfg.dtype}: CPU training runs in float32")
+    return getattr(torch, cfg.dtype)
+
+
+def _embedding_names(model) -> tuple[str | None, str | None]:
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): n for n, m in model.named_modules()}
+    return names.get(id(emb)), (names.get(id(out)) if out is not None and out.weight is not emb.weight else None)
+
+
+def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
+    """Model and tokenizer, with the chat template installed, pad/EOS fixed and the adapter attached."""
+    import torch
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_hf()
+    path = resolve_model(cfg.model, reporter)
+    if Path(path).is_dir():
+        path = str(Path(path).resolve())  # run.json must name the base wherever eval/merge run from
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.method == "qlora" and device != "cuda":
+        raise ConfigError("option --method qlora: 4-bit QLoRA needs a CUDA GPU (bitsandbytes)",
+                          hint="use --method lora on this machine")
+    dtype = _dtype(cfg, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("option --method qlora needs the bitsandbytes package",
+                              hint="pip install bitsandbytes") from None
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"model {cfg.model!r}: could not load it ({msg})",
+                          hint="offline? pass a local directory, a .gguf file or `tiny`") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+
+    template, added = choose_template(tok, cfg.chat_template)
+    pad_eos = setup_pad_eos(tok)
+    added = added + pad_eos.added_tokens
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok), mean_resizing=True)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = [tok.eos_token_id]
+
+    gc = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device == "cuda")
+    if cfg.method != "full":
+        model = _wrap_peft(cfg, model, tok, added, gc)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    optim = cfg.optimizer
+    if optim == "auto":
+        optim = "adamw_torch"
+        if device == "cuda":
+            try:
+                import bitsandbytes  # noqa: F401
+                optim = "adamw_8bit"
+            except ImportError:
+                pass
+    return model, tok, Setup(base_model=path, device=device, dtype=str(dtype).replace("torch.", ""),
+                             template=template, pad_eos=pad_eos, added_tokens=added, trainable_params=trainable,
+                             total_params=total, attn=getattr(model.config, "_attn_implementation", None) or "",
+                             optimizer=optim, gradient_checkpointing=gc)
+
+
+def _wrap_peft(cfg: TrainConfig, model, tok, added: list[str], gc: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    targets = cfg.target_modules
+    lora = dict(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.dropout, bias="none",
+                task_type="CAUSAL_LM", use_dora=cfg.method == "dora", use_rslora=cfg.method == "rslora",
+                target_modules="all-linear" if targets == ["all-linear"] else targets)
+    emb_name, out_name = _embedding_names(model)
+    if added and cfg.train_embeddings == "new":
+        ids = sorted(tok.convert_tokens_to_ids(added))
+        lora["trainable_token_indices"] = {emb_name.rsplit(".", 1)[-1]: ids}
+        if out_name:
+            lora["trainable_token_indices"][out_name.rsplit(".", 1)[-1]] = ids
+    elif cfg.train_embeddings == "all" and added:
+        lora["modules_to_save"] = [n.rsplit(".", 1)[-1] for n in (emb_name, out_name) if n]
+    try:
+        return get_peft_model(model, LoraConfig(**lora))
+    except ValueError as e:
+        raise ConfigError(f"option --target-modules: {str(e).splitlines()[0]}") from None
+
+
+class Collator:
+    """Pad to the longest example, or (padding-free) concatenate examples into one row."""
+
+    def __init__(self, pad_id: int, padding_free: bool):
+        self.pad_id = pad_id
+        self.padding_free = padding_free
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        if self.padding_free:
+            ids, labels, pos = [], [], []
+            for ex in batch:
+                ids += ex["input_ids"]
+                labels += [-100] + ex["labels"][1:]  # never predict one example from the previous one
+                pos += range(len(ex["input_ids"]))
+            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                    "position_ids": torch.tensor([pos])}
+        n = max(len(ex["input_ids"]) for ex in batch)
+        ids = [ex["input_ids"] + [self.pad_id] * (n - len(ex["input_ids"])) for ex in batch]
+        labels = [ex["labels"] + [-100] * (n - len(ex["labels"])) for ex in batch]
+        mask = [[1] * len(ex["input_ids"]) + [0] * (n - len(ex["input_ids"])) for ex in batch]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def padding_free_supported(model) -> tuple[bool, str]:
+    """Padding-free needs a model whose masks come from position ids (transformers' masking utils)."""
+    attn = getattr(model.config, "_attn_implementation", None) or "eager"
+    if attn in ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"):
+        return True, attn
+    return False, attn
+
+
+def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict], val: list[dict], *,
+                  output_dir: str, total_steps: int, eval_steps: int, logging_steps: int, padding_free: bool,
+                  callbacks: list):
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    evaluating = bool(val)
+    optim = {"adamw_8bit": "adamw_bnb_8bit"}.get(setup.optimizer, setup.optimizer)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        num_train_epochs=cfg.epochs,
+        max_steps=total_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=optim,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=setup.dtype == "bfloat16",
+        fp16=setup.dtype == "float16",
+        gradient_checkpointing=setup.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if setup.gradient_checkpointing else None,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=eval_steps if evaluating else None,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model="eval_loss" if evaluating else None,
+        greater_is_better=False if evaluating else None,
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=setup.device == "cpu",
+    )
+    all_callbacks = list(callbacks)
+    if evaluating and cfg.early_stopping:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val or None,
+                      data_collator=Collator(tok.pad_token_id, padding_free), processing_class=tok,
+                      callbacks=all_callbacks)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer

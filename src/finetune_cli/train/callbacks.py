@@ -1,0 +1,84 @@
+"""Trainer callbacks: metrics.jsonl rows and the progress display (step, loss, eval loss, tokens/s, ETA).
+
+Both act on the main process only. Without a terminal (CI, ``--quiet`` off) each log step is one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from .records import RunDir, is_main
+
+
+def peak_mem_gib() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
+
+
+def make(run_dir: RunDir, reporter, total_steps: int) -> list:
+    """The callbacks ``run.py`` hands to the Trainer."""
+    from transformers import TrainerCallback
+
+    class FtCallback(TrainerCallback):
+        def __init__(self):
+            self.stack = contextlib.ExitStack()
+            self.task = None
+            self.writer = None
+            self.last_t = self.last_tokens = None
+            self.tokens_per_s: float | None = None
+            self.fields = {"loss": "-", "eval": "-", "tps": "-"}
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not is_main():
+                return
+            self.writer = self.stack.enter_context(run_dir.open_metrics())
+            self.task = self.stack.enter_context(reporter.progress(
+                f"training {run_dir.path.name}", total=total_steps, fields=self.fields,
+                template="loss {task.fields[loss]} · eval {task.fields[eval]} · {task.fields[tps]} tok/s"))
+            if state.global_step:
+                self.task.advance(state.global_step)
+            self.last_t, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.task is not None:
+                self.task.advance(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not is_main() or not logs or self.writer is None:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+            if "loss" in logs:
+                t, tokens = time.perf_counter(), state.num_input_tokens_seen
+                if t > self.last_t and tokens > self.last_tokens:
+                    self.tokens_per_s = round((tokens - self.last_tokens) / (t - self.last_t), 1)
+                self.last_t, self.last_tokens = t, tokens
+                row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                           tokens_per_s=self.tokens_per_s, tokens_seen=tokens, peak_mem_gib=peak_mem_gib())
+                self.fields["loss"] = f"{logs['loss']:.4f}"
+                self.fields["tps"] = f"{self.tokens_per_s:.0f}" if self.tokens_per_s else "-"
+            elif "eval_loss" in logs:
+                row.update(eval_loss=logs["eval_loss"])
+                self.fields["eval"] = f"{logs['eval_loss']:.4f}"
+                self.last_t = time.perf_counter()  # eval time is not training throughput
+            else:
+                return  # the end-of-training summary: run.json has it
+            self.writer.write(row)
+            self.task.update(**self.fields)
+            if not reporter.progress_enabled:
+                if "eval_loss" in row:
+                    reporter.info(f"step {state.global_step}/{total_steps} eval loss {self.fields['eval']}")
+                else:
+                    lr = f" · lr {row['lr']:.3g}" if row.get("lr") is not None else ""
+                    reporter.info(f"step {state.global_step}/{total_steps} loss {self.fields['loss']}{lr} · "
+                                  f"{self.fields['tps']} tok/s")
+
+        def on_train_end(self, args, state, control, **kw):
+            self.stack.close()
+
+    return [FtCallback()]

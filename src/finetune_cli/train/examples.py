@@ -1,0 +1,107 @@
+"""Conversations and documents → token ids and labels, with the checks printed before training.
+
+    examples = tokenize_inputs(tok, inputs, cfg)
+    stats = masking_stats(examples, eos_id)      # trainable share, empty examples, EOS trained in K/K
+
+An example with no trainable token is reported and dropped; if every example is empty the run stops
+with an error that names the template problem, instead of training on nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from ..errors import TrainingError
+from .data import Inputs, chunk_tokens, document_title
+from .template import assistant_only_labels
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+    kind: str  # chat | text
+    truncated: bool = False
+    row: dict = field(default_factory=dict)  # the held-out form: {"messages", "meta"} or {"text", "meta"}
+
+    @property
+    def trainable(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+def tokenize_inputs(tok, inputs: Inputs, *, max_len: int, train_on: str, chunk_size: int, chunk_overlap: int,
+                    text_header: str) -> list[Example]:
+    out: list[Example] = []
+    for c in inputs.conversations:
+        ids, labels = assistant_only_labels(tok, c.messages, max_len=10**9, train_on=train_on)
+        truncated = len(ids) > max_len
+        out.append(Example(ids[:max_len], labels[:max_len], c.source, "chat", truncated,
+                           {"messages": c.messages, "meta": c.meta}))
+    for d in inputs.documents:
+        header, body = document_title(d, text_header)
+        head = tok(header + "\n", add_special_tokens=False)["input_ids"] if header else []
+        ids = tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        size = min(chunk_size, max_len) - len(head)
+        if size < 8:
+            raise TrainingError(f"{d.source}: the header line leaves no room in --chunk-tokens/--max-len")
+        for k, chunk in enumerate(chunk_tokens(ids, size=size, overlap=min(chunk_overlap, size // 2))):
+            text = tok.decode(chunk, skip_special_tokens=True)
+            out.append(Example(head + chunk, [-100] * len(head) + chunk, f"{d.source}#chunk{k + 1}", "text",
+                               False, {"text": text, "meta": {"source": d.source, "chunk": k + 1,
+                                                              "title": header}}))
+    return out
+
+
+def masking_stats(examples: list[Example], eos_id: int, pad_id: int | None) -> dict:
+    """What the masking did: shares, empties, EOS trained, length stats; raises if nothing is trainable."""
+    lengths = sorted(len(e.input_ids) for e in examples)
+    total = sum(lengths)
+    trainable = sum(e.trainable for e in examples)
+    empty = [e.source for e in examples if e.trainable == 0]
+    chats = [e for e in examples if e.kind == "chat" and e.trainable]
+    eos_trained = sum(1 for e in chats if eos_id in e.labels)
+    pad_in_inputs = sum(1 for e in examples if pad_id is not None and pad_id in e.input_ids)
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(repr((e.input_ids, e.labels)).encode())
+    if examples and not trainable:
+        raise TrainingError(
+            f"every example has zero trainable tokens ({len(examples)} examples): the chat template's assistant "
+            "turns were not found or were cut off by --max-len",
+            hint="check --chat-template, raise --max-len, or use --train-on all")
+
+    def pct(q: float) -> int:
+        return lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0
+
+    return {
+        "examples": len(examples),
+        "tokens": total,
+        "trainable_tokens": trainable,
+        "trainable_share": round(trainable / total, 4) if total else 0.0,
+        "masked_share": round(1 - trainable / total, 4) if total else 0.0,
+        "empty_examples": len(empty),
+        "empty_sources": empty[:10],
+        "truncated_examples": sum(e.truncated for e in examples),
+        "chat_examples": len(chats),
+        "eos_trained_examples": eos_trained,
+        "pad_in_inputs": pad_in_inputs,
+        "length": {"min": lengths[0] if lengths else 0, "mean": round(total / len(lengths), 1) if lengths else 0,
+                   "p50": pct(0.5), "p95": pct(0.95), "max": lengths[-1] if lengths else 0},
+        "tokens_sha256": h.hexdigest(),
+    }
+
+
+def split_val(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded held-out split; at least one validation example when ``share`` > 0 and data allow."""
+    import random
+
+    if share <= 0 or len(examples) < 2:
+        return examples, []
+    n_val = max(1, round(len(examples) * share))
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    return ([e for i, e in enumerate(examples) if i not in val_idx],
+            [e for i, e in enumerate(examples) if i in val_idx])

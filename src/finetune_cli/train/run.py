@@ -1,0 +1,255 @@
+"""``ft train``: setup → train → save → cleanup, one readable recipe.
+
+    ft model tiny runs/tiny-model
+    ft train --model runs/tiny-model --data data/doric.jsonl --max-len 128 --max-steps 20 --name smoke
+    ft train --model smollm2-135m --data data/doric.jsonl --method dora --system @system.txt
+    ft train --name smoke --resume ...same options...     # continue from the last checkpoint
+    ft runs
+
+Everything the run decided is printed before the first step and saved in ``runs/<name>/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from ..config import text_or_file, to_dict
+from ..errors import ConfigError, TrainingError
+from ..ui import Reporter
+from . import callbacks as ft_callbacks
+from .config import TrainConfig
+from .data import Inputs, load_inputs, most_common_system
+from .examples import masking_stats, split_val, tokenize_inputs
+from .records import RunDir, library_versions, now
+
+# options that may differ when resuming: they do not change what is trained
+RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir"}
+
+
+def pick_backend(choice: str) -> str:
+    """``hf`` everywhere. The Unsloth backend (CUDA) plugs in here: ``backend_unsloth.load/build_trainer``."""
+    if choice in ("unsloth",):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("option --backend unsloth: Unsloth needs a CUDA GPU", hint="use --backend hf")
+        if importlib.util.find_spec("unsloth") is None:
+            raise ConfigError("option --backend unsloth: the unsloth package is not installed",
+                              hint="pip install 'finetune-cli[unsloth]', or use --backend hf")
+        if importlib.util.find_spec("finetune_cli.train.backend_unsloth") is None:
+            raise ConfigError("option --backend unsloth: this build of ft has no Unsloth backend yet",
+                              hint="use --backend hf")
+    return "hf" if choice == "auto" else choice
+
+
+def _backend(name: str):
+    if name == "hf":
+        from . import backend_hf
+
+        return backend_hf
+    return importlib.import_module(f"finetune_cli.train.backend_{name}")
+
+
+def _source(cfg: TrainConfig, name: str) -> str:
+    f = next(f for f in fields(cfg) if f.name == name)
+    default = f.default if f.default is not MISSING else None
+    return "default" if getattr(cfg, name) == default else "set"
+
+
+def _check_resume(cfg: TrainConfig, rd: RunDir) -> Path:
+    saved = (rd.path / "config.json")
+    if saved.is_file():
+        from ..jsonl import read_json
+
+        old = read_json(saved).get("config", {})
+        now_cfg = to_dict(cfg)
+        diff = [k for k in now_cfg if k not in RESUME_FREE and k in old and old[k] != now_cfg[k]]
+        if diff:
+            raise ConfigError(f"option --resume: options differ from the run being resumed: "
+                              + ", ".join(f"{k} ({old[k]!r} → {now_cfg[k]!r})" for k in diff),
+                              hint="resume with the run's own options (see its config.json)")
+    ckpt = rd.last_checkpoint()
+    if ckpt is None:
+        raise ConfigError(f"option --resume: run {rd.path.name!r} has no checkpoint yet", hint="start it again")
+    return ckpt
+
+
+def _schedule(cfg: TrainConfig, n_train: int) -> tuple[int, int, int]:
+    """(total optimizer steps, eval/checkpoint interval, logging interval)."""
+    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
+    eval_steps = cfg.eval_steps or max(1, total // 10)
+    logging = cfg.logging_steps or max(1, min(10, total // 50))
+    return total, eval_steps, logging
+
+
+def _default_name(cfg: TrainConfig) -> str:
+    stem = Path(cfg.model.rstrip("/")).name.removesuffix(".gguf") or "model"
+    return f"{stem}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, name: str, path: Path, total: int,
+                eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None) -> None:
+    pe = setup.pad_eos
+    s = lambda k: "" if _source(cfg, k) == "set" else " (default)"  # noqa: E731
+    lines = [
+        f"ft train: {name} → {path}",
+        f"  model      {cfg.model} → {setup.base_model} · {setup.device} {setup.dtype} · attention {setup.attn}",
+        f"  method     {cfg.method}{s('method')}"
+        + ("" if cfg.method == "full" else f" · r {cfg.r}{s('r')} · alpha {cfg.lora_alpha:g}{s('alpha')} · dropout "
+                                           f"{cfg.dropout:g} · targets {','.join(cfg.target_modules)}{s('target_modules')}")
+        + f" · trainable {setup.trainable_params:,} of {setup.total_params:,} params",
+        f"  optimizer  {setup.optimizer} · lr {cfg.learning_rate:g}{s('lr')} · {cfg.scheduler}{s('scheduler')} · warmup "
+        f"{cfg.warmup_ratio:.0%}{s('warmup_ratio')} · grad checkpointing {'on' if setup.gradient_checkpointing else 'off'}",
+        f"  steps      {total} ({'--max-steps' if cfg.max_steps else f'{cfg.epochs:g} epochs'}) · batch "
+        f"{cfg.batch_size} × accum {cfg.grad_accum}{s('batch_size')} · max len {cfg.max_len}{s('max_len')} · seed {cfg.seed}",
+        f"  eval       " + (f"{n_val} rows, every {eval_steps} steps · best checkpoint kept"
+                            + (f" · early stopping after {cfg.early_stopping}" if cfg.early_stopping else "")
+                            if n_val else "off (no validation rows)"),
+        f"  template   {setup.template} · eos {pe.eos_token!r} (id {pe.eos_id}) · pad {pe.pad_token!r} (id {pe.pad_id})"
+        f" · pad ≠ eos: {'yes' if pe.pad_id != pe.eos_id else 'NO'}",
+    ]
+    lines += [f"  fixed      {c}" for c in pe.changes]
+    if setup.added_tokens:
+        lines.append(f"  added      {', '.join(setup.added_tokens)} (embeddings resized; train: {cfg.train_embeddings})")
+    lines += [
+        f"  data       {stats['examples']} examples ({n_train} train / {n_val} val) · {stats['tokens']:,} tokens · "
+        f"length p50 {stats['length']['p50']} / p95 {stats['length']['p95']} / max {stats['length']['max']} · "
+        f"truncated {stats['truncated_examples']}",
+        f"  masking    train on {cfg.train_on} · trainable tokens {stats['trainable_share']:.1%} · "
+        f"empty examples {stats['empty_examples']}",
+    ]
+    if stats["chat_examples"]:
+        k, n = stats["eos_trained_examples"], stats["chat_examples"]
+        lines.append(f"  EOS trained: {'yes' if k == n else 'NO'} (id {pe.eos_id} in {k}/{n} examples)")
+    lines.append(f"  batching   {padding_free}")
+    lines.append(f"  system     {system!r}" if system else "  system     none")
+    for ln in lines:
+        reporter.info(ln)
+
+
+def run(cfg: TrainConfig, reporter: Reporter) -> dict:
+    # ---- setup
+    backend = _backend(pick_backend(cfg.backend))
+    name = cfg.name or _default_name(cfg)
+    rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
+    checkpoint = _check_resume(cfg, rd) if cfg.resume else None
+    system = text_or_file(cfg.system)
+    inputs = load_inputs(cfg.data, system=system)
+    val_inputs = load_inputs([cfg.val_file], system=system) if cfg.val_file else Inputs()
+    model, tok, setup = backend.load(cfg, reporter)
+
+    tok_args = dict(max_len=cfg.max_len, train_on=cfg.train_on, chunk_size=cfg.chunk_tokens,
+                    chunk_overlap=cfg.chunk_overlap, text_header=cfg.text_header)
+    examples = tokenize_inputs(tok, inputs, **tok_args)
+    stats = masking_stats(examples, setup.pad_eos.eos_id, setup.pad_eos.pad_id)
+    for src in stats["empty_sources"]:
+        reporter.warn(f"{src}: no trainable tokens (dropped)")
+    examples = [e for e in examples if e.trainable]
+    if val_inputs.conversations or val_inputs.documents:
+        train, val = examples, [e for e in tokenize_inputs(tok, val_inputs, **tok_args) if e.trainable]
+    else:
+        train, val = split_val(examples, cfg.val_split, cfg.seed)
+    if not train:
+        raise TrainingError("no training examples left after the validation split")
+    total, eval_steps, logging_steps = _schedule(cfg, len(train))
+    pf_ok, attn = backend.padding_free_supported(model)
+    padding_free = cfg.packing and pf_ok
+    pf_text = (f"padding-free (one row per micro-batch, position ids restart per example → block-diagonal "
+               f"attention, {attn})" if padding_free else
+               "padded to the longest example" + ("" if cfg.packing else " (--no-packing)")
+               + ("" if pf_ok or not cfg.packing else f" (padding-free is not supported with attention {attn})"))
+    system_prompt = system if system is not None else most_common_system(inputs.conversations)
+
+    # ---- records
+    created = rd.read().get("created", now())
+    rd.write_json("config.json", {"config": to_dict(cfg), "sources": {f.name: _source(cfg, f.name) for f in fields(cfg)},
+                                  "resolved": {"learning_rate": cfg.learning_rate, "lora_alpha": cfg.lora_alpha,
+                                               "total_steps": total, "eval_steps": eval_steps,
+                                               "logging_steps": logging_steps, "padding_free": padding_free,
+                                               "optimizer": setup.optimizer, "dtype": setup.dtype,
+                                               "gradient_checkpointing": setup.gradient_checkpointing}})
+    rd.write_json("data.json", {"files": inputs.files, "val_files": val_inputs.files, **stats,
+                                "train_rows": len(train), "val_rows": len(val)})
+    if val:
+        rd.write_heldout([e.row for e in val])
+    pe = setup.pad_eos
+    rd.update(name=name, status="running", created=created, started=now(), base_model=setup.base_model,
+              base_model_arg=cfg.model, method=cfg.method, backend=backend.__name__.rsplit("_", 1)[-1],
+              chat_template=setup.template, system_prompt=system_prompt, eos_token=pe.eos_token,
+              pad_token=pe.pad_token, end_of_turn=pe.end_of_turn, added_tokens=setup.added_tokens,
+              learning_rate=cfg.learning_rate, lora_alpha=None if cfg.method == "full" else cfg.lora_alpha,
+              train_rows=len(train), val_rows=len(val), total_steps=total, best_checkpoint=None,
+              best_eval_loss=None, global_step=0, versions=library_versions())
+    print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
+                n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt)
+
+    # ---- train
+    as_rows = lambda xs: [{"input_ids": e.input_ids, "labels": e.labels} for e in xs]  # noqa: E731
+    cbs = ft_callbacks.make(rd, reporter, total)
+    trainer = backend.build_trainer(cfg, setup, model, tok, as_rows(train), as_rows(val),
+                                    output_dir=str(rd.checkpoints), total_steps=total, eval_steps=eval_steps,
+                                    logging_steps=logging_steps, padding_free=padding_free, callbacks=cbs)
+    if checkpoint is not None:
+        step = int(checkpoint.name.split("-")[-1])
+        rd.trim_metrics(step)
+        reporter.info(f"  resuming   from {checkpoint} (step {step})")
+    t0 = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        last = rd.last_checkpoint()
+        rd.update(status="stopped", global_step=trainer.state.global_step, ended=now(),
+                  last_checkpoint=str(last) if last else None)
+        if last:
+            reporter.warn(f"stopped; continue with --resume --name {name} (from {last.name})")
+        raise
+    except Exception as e:
+        rd.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  global_step=trainer.state.global_step, ended=now())
+        raise
+    finally:
+        for cb in cbs:
+            cb.stack.close()
+    seconds = time.perf_counter() - t0
+
+    # ---- save (the best checkpoint's weights are loaded back when eval is on)
+    out = rd.model if cfg.method == "full" else rd.adapter
+    trainer.save_model(str(out))
+    tok.save_pretrained(str(out))
+    state = trainer.state
+    best = state.best_model_checkpoint
+    metrics = rd.metrics()
+    train_losses = [r["loss"] for r in metrics if r.get("loss") is not None]
+    tps = [r["tokens_per_s"] for r in metrics if r.get("tokens_per_s")]
+    steps_run = state.global_step - (int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    final = rd.update(status="completed", ended=now(), global_step=state.global_step,
+                      best_checkpoint=str(Path(best).relative_to(rd.path)) if best else None,
+                      best_eval_loss=state.best_metric if best else None,
+                      first_loss=train_losses[0] if train_losses else None,
+                      final_loss=train_losses[-1] if train_losses else None,
+                      train_loss=result.training_loss, train_seconds=round(seconds, 2),
+                      seconds_per_step=round(seconds / steps_run, 4) if steps_run else None,
+                      tokens_per_s=round(sum(tps) / len(tps), 1) if tps else None,
+                      peak_mem_gib=ft_callbacks.peak_mem_gib(), output=str(out.relative_to(rd.path)))
+    plot = rd.plot_loss()
+
+    # ---- cleanup
+    del trainer, model
+    import gc
+
+    gc.collect()
+    best_text = f" · best eval loss {final['best_eval_loss']:.4f} ({final['best_checkpoint']})" if best else ""
+    reporter.result(f"trained {name}: {state.global_step} steps in {seconds:.1f}s · loss "
+                    f"{final['first_loss']:.4f} → {final['final_loss']:.4f}{best_text} → {out}")
+    return {"run": str(rd.path), "output": str(out), "loss_png": str(plot) if plot else None,
+            **{k: final.get(k) for k in ("status", "global_step", "first_loss", "final_loss", "best_eval_loss",
+                                         "best_checkpoint", "tokens_per_s", "seconds_per_step", "train_rows",
+                                         "val_rows")},
+            "masking": {k: stats[k] for k in ("trainable_share", "empty_examples", "eos_trained_examples",
+                                              "chat_examples", "truncated_examples")},
+            "pad_token": pe.pad_token, "eos_token": pe.eos_token}
