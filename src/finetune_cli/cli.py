@@ -11,6 +11,8 @@ import typer
 
 from . import __version__, models, sharegpt
 from .command import register
+from .evaluate import config as eval_config
+from .evaluate import run as eval_run
 from .export import command as merge_command
 from .train import records as train_records
 from .train import run as train_run
@@ -50,6 +52,8 @@ register(app, "to-sharegpt", sharegpt.ToShareGPTConfig, "to_sharegpt", sharegpt.
          help="Convert OpenAI messages JSONL to ShareGPT conversations (or back with --reverse).")
 register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
          help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
+register(app, "eval", eval_config.EvalConfig, "eval", eval_run.run,
+         help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""``ft eval`` options, and the ``--fail-if`` gate language."""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+from ..config import opt
+from ..errors import ConfigError
+from .metrics import DEFAULT_BREAK_PHRASES, DEFINITIONS
+
+JUDGE_METRICS = ["judge_voice", "judge_character", "judge_coherence", "judge_engagement", "judge_length",
+                 "judge_win_rate"]
+GATE_METRICS = [k for k in DEFINITIONS if k != "n"] + JUDGE_METRICS
+CONDITIONS = ("system", "no_system")
+_OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+        "<": operator.lt, ">": operator.gt}
+_GATE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*$")
+
+C, G, M, J, O = "Candidates", "Generation", "Metrics", "Judge", "Output"
+
+
+@dataclass
+class EvalConfig:
+    base: str | None = opt(None, "Base model: a directory, .gguf file, alias (tiny, smollm2-135m) or hub id. "
+                                 "Evaluated as a candidate, and the base for adapters.", panel=C)
+    adapter: list[str] = opt([], "An adapter directory, run directory or checkpoint (repeat the option for "
+                                 "more).", panel=C)
+    merged: list[str] = opt([], "A merged/full model directory or a .gguf file (repeat for more).", panel=C)
+    run: str | None = opt(None, "A run directory to sweep with --checkpoints.", panel=C)
+    checkpoints: str = opt("all", "With --run: all (every checkpoint-N plus the final adapter), final, or "
+                                  "steps such as 200,400.", panel=C)
+    prompts: str | None = opt(None, "Prompt file: JSONL messages/ShareGPT rows (a final assistant turn is kept "
+                                    "as the reference) or text, one prompt per line. Default: the run's "
+                                    "held-out rows.", panel=C)
+    max_prompts: int = opt(64, "Use at most this many prompts from the file/held-out rows (the first N); "
+                               "0 = all.", ge=0, panel=C)
+    probes: bool = opt(True, "Add the built-in probes: break-character attempts, prompt extraction, "
+                             "language/voice switches, a harmful ask.", panel=C)
+    system: str | None = opt(None, "System prompt of the 'system' condition: TEXT or @file. Default: each "
+                                   "candidate's training system prompt (run.json), else the persona's.", panel=C)
+    conditions: list[str] = opt(list(CONDITIONS), "Conditions: with the system prompt, without it.",
+                                choices=CONDITIONS, panel=C)
+    heldout: str | None = opt(None, "Conversations for held-out loss (JSONL); default: the first run's "
+                                    "heldout.jsonl (or the prompt file's rows that have an answer).", panel=C)
+
+    max_new_tokens: int = opt(256, "Tokens generated per reply at most.", ge=1, panel=G)
+    temperature: float = opt(0.7, "Sampling temperature; 0 = greedy.", ge=0, panel=G)
+    top_p: float = opt(0.9, "Nucleus sampling: keep the smallest token set with this much probability.",
+                       gt=0, le=1, panel=G)
+    repetition_penalty: float = opt(1.0, "Repetition penalty (1 = off).", gt=0, panel=G)
+    seed: int = opt(0, "Sampling seed (the same for every candidate).", panel=G)
+    batch_size: int = opt(16, "Prompts generated together (left-padded).", ge=1, panel=G)
+    device: str = opt("auto", "Where to run: auto (CUDA when present), cpu, cuda.",
+                      choices=("auto", "cpu", "cuda"), panel=G)
+
+    persona: str | None = opt(None, "Persona (name or .toml) for marker density against its band; default: "
+                                    "the held-out rows' meta.persona when it is a known persona.", panel=M)
+    scripts: list[str] = opt(["latin"], "Expected scripts (Unicode names: latin, greek, cyrillic, han, ...); "
+                                        "letters in others count as unexpected.", panel=M)
+    break_phrases: list[str] = opt(list(DEFAULT_BREAK_PHRASES), "Character-break phrases (case-insensitive, "
+                                                                 "whole words).", panel=M)
+    leak_ngram: int = opt(8, "Word n-gram size for system-prompt leakage.", ge=2, panel=M)
+    leak_threshold: float = opt(0.1, "An output leaks when it repeats at least this share of the system "
+                                     "prompt's n-grams.", gt=0, le=1, panel=M)
+    format_regex: str | None = opt(None, "Replies must fully match this regex (format_valid_rate).", panel=M)
+    format_schema: str | None = opt(None, "Replies must be JSON valid under this JSON Schema file.", panel=M)
+    near_copy: bool = opt(True, "Score near-copies of training answers for candidates from a run.", panel=M)
+    train_data: list[str] = opt([], "Training JSONL for the near-copy metric; default: the run's --data "
+                                    "files (config.json).", panel=M)
+
+    judge: str = opt("none", "LLM judge: none, openai or anthropic (keys from OPENAI_API_KEY / "
+                             "ANTHROPIC_API_KEY).", choices=("none", "openai", "anthropic"), panel=J)
+    judge_model: str | None = opt(None, "Judge model; default gpt-4o-mini / claude-haiku-4-5.",
+                                  env=("FT_JUDGE_MODEL",), panel=J)
+    judge_base_url: str | None = opt(None, "Judge API base URL (an OpenAI-compatible server, a proxy).",
+                                     env=("FT_JUDGE_BASE_URL",), panel=J)
+    judge_prompts: int = opt(24, "Prompts the judge scores per candidate × condition (the first N).", ge=1,
+                             panel=J)
+    judge_pairwise: bool = opt(True, "Blind pairwise A/B between candidates, both orders.", panel=J)
+    judge_workers: int = opt(4, "Judge requests in flight.", ge=1, le=64, panel=J)
+
+    fail_if: str | None = opt(None, "Gates: comma-separated failure conditions such as "
+                                    "\"eos_rate<0.9,loop_rate>0.05\"; any that holds for a candidate × "
+                                    "condition exits 1. Base models are exempt when other candidates exist.",
+                              panel=O)
+    out: str | None = opt(None, "Output directory; default eval/<first candidate>-<time>.", short="-o", panel=O)
+    save_outputs: bool = opt(True, "Write outputs.jsonl (every prompt × candidate × condition).", panel=O)
+
+    def validate(self) -> None:
+        if not (self.base or self.adapter or self.merged or self.run):
+            raise ConfigError("ft eval: no candidate; pass --base, --adapter, --merged or --run")
+        parse_gates(self.fail_if)
+        if self.format_regex is not None:
+            try:
+                re.compile(self.format_regex)
+            except re.error as e:
+                raise ConfigError(f"option --format-regex: not a valid regex ({e})") from None
+        if not self.conditions:
+            raise ConfigError("option --conditions: pick at least one of system, no_system")
+        if self.judge == "none" and (self.fail_if or "").find("judge_") >= 0:
+            raise ConfigError("option --fail-if: judge_* gates need --judge openai|anthropic")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+    def fails(self, measured: float | None) -> bool:
+        return measured is not None and _OPS[self.op](measured, self.value)
+
+
+def parse_gates(text: str | None) -> list[Gate]:
+    """``"eos_rate<0.9, loop_rate>0.05"`` → gates; each is a condition that FAILS the run."""
+    if not text:
+        return []
+    gates = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        m = _GATE.match(part)
+        if not m:
+            raise ConfigError(f"option --fail-if: cannot read {part.strip()!r} (expected METRIC<NUMBER, "
+                              "e.g. eos_rate<0.9)")
+        metric, op, value = m.groups()
+        if metric not in GATE_METRICS:
+            import difflib
+
+            close = difflib.get_close_matches(metric, GATE_METRICS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (metrics: {', '.join(GATE_METRICS)})"
+            raise ConfigError(f"option --fail-if: unknown metric {metric!r}{hint}")
+        gates.append(Gate(metric, op, float(value)))
+    return gates

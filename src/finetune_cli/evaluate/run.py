@@ -1,0 +1,282 @@
+"""``ft eval``: generate side by side, score failure modes, judge (optional), report, gate.
+
+    ft eval --base tiny --adapter runs/doric --prompts prompts.jsonl --fail-if "eos_rate<0.9,loop_rate>0.05"
+    ft eval --run runs/doric --checkpoints all          # pick a checkpoint by behaviour, not by loss
+
+The recipe: plan candidates → gather prompts (file or held-out rows, plus probes) → for each
+candidate load it as trained (its chat template, end-of-turn ids, system prompt), generate every
+prompt in each condition, score each output → optional judge → gates → reports.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import text_or_file, to_dict
+from ..errors import ConfigError, FtError
+from ..jsonl import read_json, write_rows_atomic
+from ..ui import Reporter
+from . import metrics as M
+from .candidates import Candidate, plan, training_answers
+from .config import EvalConfig, parse_gates
+from .prompts import Prompt, common_system, load_prompts, probe_prompts
+
+
+def gather_prompts(cfg: EvalConfig, cands: list[Candidate], reporter: Reporter) -> list[Prompt]:
+    prompts: list[Prompt] = []
+    if cfg.prompts:
+        prompts = load_prompts(cfg.prompts, limit=cfg.max_prompts)
+    else:
+        run_dir = next((c.run_dir for c in cands if c.run_dir is not None), None)
+        held = run_dir / "heldout.jsonl" if run_dir else None
+        if held is not None and held.is_file():
+            prompts = load_prompts(held, source="heldout", limit=cfg.max_prompts)
+        else:
+            reporter.warn("no --prompts and no run with heldout.jsonl: using the built-in probes only")
+    if cfg.probes:
+        prompts += probe_prompts()
+    if not prompts:
+        raise ConfigError("ft eval: no prompts (pass --prompts FILE or keep --probes on)")
+    return prompts
+
+
+def pick_persona(cfg: EvalConfig, prompts: list[Prompt], reporter: Reporter):
+    from ..persona import load_persona
+
+    if cfg.persona:
+        return load_persona(cfg.persona)
+    names = Counter(p.meta.get("persona") for p in prompts if p.meta.get("persona"))
+    if not names:
+        return None
+    name = names.most_common(1)[0][0]
+    try:
+        return load_persona(str(name))
+    except ConfigError:
+        reporter.info(f"held-out rows name persona {name!r}, which is not a known persona: no marker metrics")
+        return None
+
+
+def load_candidate(c: Candidate, cfg: EvalConfig):
+    from ..models import load_for_inference
+
+    device = None if cfg.device == "auto" else cfg.device
+    try:
+        return load_for_inference(c.source, device=device)
+    except ConfigError as e:
+        if cfg.base and "does not say which base model" in str(e):
+            return load_for_inference(c.source, base=cfg.base, device=device)
+        raise
+
+
+def score_condition(texts_gens, prompts: list[Prompt], *, cfg: EvalConfig, leak_system: str | None, persona,
+                    regex, schema, index) -> list[dict]:
+    scripts = M.normalize_scripts(cfg.scripts)
+    rows = []
+    for p, g in zip(prompts, texts_gens):
+        s = M.score_output(g.text, n_tokens=g.n_tokens, stopped_on_eos=g.stopped_on_eos,
+                           system_prompt=leak_system, break_phrases=cfg.break_phrases, scripts=scripts,
+                           leak_n=cfg.leak_ngram, leak_threshold=cfg.leak_threshold)
+        if persona is not None:
+            from ..persona import marker_density
+
+            d = marker_density(g.text, persona.markers)
+            lo, hi = persona.marker_band
+            s["marker_density"] = round(d, 3)
+            s["marker_in_band"] = lo <= d <= hi
+        if regex is not None or schema is not None:
+            s["format_ok"] = M.format_ok(g.text, regex=regex, schema=schema)
+        if index is not None:
+            score, i = index.best(g.text)
+            s["near_copy"] = i is not None
+            s["near_copy_score"] = score if i is not None else None
+        rows.append({"prompt_id": p.id, "source": p.source, "text": g.text, **s})
+    return rows
+
+
+def by_source(rows: list[dict]) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["source"].split(":")[0], []).append(r)
+    return {k: M.aggregate([r["text"] for r in v], v) for k, v in groups.items()}
+
+
+def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[str, Any]:
+    gates = parse_gates(cfg.fail_if)
+    targets = [c for c in results if kinds[c] != "base"] or list(results)
+    failed = []
+    for cand in targets:
+        for cond, m in results[cand].items():
+            for g in gates:
+                v = m.get(g.metric)
+                if v is None or g.fails(v):  # a gate on a metric that was not measured fails too
+                    failed.append({"candidate": cand, "condition": cond, "gate": str(g), "metric": g.metric,
+                                   "value": v})
+    return {"checked": [str(g) for g in gates], "targets": targets, "failed": failed}
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]+", "-", s).strip("-") or "eval"
+
+
+def run(cfg: EvalConfig, reporter: Reporter) -> dict:
+    from .generate import generate, heldout_loss, perplexity
+
+    cands = plan(cfg)
+    prompts = gather_prompts(cfg, cands, reporter)
+    persona = pick_persona(cfg, prompts, reporter)
+    regex = re.compile(cfg.format_regex, re.S) if cfg.format_regex else None
+    schema = None
+    if cfg.format_schema:
+        from .schema import check_schema
+
+        schema = read_json(cfg.format_schema)
+        check_schema(schema, cfg.format_schema)
+    loss_prompts = [p for p in (load_prompts(cfg.heldout, source="heldout", limit=cfg.max_prompts)
+                                if cfg.heldout else prompts) if p.reference is not None]
+
+    forced = text_or_file(cfg.system)
+    run_systems = [c.run_json().get("system_prompt") for c in cands]
+    shared = forced or next((s for s in run_systems if s), None) or \
+        (persona.system_prompt if persona else None) or common_system(prompts)
+    conditions = list(dict.fromkeys(cfg.conditions))
+    if "system" in conditions and not shared:
+        reporter.warn("no system prompt known (no --system, run, persona or prompt rows with one): "
+                      "evaluating without a system prompt only")
+        conditions = [c for c in conditions if c != "system"]
+        if not conditions:
+            raise ConfigError("option --conditions: only 'system' was asked for, and there is no system prompt",
+                              hint="pass --system TEXT or @file")
+    reporter.info(f"ft eval: {len(cands)} candidate(s) × {len(conditions)} condition(s) × {len(prompts)} prompts")
+
+    out_dir = Path(cfg.out) if cfg.out else Path("eval") / \
+        f"{_slug(cands[0].name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    held_answers = {p.reference for p in prompts if p.reference}
+    indexes: dict[Path, Any] = {}
+    results: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
+    outputs: list[dict] = []
+    cand_info: list[dict] = []
+    timing: dict[str, dict] = {}
+    gen_kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                  repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size, seed=cfg.seed)
+    total = len(cands) * len(conditions) * len(prompts)
+    with reporter.progress("generating", total=total) as task:
+        for c in cands:
+            loaded = load_candidate(c, cfg)
+            kind = c.kind if c.kind == "checkpoint" else loaded.kind
+            system = forced or loaded.system_prompt or shared
+            index = None
+            if cfg.near_copy and c.run_dir is not None:
+                if c.run_dir not in indexes:
+                    from .nearcopy import NearCopyIndex
+
+                    answers = training_answers(c.run_dir, reporter, extra_files=cfg.train_data,
+                                               exclude=held_answers)
+                    indexes[c.run_dir] = NearCopyIndex(answers) if answers else None
+                index = indexes[c.run_dir]
+            cand_info.append({"name": c.name, "kind": kind, "source": c.source, "base_model": loaded.base_model,
+                              "system_prompt": system, "run_dir": str(c.run_dir) if c.run_dir else None})
+            results[c.name], sources[c.name] = {}, {}
+            t0, n_tok = time.perf_counter(), 0
+            for cond in conditions:
+                sys_ = system if cond == "system" else None
+                gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
+                                eos_ids=loaded.eos_token_ids, on_batch=task.advance, **gen_kw)
+                n_tok += sum(g.n_tokens for g in gens)
+                rows = score_condition(gens, prompts, cfg=cfg, leak_system=system, persona=persona, regex=regex,
+                                       schema=schema, index=index)
+                agg = M.aggregate([r["text"] for r in rows], rows)
+                try:
+                    loss, _ = heldout_loss(loaded.model, loaded.tokenizer,
+                                           [p.conversation(sys_) for p in loss_prompts], batch_size=4)
+                except FtError as e:
+                    reporter.warn(f"{c.name}: no held-out loss ({e})")
+                    loss = None
+                agg["heldout_loss"], agg["heldout_ppl"] = loss, perplexity(loss)
+                results[c.name][cond] = agg
+                sources[c.name][cond] = by_source(rows)
+                for p, g, r in zip(prompts, gens, rows):
+                    outputs.append({"candidate": c.name, "condition": cond, **r, "stopped_on_eos": g.stopped_on_eos,
+                                    "n_tokens": g.n_tokens})
+            secs = time.perf_counter() - t0
+            timing[c.name] = {"seconds": round(secs, 2), "generated_tokens": n_tok,
+                              "tokens_per_s": round(n_tok / secs, 1) if secs else None}
+            del loaded
+            gc.collect()
+            _empty_cuda_cache()
+
+    judge_doc, judge_error = None, None
+    if cfg.judge != "none":
+        judge_doc, judge_error = _judge(cfg, prompts, outputs, conditions, persona, shared, out_dir, reporter)
+        if judge_doc:
+            for cand, conds in judge_doc["scores"].items():
+                for cond, vals in conds.items():
+                    results[cand][cond].update(vals)
+
+    kinds = {ci["name"]: ci["kind"] for ci in cand_info}
+    gates = check_gates(cfg, results, kinds)
+    doc = {
+        "ft_eval": 1, "name": out_dir.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generation": (f"temperature {cfg.temperature}, top_p {cfg.top_p}, repetition_penalty "
+                       f"{cfg.repetition_penalty}, max_new_tokens {cfg.max_new_tokens}, seed {cfg.seed}"),
+        "candidates": cand_info, "conditions": conditions, "persona": persona.name if persona else None,
+        "definitions": {**M.DEFINITIONS, **_judge_definitions()}, "results": results, "by_source": sources,
+        "judge": judge_doc, "judge_error": judge_error, "gates": gates, "timing": timing,
+        "prompts": [{"id": p.id, "source": p.source, "turns": p.turns, "reference": p.reference} for p in prompts],
+        "config": to_dict(cfg),
+    }
+    from .report import print_summary, write_reports
+
+    paths = write_reports(out_dir, doc, outputs)
+    if cfg.save_outputs:
+        write_rows_atomic(out_dir / "outputs.jsonl", outputs)
+        paths["outputs"] = str(out_dir / "outputs.jsonl")
+    print_summary(reporter, doc)
+    reporter.result(f"report: {paths['html']}")
+    return {"out": str(out_dir), "files": paths, "results": results, "gates": gates,
+            "judge_usage": judge_doc["usage"] if judge_doc else None, "timing": timing,
+            "exit_code": 1 if gates["failed"] else 0}
+
+
+def _judge_definitions() -> dict[str, str]:
+    d = {f"judge_{c}": f"LLM judge's mean 1–5 score for {c}" for c in
+         ("voice", "character", "coherence", "engagement", "length")}
+    d["judge_character"] = "LLM judge's mean 1–5 score for staying in character"
+    d["judge_win_rate"] = ("blind pairwise win rate against the other candidates, both orders; a win needs "
+                           "both orders to agree, else it counts as a tie (½)")
+    return d
+
+
+def _judge(cfg, prompts, outputs, conditions, persona, shared, out_dir, reporter):
+    from ..config import ft_home
+    from .judge import Judge, JudgeItem, run_judge
+
+    chosen = {p.id: p for p in prompts[: cfg.judge_prompts]}
+    items = [JudgeItem(o["candidate"], o["condition"], o["prompt_id"], chosen[o["prompt_id"]].turns, o["text"])
+             for o in outputs if o["prompt_id"] in chosen]
+    character = (persona.instructions if persona else None) or shared or \
+        "No character description was given: judge general quality."
+    judge = Judge(cfg.judge, cfg.judge_model, base_url=cfg.judge_base_url,
+                  cache_path=ft_home() / "judge" / "cache.jsonl", workers=cfg.judge_workers)
+    try:
+        doc = run_judge(judge, items, character=character, pairwise=cfg.judge_pairwise, reporter=reporter)
+    except FtError as e:
+        reporter.warn(f"judge skipped: {e}")
+        return None, str(e)
+    u = doc["usage"]
+    reporter.info(f"judge {doc['provider']}/{doc['model']}: {u['requests']} requests, {u['cached']} cached, "
+                  f"{u['failed']} failed; {u['input_tokens']} input + {u['output_tokens']} output tokens")
+    return doc, None
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

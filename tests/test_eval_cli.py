@@ -1,0 +1,186 @@
+"""``ft eval`` end to end on tiny models: both conditions, results.json shape, gates, sweep, judge, HTML."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_cli.cli import app
+from finetune_cli.evaluate.report import render_html, render_md
+
+runner = CliRunner()
+SYSTEM = "You are Dod, a Doric fisherman from Peterheid. Speak broad Doric and stay in character always."
+
+
+def _adapter(base, out, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    # init_lora_weights=False: random A and B, so the adapter changes the outputs
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                                            init_lora_weights=False))
+    peft.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory):
+    """A run directory as `ft train` writes it (CONTRACTS.md): adapter/, checkpoints/, run.json,
+    data.json, heldout.jsonl — built directly so these tests do not depend on training speed."""
+    root = tmp_path_factory.mktemp("eval-run")
+    rd = root / "runs" / "dod"
+    _adapter(tiny_model, rd / "adapter", 1)
+    _adapter(tiny_model, rd / "checkpoints" / "checkpoint-2", 2)
+    shutil.copytree(rd / "adapter", rd / "checkpoints" / "checkpoint-4")
+    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Tell me about boat {i}."},
+                          {"role": "assistant", "content": f"Aye, boat {i} is a bonnie boat, loon, she's nae bad."}],
+             "meta": {"id": f"row-{i}", "persona": "doric"}} for i in range(8)]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (rd / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    (rd / "run.json").write_text(json.dumps({"name": "dod", "status": "completed", "base_model": str(tiny_model),
+                                             "system_prompt": SYSTEM, "method": "lora"}))
+    (rd / "data.json").write_text(json.dumps({"files": [{"path": str(data), "rows": 8}]}))
+    return rd
+
+
+def invoke(args):
+    r = runner.invoke(app, ["eval", "--temperature", "0", "--max-new-tokens", "12", "-q", *args])
+    return r
+
+
+@pytest.mark.slow
+def test_end_to_end_base_and_adapter(tiny_model, run_dir, tmp_path):
+    r = invoke(["--base", str(tiny_model), "--adapter", str(run_dir), "-o", "out", "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    res = doc["results"]
+    assert printed["results"] == res
+    assert list(res) == ["base", "dod"]
+    for cand in res:
+        assert set(res[cand]) == {"system", "no_system"}  # both conditions, by default
+        for cond in res[cand]:
+            m = res[cand][cond]
+            assert m["n"] == 3 + 13  # held-out rows + probes
+            assert 0 <= m["eos_rate"] <= 1 and m["tokens_mean"] <= 12
+            assert m["heldout_loss"] > 0 and m["heldout_ppl"] > 1
+            assert "marker_in_band" in m  # persona doric from the held-out rows' meta
+    assert "near_copy_rate" in res["dod"]["system"] and "near_copy_rate" not in res["base"]["system"]
+    assert res["base"]["system"]["heldout_loss"] != res["dod"]["system"]["heldout_loss"]
+    cands = {c["name"]: c for c in doc["candidates"]}
+    assert cands["dod"]["kind"] == "adapter" and cands["dod"]["system_prompt"] == SYSTEM
+    assert cands["base"]["system_prompt"] == SYSTEM  # the base is asked with the run's system prompt
+    assert set(doc["definitions"]) >= set(res["dod"]["system"])
+    outs = [json.loads(x) for x in (tmp_path / "out" / "outputs.jsonl").read_text().splitlines()]
+    assert len(outs) == 2 * 2 * 16
+    by = {(o["candidate"], o["condition"], o["prompt_id"]): o["text"] for o in outs}
+    # the system condition really carries the system prompt: the same prompt gets other replies
+    assert sum(by["base", "system", p] != by["base", "no_system", p] for p in ("row-0", "probe-hi")) >= 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "row-0" in html and "probe-print-system" in html and "no_system" in html
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# ft eval")
+
+
+@pytest.mark.slow
+def test_gates_exit_codes_and_errors(tiny_model, tmp_path):
+    (tmp_path / "p.txt").write_text("Fit like?\n\nWhat is the capital of France?\n")
+    base = ["--base", str(tiny_model), "--prompts", "p.txt", "--no-probes", "--system", SYSTEM]
+    r = invoke(base + ["-o", "fail", "--fail-if", "eos_rate<0.9, loop_rate>0.5"])
+    assert r.exit_code == 1
+    doc = json.loads((tmp_path / "fail" / "results.json").read_text())  # written before exiting
+    assert {f["gate"] for f in doc["gates"]["failed"]} == {"eos_rate<0.9"}  # random weights never stop
+    assert doc["results"]["base"]["system"]["n"] == 2
+    r = invoke(base + ["-o", "pass", "--fail-if", "eos_rate>1.5,words_mean<0"])
+    assert r.exit_code == 0, r.output
+    r = invoke(base + ["--fail-if", "eos_rat<0.9"])
+    assert r.exit_code == 2 and "did you mean 'eos_rate'" in r.output
+    r = invoke(base + ["--fail-if", "eos_rate<<0.9"])
+    assert r.exit_code == 2 and "cannot read" in r.output
+    r = invoke(base + ["--fail-if", "judge_voice<3"])
+    assert r.exit_code == 2 and "--judge" in r.output
+    # a gate on a metric that was not measured fails rather than passing silently
+    r = invoke(base + ["-o", "nf", "--fail-if", "format_valid_rate<0.5"])
+    assert r.exit_code == 1
+    # format validity against a regex
+    r = invoke(base + ["-o", "fmt", "--format-regex", r".*", "--fail-if", "format_valid_rate<1"])
+    assert r.exit_code == 0, r.output
+    r = invoke(["--prompts", "p.txt"])
+    assert r.exit_code == 2 and "no candidate" in r.output
+
+
+@pytest.mark.slow
+def test_checkpoint_sweep(run_dir, tmp_path):
+    r = invoke(["--run", str(run_dir), "--checkpoints", "all", "--no-probes", "--conditions", "system",
+                "-o", "sweep", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    assert list(res) == ["dod@2", "dod@4", "dod"]
+    assert list(res["dod"]) == ["system"]
+    # checkpoint-4 holds the final adapter's weights; checkpoint-2 differs
+    assert res["dod@4"]["system"]["heldout_loss"] == pytest.approx(res["dod"]["system"]["heldout_loss"])
+    assert res["dod@2"]["system"]["heldout_loss"] != pytest.approx(res["dod"]["system"]["heldout_loss"])
+    r = invoke(["--run", str(run_dir), "--checkpoints", "3"])
+    assert r.exit_code == 2 and "saved: 2, 4" in r.output
+
+
+@pytest.mark.slow
+def test_judge_through_the_cli(tiny_model, run_dir, tmp_path, monkeypatch):
+    from test_eval_judge import FakeJudge, serve
+
+    fake = FakeJudge()
+    srv = serve(fake)
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        (tmp_path / "p.txt").write_text("Fit like?\n")
+        args = ["--base", str(tiny_model), "--adapter", str(run_dir), "--prompts", "p.txt", "--no-probes",
+                "--system", SYSTEM, "--judge", "openai", "--judge-base-url",
+                f"http://127.0.0.1:{srv.server_address[1]}/v1", "--json", "-o", "j"]
+        r = invoke(args)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["results"]["base"]["system"]["judge_coherence"] == 4
+        for cond in ("system", "no_system"):
+            rates = [out["results"][c][cond]["judge_win_rate"] for c in ("base", "dod")]
+            assert sum(rates) == 1
+        # rubric: 2 candidates × 2 conditions; pairwise: 2 conditions × both orders
+        assert out["judge_usage"]["requests"] == 4 + 4 and out["judge_usage"]["input_tokens"] == 800
+        assert "judge" in (tmp_path / "j" / "report.html").read_text()
+        r = invoke(args)  # cached under FT_HOME: no new requests
+        assert json.loads(r.stdout)["judge_usage"]["cached"] == 8 and len(fake.requests) == 8
+    finally:
+        srv.shutdown()
+
+
+def test_bad_prompt_file_names_file_and_line(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
+                                      '{"messages": [{"role": "wizard", "content": "x"}]}\n')
+    r = invoke(["--base", "nowhere-model-dir/", "--prompts", "p.jsonl"])
+    assert r.exit_code == 1 and "p.jsonl:2" in r.output and "unknown role" in r.output
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)></pre>```'
+
+
+def test_html_and_md_escape_hostile_outputs():
+    doc = {
+        "name": "<b>run</b>", "created": "now", "generation": "greedy", "conditions": ["system"],
+        "candidates": [{"name": "<i>cand</i>", "kind": "adapter", "source": "a&b", "system_prompt": HOSTILE}],
+        "results": {"<i>cand</i>": {"system": {"n": 1, "eos_rate": 1.0}}},
+        "definitions": {"n": "count", "eos_rate": 'stops "early" <ok>'},
+        "gates": {"checked": [], "failed": []}, "judge": None,
+        "prompts": [{"id": "p<1>", "source": "file", "turns": [{"role": "user", "content": HOSTILE}],
+                     "reference": HOSTILE}],
+    }
+    outputs = [{"candidate": "<i>cand</i>", "condition": "system", "prompt_id": "p<1>", "text": HOSTILE,
+                "eos": True, "loop": False, "leak": False, "breaks": [], "script_bad": 0, "tokens": 3, "words": 2}]
+    page = render_html(doc, outputs)
+    assert "<script" not in page and "<img" not in page and "<i>cand" not in page and "<b>run" not in page
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 4  # prompt, reference, output, system
+    assert "&lt;i&gt;cand&lt;/i&gt;" in page and 'title="stops &quot;early&quot; &lt;ok&gt;"' in page
+    md = render_md(doc, outputs)
+    assert "````text\n" + HOSTILE in md  # a fence longer than any backtick run in the text
