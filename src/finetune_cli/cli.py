@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__, models, sharegpt
+from . import __version__, gen, models, sharegpt, topics
 from .command import register
 from .evaluate import config as eval_config
 from .evaluate import run as eval_run
@@ -48,6 +48,12 @@ model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 register(model_app, "tiny", models.TinyConfig, "model_tiny", models.run_tiny,
          help="Build a tiny random-weight model (2 layers, hidden 64) for smoke runs and CI, offline.")
 app.add_typer(model_app, name="model")
+topics_app = typer.Typer(help="Topic files for ft gen.", no_args_is_help=True)
+register(topics_app, "expand", topics.ExpandConfig, "topics_expand", topics.run,
+         help="Add LLM-written topics to each group: validated, fuzzy-deduplicated, written atomically.")
+app.add_typer(topics_app, name="topics")
+register(app, "gen", gen.GenConfig, "gen", gen.run,
+         help="Generate conversations in a persona's voice (OpenAI, Anthropic or offline): gated, deduplicated, resumable.")
 register(app, "to-sharegpt", sharegpt.ToShareGPTConfig, "to_sharegpt", sharegpt.run,
          help="Convert OpenAI messages JSONL to ShareGPT conversations (or back with --reverse).")
 register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,

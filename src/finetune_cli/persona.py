@@ -54,6 +54,8 @@ class Bank:
     followups: list[str] = opt(help="Follow-up user turns for multi-turn rows (the simulated user).")
     group_bodies: dict[str, list[str]] = opt({}, "Extra body sentences per topic group.")
     sentences: list[int] = opt([2, 5], "Body sentences per answer [min, max].")
+    layout: str = opt("prose", "How parts are joined: prose (one paragraph) or verse (one couplet per line).",
+                      choices=("prose", "verse"))
 
 
 @dataclass

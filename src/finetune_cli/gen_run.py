@@ -1,0 +1,224 @@
+"""The engine of ``ft gen``: async workers with bounded concurrency, gates, append-as-you-go
+writing, and the final deterministic pass (job order + fuzzy dedup + atomic rewrite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .gates import check_answer, explain
+from .jsonl import AppendWriter, read_rows, write_rows_atomic
+from .persona import BUCKETS, Persona
+from .ui import Reporter
+
+PREVIEW = 400  # characters of a rejected answer kept in the rejects file
+
+
+@dataclass
+class GenStats:
+    accepted: Counter = field(default_factory=Counter)                       # bucket -> rows
+    rejected: dict = field(default_factory=lambda: defaultdict(Counter))     # bucket -> reason -> attempts
+    failed_by: Counter = field(default_factory=Counter)                      # bucket -> jobs
+    tokens_in: Counter = field(default_factory=Counter)
+    tokens_out: Counter = field(default_factory=Counter)
+    requests_by: Counter = field(default_factory=Counter)
+    duplicates: Counter = field(default_factory=Counter)
+    gen_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(self.requests_by.values())
+
+
+def _reject_row(job, *, turn: int, attempt: int, reason: str, detail: str, text: str | None,
+                final: bool) -> dict:
+    return {"id": job.id, "order": job.order, "topic": job.topic, "group": job.group, "bucket": job.bucket,
+            "turn": turn, "attempt": attempt, "reason": reason, "detail": detail,
+            "text": (text or "")[:PREVIEW], "final": final}
+
+
+async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, rejects: AppendWriter):
+    """The conversation for one job, or None when it was rejected or failed (rows in ``rejects``)."""
+    from .providers import JobFailed
+
+    messages = [{"role": "user", "content": job.prompt}]
+    for turn in range(cfg.turns):
+        if turn > 0:
+            try:
+                user = await provider.user_turn(job, messages, turn, 0)
+                stats.requests_by[job.bucket] += 1
+            except JobFailed as e:
+                stats.failed_by[job.bucket] += 1
+                rejects.write(_reject_row(job, turn=turn, attempt=0, reason="error", detail=str(e), text=None,
+                                          final=True))
+                return None
+            text = (user.text or "").strip()
+            if not text or user.finish == "length":
+                stats.rejected[job.bucket]["empty" if not text else "truncated"] += 1
+                rejects.write(_reject_row(job, turn=turn, attempt=0, reason="empty" if not text else "truncated",
+                                          detail="follow-up user turn", text=text, final=True))
+                return None
+            messages.append({"role": "user", "content": text})
+        for attempt in range(cfg.max_attempts):
+            try:
+                comp = await provider.answer(job, messages, turn, attempt)
+            except JobFailed as e:
+                stats.failed_by[job.bucket] += 1
+                rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason="error", detail=str(e),
+                                          text=None, final=True))
+                return None
+            stats.requests_by[job.bucket] += 1
+            stats.tokens_in[job.bucket] += comp.tokens_in
+            stats.tokens_out[job.bucket] += comp.tokens_out
+            text = comp.text.strip() if comp.text else ""
+            reason = check_answer(text, persona=persona, prompt=messages[-1]["content"], topic=job.topic,
+                                  finish=comp.finish, overlap_max=cfg.overlap_max)
+            if reason is None:
+                messages.append({"role": "assistant", "content": text})
+                break
+            stats.rejected[job.bucket][reason] += 1
+            last = attempt == cfg.max_attempts - 1
+            rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason=reason,
+                                      detail=explain(reason, text, persona), text=text, final=last))
+            if last:
+                return None
+    system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
+    return {"messages": system + messages,
+            "meta": {"id": job.id, "topic": job.topic, "group": job.group, "bucket": job.bucket,
+                     "lang": job.lang or "English", "persona": persona.name, "provider": provider.name,
+                     "model": provider.model, "seed": cfg.seed}}
+
+
+async def generate(todo: list, provider, persona: Persona, cfg, out: Path, rej: Path,
+                   reporter: Reporter) -> GenStats:
+    """Run every job in ``todo`` with ``cfg.max_concurrency`` workers; append rows as they finish."""
+    stats = GenStats()
+    t0 = time.perf_counter()
+    queue = iter(todo)
+    try:
+        with AppendWriter(out) as writer, AppendWriter(rej) as rejects, \
+                reporter.progress("generating", total=len(todo), fields={"ok": 0, "rej": 0, "rps": 0.0},
+                                  template="ok {task.fields[ok]}  rejected {task.fields[rej]}  "
+                                           "{task.fields[rps]:.0f} req/s") as task:
+            ok = bad = 0
+
+            async def worker() -> None:
+                nonlocal ok, bad
+                for job in queue:  # a shared iterator: each job taken once
+                    row = await _run_job(job, provider, persona, cfg, stats, rejects)
+                    if row is not None:
+                        writer.write(row)
+                        stats.accepted[job.bucket] += 1
+                        ok += 1
+                    else:
+                        bad += 1
+                    dt = time.perf_counter() - t0
+                    task.advance(1, ok=ok, rej=bad, rps=stats.requests / dt if dt > 0 else 0.0)
+
+            workers = [asyncio.create_task(worker()) for _ in range(min(cfg.max_concurrency, max(1, len(todo))))]
+            try:
+                done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    if t.exception() is not None:
+                        raise t.exception()
+            finally:
+                for t in workers:
+                    t.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+    finally:
+        await provider.close()
+    stats.gen_s = time.perf_counter() - t0
+    return stats
+
+
+def finalize(jobs: list, persona: Persona, cfg, out: Path, rej: Path, stats: GenStats,
+             reporter: Reporter) -> dict:
+    """Rewrite ``out`` in job order without near-duplicates, and ``rej`` in job order (atomically)."""
+    from .dedup import find_duplicates
+
+    order = {j.id: j.order for j in jobs}
+    by_id: dict[str, dict] = {}
+    strays = []
+    if out.exists():
+        for _, row in read_rows(out, on_error="skip"):
+            rid = (row.get("meta") or {}).get("id")
+            if rid in order:
+                by_id.setdefault(rid, row)  # a job appended twice (killed between write and record)
+            else:
+                strays.append(row)
+    if strays:
+        reporter.warn(f"{len(strays)} rows in {out} belong to no job of this command (other topics, seed or "
+                      "--n-per-topic?); kept at the end. Use --overwrite to start over.")
+    rows = sorted(by_id.values(), key=lambda r: order[r["meta"]["id"]])
+    answers = ["\n".join(m["content"] for m in r["messages"] if m.get("role") == "assistant") for r in rows]
+    dup_of = find_duplicates(answers, cfg.dedup_threshold) if cfg.dedup_threshold < 1.0 else \
+        _exact_duplicates(answers)
+    kept, dup_rejects = [], []
+    for row, text, d in zip(rows, answers, dup_of):
+        if d is None:
+            kept.append(row)
+            continue
+        meta = row["meta"]
+        stats.duplicates[meta["bucket"]] += 1
+        dup_rejects.append({"id": meta["id"], "order": order[meta["id"]], "topic": meta["topic"],
+                            "group": meta["group"], "bucket": meta["bucket"], "turn": 0, "attempt": 0,
+                            "reason": "duplicate", "detail": f"near-duplicate of {rows[d]['meta']['id']}",
+                            "text": text[:400], "final": True})
+    write_rows_atomic(out, kept + strays)
+
+    rej_rows = {}
+    if rej.exists():
+        for _, r in read_rows(rej, on_error="skip"):
+            rej_rows[(r.get("id"), r.get("turn"), r.get("attempt"), r.get("reason"))] = r
+    for r in dup_rejects:
+        rej_rows[(r["id"], r["turn"], r["attempt"], r["reason"])] = r
+    accepted_ids = {r["meta"]["id"] for r in kept}
+    # a job that failed once and succeeded on a later run keeps its history, but not as "final"
+    for r in rej_rows.values():
+        if r.get("id") in accepted_ids and r.get("reason") == "error":
+            r["final"] = False
+    write_rows_atomic(rej, sorted(rej_rows.values(), key=lambda r: (
+        r.get("order", 1 << 62), r.get("turn", 0), r.get("attempt", 0), str(r.get("reason")))))
+    kept_by = Counter(r["meta"]["bucket"] for r in kept)
+    return {"kept": len(kept) + len(strays), "duplicates": len(dup_rejects), "kept_by_bucket": kept_by}
+
+
+def _exact_duplicates(texts: list[str]) -> list[int | None]:
+    from .dedup import normalize
+
+    first: dict[str, int] = {}
+    out = []
+    for i, t in enumerate(texts):
+        j = first.setdefault(normalize(t), i)
+        out.append(None if j == i else j)
+    return out
+
+
+def summary_rows(stats: GenStats, kept_by: Counter) -> list[list]:
+    """The end-of-run table: rows in the final file per bucket, this run's rejections and traffic."""
+    rows = []
+    for b in BUCKETS:
+        rej = stats.rejected.get(b, Counter())
+        reasons = Counter(rej)
+        if stats.duplicates[b]:
+            reasons["duplicate"] += stats.duplicates[b]
+        if not (kept_by[b] or reasons or stats.failed_by[b]):
+            continue
+        rows.append([b, kept_by[b], sum(reasons.values()),
+                     ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "-",
+                     stats.failed_by[b], stats.tokens_in[b], stats.tokens_out[b],
+                     round(stats.requests_by[b] / stats.gen_s, 1) if stats.gen_s > 0 else None])
+    total_rej = sum(sum(c.values()) for c in stats.rejected.values()) + sum(stats.duplicates.values())
+    rows.append(["all", sum(kept_by.values()), total_rej, "",
+                 stats.failed, sum(stats.tokens_in.values()), sum(stats.tokens_out.values()),
+                 round(stats.requests / stats.gen_s, 1) if stats.gen_s > 0 else None])
+    return rows
+

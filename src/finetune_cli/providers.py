@@ -1,0 +1,219 @@
+"""LLM providers for ``ft gen`` and ``ft topics expand``: OpenAI (and any OpenAI-compatible server
+through ``OPENAI_BASE_URL``: vLLM, Ollama, llama.cpp) and Anthropic, with ft's own retry policy.
+
+The SDKs' built-in retries are switched off (``max_retries=0``) so that one policy, here, decides
+and counts every retry: 429 (waiting what ``Retry-After`` / ``retry-after-ms`` asks, capped), 5xx,
+timeouts, connection errors and malformed bodies are retried with exponential backoff and jitter;
+401/403 (bad key) and 404 (no such model) stop the run (:class:`ProviderError`); anything else fails
+the one job (:class:`JobFailed`). API keys are never put in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, ProviderError
+from .template_voice import Completion
+
+DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+URL_VARS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+USER_SIM = ("You play the user in a conversation with an assistant about: {topic}. Write the user's next "
+            "message: one short, natural follow-up question in plain English that builds on the "
+            "assistant's last answer. Reply with the question only.")
+
+
+class JobFailed(Exception):
+    """This request will not succeed (retries exhausted, a 400...): the job goes to the rejects file."""
+
+
+def choose_provider(requested: str) -> str:
+    """``auto``: openai if OPENAI_API_KEY or OPENAI_BASE_URL is set, else anthropic if its key is,
+    else the offline template provider."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        return "openai"
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        return "anthropic"
+    return "template"
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 6
+    base: float = 1.0        # seconds before the first retry; doubles each time
+    cap: float = 60.0        # no single wait is longer, Retry-After included
+    timeout: float = 60.0    # per request
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Exponential backoff with 'equal jitter': between half and all of base·2^attempt."""
+        d = min(self.cap, self.base * 2 ** attempt)
+        return d / 2 + rng.random() * d / 2
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    retries: Counter = field(default_factory=Counter)  # reason -> count
+    waited_s: float = 0.0
+
+
+def retry_after_seconds(headers) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(ra) if ra else None
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+class LLMProvider:
+    """One client for ``openai`` or ``anthropic`` with ft's retry policy."""
+
+    def __init__(self, kind: str, *, model: str | None, base_url: str | None, policy: RetryPolicy,
+                 temperature: float = 0.8, max_tokens: int = 512, persona=None):
+        if kind not in KEY_VARS:
+            raise ConfigError(f"unknown provider {kind!r}")
+        self.name = kind
+        self.model = model or DEFAULT_MODELS[kind]
+        self.policy = policy
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.persona = persona
+        self.stats = CallStats()
+        self._rng = random.Random()
+        key = os.environ.get(KEY_VARS[kind])
+        self.base_url = base_url or os.environ.get(URL_VARS[kind]) or None
+        if not key:
+            if kind == "openai" and self.base_url:
+                key = "not-needed"  # local OpenAI-compatible servers (vLLM, Ollama) take any key
+            else:
+                raise ConfigError(f"provider {kind} needs {KEY_VARS[kind]} (in the environment or .env)")
+        self._secret = key
+        if kind == "openai":
+            import openai as sdk
+
+            self._client = sdk.AsyncOpenAI(api_key=key, base_url=self.base_url, max_retries=0,
+                                           timeout=policy.timeout)
+        else:
+            import anthropic as sdk
+
+            self._client = sdk.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0,
+                                              timeout=policy.timeout)
+        self._sdk = sdk
+
+    # -- the two calls ft gen makes -------------------------------------------------------------
+    async def answer(self, job, messages: list[dict], turn: int, attempt: int) -> Completion:
+        system = self.persona.instructions
+        if job.bucket == "multi" and turn == 0:
+            system += f"\nThe user writes in {job.lang}. Answer in your own voice, not in {job.lang}."
+        return await self.complete(system, messages)
+
+    async def user_turn(self, job, messages: list[dict], turn: int, attempt: int) -> Completion:
+        transcript = "\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in messages)
+        return await self.complete(USER_SIM.format(topic=job.topic),
+                                   [{"role": "user", "content": transcript}], max_tokens=120)
+
+    # -- one request, retried under the policy --------------------------------------------------
+    async def complete(self, system: str | None, messages: list[dict], *,
+                       max_tokens: int | None = None) -> Completion:
+        sdk = self._sdk
+        for attempt in range(self.policy.max_retries + 1):
+            self.stats.requests += 1
+            wait = None
+            try:
+                return await self._request(system, messages, max_tokens or self.max_tokens)
+            except (sdk.AuthenticationError, sdk.PermissionDeniedError) as e:
+                raise ProviderError(f"{self.name}: authentication failed (HTTP {e.status_code}) at "
+                                    f"{self.base_url or 'the default endpoint'}",
+                                    hint=f"check {KEY_VARS[self.name]}") from None
+            except sdk.NotFoundError:
+                raise ProviderError(f"{self.name}: model {self.model!r} not found (HTTP 404) at "
+                                    f"{self.base_url or 'the default endpoint'}", hint="check --model") from None
+            except sdk.APITimeoutError:
+                reason = "timeout"
+            except sdk.APIConnectionError:
+                reason = "connection"
+            except sdk.APIStatusError as e:
+                status = e.status_code
+                if status == 429:
+                    reason, wait = "429", retry_after_seconds(e.response.headers)
+                elif status >= 500:
+                    reason, wait = f"{status}", retry_after_seconds(e.response.headers)
+                elif status == 408 or status == 409:
+                    reason = f"{status}"
+                else:
+                    raise JobFailed(f"HTTP {status}: {self._scrub(_short(e))}") from None
+            except (sdk.APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError,
+                    IndexError) as e:
+                reason = "malformed"
+                last = f"malformed response ({type(e).__name__})"
+            else:  # pragma: no cover - _request returns or raises
+                continue
+            self.stats.retries[reason] += 1
+            if attempt == self.policy.max_retries:
+                detail = last if reason == "malformed" else reason
+                raise JobFailed(f"{detail} after {attempt + 1} attempts")
+            delay = wait if wait is not None else self.policy.backoff(attempt, self._rng)
+            delay = min(delay, self.policy.cap)
+            self.stats.waited_s += delay
+            await asyncio.sleep(delay)
+        raise JobFailed("retries exhausted")  # pragma: no cover
+
+    async def _request(self, system: str | None, messages: list[dict], max_tokens: int) -> Completion:
+        if self.name == "openai":
+            msgs = ([{"role": "system", "content": system}] if system else []) + messages
+            r = await self._client.chat.completions.create(model=self.model, messages=msgs,
+                                                            temperature=self.temperature,
+                                                            max_tokens=max_tokens)
+            choice = r.choices[0]
+            text = choice.message.content
+            if not isinstance(text, str):
+                raise ValueError("no message content")
+            finish = "length" if choice.finish_reason == "length" else "stop"
+            usage = r.usage
+            tin, tout = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+        else:
+            kw = {"system": system} if system else {}
+            r = await self._client.messages.create(model=self.model, messages=messages,
+                                                   temperature=self.temperature, max_tokens=max_tokens, **kw)
+            text = "".join(b.text for b in r.content if getattr(b, "type", "") == "text")
+            if not isinstance(r.content, list):
+                raise ValueError("no content")
+            finish = "length" if r.stop_reason == "max_tokens" else "stop"
+            usage = r.usage
+            tin, tout = (usage.input_tokens or 0, usage.output_tokens or 0) if usage else (0, 0)
+        self.stats.tokens_in += tin
+        self.stats.tokens_out += tout
+        return Completion(text, finish, tin, tout)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _short(err: Exception) -> str:
+    msg = getattr(err, "message", None) or str(err)
+    return msg.splitlines()[0][:200] if msg else type(err).__name__
