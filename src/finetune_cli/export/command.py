@@ -1,0 +1,201 @@
+"""``ft merge``: a merged 16-bit model verified against the adapter, an adapter-only export, checked GGUFs.
+
+    ft merge --run runs/a --out merged/a                          # bf16 safetensors, verified
+    ft merge --adapter runs/a/adapter --base tiny --out merged/a --dtype fp16
+    ft merge --run runs/a --out adapters/a --adapter-only         # for vllm serve --enable-lora
+    ft merge --run runs/a --out merged/a --gguf f16,q8_0,q4_k_m   # + GGUF files, Modelfile, drift check
+
+Verification is on by default: logits of the export against base+adapter on sample conversations
+(the run's held-out rows, else built-in chats), max and mean |Δ| printed; past the dtype's tolerance
+ft exits 1 and writes nothing. Each GGUF is written offline by ft's own converter, loaded back by a
+real GGUF reader (transformers' gguf-py loader; llama-cpp-python too when installed), made to
+generate, and compared with the 16-bit model on held-out text; a file whose drift passes --max-kl
+is flagged ("this q4_k_m differs badly: do not ship it"), left out of the Modelfile, and ft exits 1.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import opt
+from ..errors import ConfigError, ExportError
+from ..ui import Reporter
+
+GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
+
+
+@dataclass
+class MergeConfig:
+    run: str | None = opt(None, "Run directory written by ft train: its adapter (or model), base model, held-out "
+                                "rows and system prompt.", panel="Source")
+    adapter: str | None = opt(None, "An adapter directory (adapter_config.json + adapter_model.safetensors), "
+                                    "instead of --run.", panel="Source")
+    base: str | None = opt(None, "Base model (directory, .gguf, alias tiny / smollm2-135m, or hub id); none = the "
+                                 "run's or the adapter's.", panel="Source")
+    out: str = opt(help="Output directory; must be new or empty unless --force.", short="-o", required=True)
+    dtype: str = opt("bf16", "Dtype of the merged safetensors.", choices=("bf16", "fp16"))
+    adapter_only: bool = opt(False, "Write a clean adapter folder (weights, config, tokenizer, template) for "
+                                    "vllm serve --enable-lora, instead of merging.")
+    verify: bool = opt(True, "Check the export's logits against base+adapter; exit 1 past the dtype's tolerance.")
+    samples: int = opt(8, "Sample conversations for verification and GGUF drift.", ge=1, le=256)
+    gguf: list[str] = opt([], "GGUF files to write (comma-separated or repeated): f16, q8_0, q4_k_m.",
+                          panel="GGUF")
+    max_kl: float = opt(0.1, "Drift threshold, nats/token: a GGUF whose mean KL divergence from the 16-bit model "
+                             "on held-out text is above this is flagged 'do not ship it' and ft exits 1.",
+                        gt=0, panel="GGUF")
+    device: str = opt("auto", "Where to merge and verify (auto = cuda when available).", choices=("auto", "cpu", "cuda"))
+    force: bool = opt(False, "Replace an existing --out directory.")
+
+    def validate(self) -> None:
+        kinds = [k.strip().lower() for item in self.gguf for k in item.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in GGUF_TYPES]
+        if bad:
+            raise ConfigError(f"option --gguf: unknown type {bad[0]!r}", hint=f"one of {', '.join(GGUF_TYPES)}")
+        self.gguf = list(dict.fromkeys(kinds))
+        if self.adapter_only and self.gguf:
+            raise ConfigError("--adapter-only and --gguf: a GGUF is written from the merged model",
+                              hint="run ft merge twice, or drop --adapter-only")
+
+
+def _prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"--out {out}: already exists and is not empty", hint="pick another --out or add --force")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
+
+
+def _files(out: Path) -> list[dict]:
+    return [{"path": str(p), "bytes": p.stat().st_size} for p in sorted(out.rglob("*")) if p.is_file()]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _report_diff(reporter: Reporter, label: str, d, dtype: str) -> dict:
+    r = d.as_dict(dtype)
+    verdict = "ok" if r["ok"] else "FAILED"
+    reporter.info(f"verify {label}: max |Δlogit| {d.max_abs:.3g} (tolerance {r['max_tolerance']:.3g}), mean "
+                  f"{d.mean_abs:.3g} (tolerance {r['mean_tolerance']:.3g}) over {d.tokens} tokens, logit scale "
+                  f"{d.scale:.3g}: {verdict}")
+    return r
+
+
+def _export_adapter(cfg, src, ref, tok, tmp, texts, reporter) -> dict:
+    from .merge import save_adapter_only
+    from .verify import compare, logits_on
+
+    names = save_adapter_only(src, tok, tmp, reporter)
+    result: dict = {"kind": "adapter", "files": names}
+    if cfg.verify:
+        from peft import PeftModel
+
+        want = logits_on(ref, tok, texts)
+        base = ref.unload()  # the same base weights, adapter removed
+        again = PeftModel.from_pretrained(base, str(tmp)).eval()
+        d = compare(want, logits_on(again, tok, texts))
+        result["verify"] = {"reload_peft": _report_diff(reporter, "adapter reloaded with peft", d, "merge")}
+        if not d.ok("merge"):
+            raise ExportError("the exported adapter does not reproduce base+adapter when reloaded with peft")
+    return result
+
+
+def _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..models import resolve_model
+    from .merge import merge, save_merged
+    from .verify import compare, logits_on
+
+    result: dict = {"kind": "merged", "dtype": cfg.dtype}
+    verify: dict = {}
+    with reporter.progress("merging and verifying", total=4) as task:
+        want = logits_on(ref, tok, texts) if cfg.verify else None
+        task.advance(1)
+        merged = merge(ref, src)
+        if cfg.verify:
+            d = compare(want, logits_on(merged, tok, texts))
+            verify["merge_fp32"] = _report_diff(reporter, "fp32 merge vs base+adapter", d, "merge")
+            if not d.ok("merge"):
+                raise ExportError(f"the merged weights do not reproduce base+adapter (max |Δlogit| {d.max_abs:.3g} "
+                                  f"in fp32, tolerance {verify['merge_fp32']['max_tolerance']:.3g}): nothing written")
+        task.advance(1)
+        base_dir = resolve_model(src.base) if src.kind == "adapter" else str(src.path)
+        info = save_merged(merged, tok, tmp, dtype=cfg.dtype, src=src, base_dir=base_dir)
+        del merged, ref
+        gc.collect()
+        task.advance(1)
+        if cfg.verify:  # the files as a user loads them: plain transformers, the saved dtype
+            again = AutoModelForCausalLM.from_pretrained(str(tmp)).eval()
+            if again.dtype != getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[cfg.dtype]):
+                raise ExportError(f"the saved model reloads as {again.dtype}, not {cfg.dtype}")
+            if device == "cpu":  # CPU half-precision matmuls are slow: upcast, so only the files' rounding is measured
+                again = again.float()
+            d = compare(want, logits_on(again.to(device), tok, texts))
+            verify[f"saved_{cfg.dtype}"] = _report_diff(reporter, f"saved {cfg.dtype} vs base+adapter", d, cfg.dtype)
+            del again
+            if not d.ok(cfg.dtype):
+                raise ExportError(f"the saved {cfg.dtype} model differs from base+adapter past the tolerance (max "
+                                  f"|Δlogit| {d.max_abs:.3g}, mean {d.mean_abs:.3g}): nothing written",
+                                  hint="try --dtype bf16" if cfg.dtype == "fp16" else None)
+        task.advance(1)
+    result.update(info)
+    result["verify"] = verify
+    return result
+
+
+def run(cfg: MergeConfig, reporter: Reporter) -> dict:
+    from ..models import default_device
+    from .merge import find_source, load_reference
+    from .verify import sample_texts
+
+    src = find_source(run=cfg.run, adapter=cfg.adapter, base=cfg.base)
+    out = Path(cfg.out)
+    device = default_device() if cfg.device == "auto" else cfg.device
+    what = "adapter-only export" if cfg.adapter_only else f"{src.method} merge → {cfg.dtype}"
+    reporter.info(f"ft merge: {src.path} on {src.base or '(full model)'}: {what} → {out}")
+    if src.method == "qlora" and not cfg.adapter_only:
+        reporter.info("QLoRA adapter: merged into the 16-bit base weights (never into 4-bit ones)")
+    tmp = _prepare_out(out, cfg.force)
+    try:
+        ref, tok = load_reference(src, device=device, reporter=reporter)
+        texts = sample_texts(tok, run_dir=src.run_dir, n=cfg.samples, system=src.run.get("system_prompt"))
+        if cfg.adapter_only:
+            result = _export_adapter(cfg, src, ref, tok, tmp, texts, reporter)
+        else:
+            result = _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device)
+            if cfg.gguf:
+                from .gguf_check import export_gguf
+
+                result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf, texts=texts, max_kl=cfg.max_kl,
+                                             system=src.run.get("system_prompt"), reporter=reporter)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = _files(out)
+    reporter.table(f"ft merge: wrote {out}", ["file", "size"],
+                   [[str(Path(f["path"]).relative_to(out)), _size(f["bytes"])] for f in files])
+    result.update({"out": str(out), "source": str(src.path), "base_model": src.base, "method": src.method,
+                   "files": files, "total_bytes": sum(f["bytes"] for f in files)})
+    flagged = [g["type"] for g in result.get("gguf", {}).get("files", []) if g.get("flagged")]
+    if flagged:
+        result["exit_code"] = 1
+    return result

@@ -1,0 +1,279 @@
+"""A focused, offline HF -> GGUF converter for the Llama family (Llama 2/3, Mistral, SmolLM, Qwen2).
+
+    info = write_gguf(Path("merged/a"), Path("merged/a/gguf/model-q4_k_m.gguf"), "q4_k_m")
+
+What llama.cpp's ``convert_hf_to_gguf.py`` + ``llama-quantize`` do for these architectures, and no more:
+hyperparameters as ``{arch}.*`` keys; tensors renamed with gguf-py's ``TensorNameMap``; for the ``llama``
+architecture the Q and K projections permuted from HF's rotate-half rope layout to llama.cpp's
+interleaved one (transformers' GGUF loader applies the inverse on load); a byte-level BPE tokenizer as
+``tokenizer.ggml.*`` (tokens, token types, merges, pre-tokenizer name, bos/eos/eot/pad ids, chat
+template). Tensors stream from safetensors one at a time, so memory stays at one tensor.
+
+Types: ``f16`` (2-D weights F16), ``q8_0`` (2-D weights Q8_0), ``q4_k_m`` (llama.cpp's mix: Q4_K, with
+Q6_K for output.weight and for attn_v/ffn_down in the layers ``use_more_bits`` picks). 1-D tensors stay
+F32. A row length that is not a multiple of the block size falls back as llama.cpp does (Q4_K -> Q5_0,
+Q6_K -> Q8_0, else F16) and is reported. SentencePiece tokenizers (Llama 2, Mistral v0.1-0.3) are not
+written by this converter: it says so instead of writing a file llama.cpp would tokenize wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ExportError
+from ..ui import NULL, Reporter
+
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # HF model_type -> llama.cpp arch
+FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+# llama.cpp's fallback for rows that K-quant blocks (256) do not divide
+FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0", "Q5_0": "F16", "Q8_0": "F16"}
+_CHUNK = 1 << 22  # elements quantized at a time: bounds the quantizers' temporaries
+
+
+@dataclass
+class TensorPlan:
+    hf_name: str
+    name: str
+    shape: tuple[int, ...]
+    qtype: str  # F32 F16 Q8_0 Q5_0 Q4_K Q6_K
+    wanted: str  # the type the recipe asked for (differs after a fallback)
+    permute_heads: int | None = None
+
+
+def _use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _recipe(kind: str, name: str, n_layers: int) -> str:
+    if kind == "f16":
+        return "F16"
+    if kind == "q8_0":
+        return "Q8_0"
+    if name == "output.weight":
+        return "Q6_K"
+    if name.endswith(("attn_v.weight", "ffn_down.weight")) and _use_more_bits(int(name.split(".")[1]), n_layers):
+        return "Q6_K"
+    return "Q4_K"
+
+
+def _block(qtype: str) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[qtype]][0]
+
+
+def _fit(qtype: str, cols: int) -> str:
+    while qtype not in ("F16", "F32") and cols % _block(qtype):
+        qtype = FALLBACK[qtype]
+    return qtype
+
+
+def read_model_dir(model_dir: Path) -> tuple[dict, dict[str, Path]]:
+    """``(config, {tensor name: safetensors file})`` for a saved HF model folder."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{model_dir}: no config.json, not a saved model")
+    config = json.loads(cfg_path.read_text())
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        wm = json.loads(index.read_text())["weight_map"]
+        return config, {k: model_dir / v for k, v in wm.items()}
+    st = model_dir / "model.safetensors"
+    if not st.is_file():
+        raise ExportError(f"{model_dir}: no model.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(st), "np") as f:
+        return config, {k: st for k in f.keys()}
+
+
+def plan(config: dict, files: dict[str, Path], kind: str) -> list[TensorPlan]:
+    """Which GGUF tensor each HF tensor becomes, with which type."""
+    import gguf
+    from safetensors import safe_open
+
+    model_type = config.get("model_type")
+    arch = ARCHS.get(model_type)
+    if arch is None:
+        raise ExportError(f"GGUF export supports {', '.join(ARCHS)} models; this one is {model_type!r}",
+                          hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    n_layers = config["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(arch_id, n_layers)
+    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    tied = config.get("tie_word_embeddings", False)
+    out: list[TensorPlan] = []
+    for hf_name in sorted(files, key=_order):
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ExportError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({model_type})")
+        with safe_open(str(files[hf_name]), "np") as f:
+            shape = tuple(f.get_slice(hf_name).get_shape())
+        permute = None
+        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+            permute = n_head if ".attn_q." in name else n_kv
+        if len(shape) == 1:
+            qtype = wanted = "F32"
+        else:
+            wanted = _recipe(kind, name, n_layers)
+            qtype = _fit(wanted, shape[-1])
+        out.append(TensorPlan(hf_name, name, shape, qtype, wanted, permute))
+    return out
+
+
+def _order(hf_name: str) -> tuple:
+    parts = hf_name.split(".")
+    layer = next((int(p) for p in parts if p.isdigit()), -1)
+    return (0 if "embed" in hf_name else 2 if layer < 0 else 1, layer, hf_name)
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rope layout -> llama.cpp's interleaved one (convert_hf_to_gguf ``LlamaModel.permute``)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def encode(w: np.ndarray, qtype: str) -> np.ndarray:
+    """Float weights -> the bytes (or floats) GGUF stores for ``qtype``."""
+    from gguf import GGMLQuantizationType, quants
+
+    from . import kquants
+
+    if qtype == "F32":
+        return w.astype(np.float32)
+    if qtype == "F16":
+        return w.astype(np.float16)
+    fn: Callable[[np.ndarray], np.ndarray]
+    if qtype == "Q4_K":
+        fn = kquants.quantize_q4_k
+    elif qtype == "Q6_K":
+        fn = kquants.quantize_q6_k
+    else:
+        t = GGMLQuantizationType[qtype]
+        fn = lambda a: quants.quantize(a, t)  # noqa: E731
+    rows = max(1, _CHUNK // w.shape[-1])
+    return np.concatenate([fn(np.ascontiguousarray(w[i:i + rows], dtype=np.float32))
+                           for i in range(0, w.shape[0], rows)])
+
+
+def _nbytes(p: TensorPlan) -> tuple[tuple[int, ...], Any, int]:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quant_shape_to_byte_shape
+
+    if p.qtype in ("F32", "F16"):
+        dt = np.float32 if p.qtype == "F32" else np.float16
+        return p.shape, dt, int(np.prod(p.shape)) * np.dtype(dt).itemsize
+    shape = quant_shape_to_byte_shape(p.shape, GGMLQuantizationType[p.qtype])
+    return shape, np.uint8, int(np.prod(shape))
+
+
+def _rope_keys(w, arch: str, config: dict, head_dim: int) -> np.ndarray | None:
+    """Rope hyperparameters; Llama 3.x's frequency scaling becomes a ``rope_freqs`` tensor, as llama.cpp does."""
+    rope = dict(config.get("rope_parameters") or {})
+    rope.update(config.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    w.add_rope_freq_base(float(theta))
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind == "default":
+        return None
+    if kind == "linear":
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(rope["factor"]))
+        return None
+    if kind == "llama3":
+        factor, lo, hi = rope.get("factor", 8.0), rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+        old = rope.get("original_max_position_embeddings", 8192)
+        freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+        out = []
+        for f in freqs:
+            wavelen = 2 * math.pi / f
+            if wavelen < old / hi:
+                out.append(1.0)
+            elif wavelen > old / lo:
+                out.append(factor)
+            else:
+                smooth = (old / wavelen - lo) / (hi - lo)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        return np.array(out, dtype=np.float32)
+    raise ExportError(f"GGUF export: rope scaling {kind!r} is not supported by ft's converter",
+                      hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
+
+
+def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter = NULL,
+               name: str | None = None) -> dict:
+    """Write ``out_path`` from the merged HF folder; returns types used, fallbacks and bytes."""
+    import gguf
+    from safetensors import safe_open
+
+    from .gguf_vocab import add_tokenizer
+
+    config, files = read_model_dir(model_dir)
+    plans = plan(config, files, kind)
+    arch = ARCHS[config["model_type"]]
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    tmp = out_path.with_name(out_path.name + ".part")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name or model_dir.name)
+    w.add_context_length(config.get("max_position_embeddings", 2048))
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(config.get("num_key_value_heads") or n_head)
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    w.add_vocab_size(config["vocab_size"])
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != config["hidden_size"] // n_head:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    rope_freqs = _rope_keys(w, arch, config, head_dim)
+    w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[kind])))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tok_info = add_tokenizer(w, model_dir, config["vocab_size"], reporter)
+
+    if rope_freqs is not None:
+        plans.insert(0, TensorPlan("", "rope_freqs.weight", rope_freqs.shape, "F32", "F32"))
+    for p in plans:
+        shape, dt, nbytes = _nbytes(p)
+        w.add_tensor_info(p.name, shape, np.dtype(dt), nbytes,
+                          raw_dtype=None if p.qtype in ("F32", "F16") else gguf.GGMLQuantizationType[p.qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    with reporter.progress(f"writing {out_path.name}", total=len(plans)) as task:
+        for p in plans:
+            if not p.hf_name:
+                data = rope_freqs
+            else:
+                with safe_open(str(files[p.hf_name]), "pt") as f:
+                    data = f.get_tensor(p.hf_name).float().numpy()
+                if p.permute_heads:
+                    data = permute_qk(data, p.permute_heads)
+            w.write_tensor_data(encode(data, p.qtype))
+            task.advance(1)
+    w.close()
+    tmp.replace(out_path)
+    counts: dict[str, int] = {}
+    for p in plans:
+        counts[p.qtype] = counts.get(p.qtype, 0) + 1
+    moved: dict[str, list[str]] = {}
+    for p in plans:
+        if p.wanted != p.qtype:
+            moved.setdefault(f"{p.wanted}→{p.qtype}", []).append(p.name)
+    fallbacks = [f"{len(v)} tensor(s) {k}: rows not a multiple of {_block(k.split('→')[0])} "
+                 f"({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in sorted(moved.items())]
+    return {"path": str(out_path), "type": kind, "tensor_types": counts, "fallbacks": fallbacks,
+            "bytes": out_path.stat().st_size, **tok_info}
