@@ -77,3 +77,33 @@ def test_to_sharegpt_run_imports_nothing_heavy(tmp_path):
                                    "-o", str(tmp_path / "o.jsonl")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not mods & set(HEAVY), mods & set(HEAVY)
+
+
+def test_json_mode_keeps_library_prints_off_stdout():
+    """Libraries (Unsloth's banner, ...) print to stdout; with --json it must hold one JSON document."""
+    from dataclasses import dataclass
+
+    import orjson
+    import typer
+
+    from finetune_cli.command import register
+    from finetune_cli.config import SECTIONS, opt
+
+    @dataclass
+    class Noisy:
+        n: int = opt(1, "n")
+
+    def run(cfg, reporter):
+        print("🦥 a library banner")
+        return {"n": cfg.n}
+
+    demo = typer.Typer()
+    register(demo, "noisy", Noisy, "noisy_demo", run, help="demo")
+    register(demo, "other", Noisy, "noisy_demo2", run, help="demo")
+    try:
+        r = runner.invoke(demo, ["noisy", "--n", "3", "--json"])
+        assert r.exit_code == 0, r.output
+        assert orjson.loads(r.stdout) == {"n": 3}
+        assert "banner" in r.stderr
+    finally:
+        SECTIONS.pop("noisy_demo", None), SECTIONS.pop("noisy_demo2", None)

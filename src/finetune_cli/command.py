@@ -8,6 +8,7 @@ one line on stderr, exit 2 for usage/config errors, 1 for data/runtime errors, 1
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import traceback
@@ -133,7 +134,12 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
             if common["dry_run"]:
                 print_resolved(reporter, section, resolved)
                 return
-            result = run(resolved.config, reporter)
+            if common["json_out"]:
+                # stdout carries one JSON document: what libraries print (Unsloth's banner...) goes to stderr
+                with contextlib.redirect_stdout(sys.stderr):
+                    result = run(resolved.config, reporter)
+            else:
+                result = run(resolved.config, reporter)
         except (FtError, KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - the edge
             fail(err, common["debug"])
         code = 0

@@ -1,0 +1,242 @@
+"""GPU benchmark: training tokens/s and peak memory of ft's backends beside raw loops, in one run.
+
+    python bench/train_throughput.py run OUT [--shapes 1b,8b] [--steps 10] [--packing]
+
+For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes (2 × 2048), LoRA r16
+on all linear layers, gradient checkpointing, AdamW:
+  (a) `ft train --backend unsloth`   (b) a raw Unsloth loop
+  (c) a raw transformers+peft loop   (d) `ft train --backend hf`
+and, with --packing, effective (non-pad) tokens/s on chat rows of 50–600 tokens: ft's padding-free
+batches versus padded batches, same batch size. Every part runs in its own process (fresh CUDA
+memory statistics; Unsloth imported first where it is used). Writes OUT/throughput.json and
+OUT/benchmarks.md. Weights are random: throughput and memory do not depend on their values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRESETS = {
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+}
+BATCH = {"1b": 4, "8b": 2}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
+            "{% if add_generation_prompt %}<s>assistant {% endif %}")
+WARMUP = 3
+
+
+def make(path: str, preset: str) -> None:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    cfg = LlamaConfig(max_position_embeddings=8192, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+                      **PRESETS[preset])
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path)
+    specials = ["<s>", "</s>", "<pad>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"t{i}": i for i in range(len(specials), cfg.vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.chat_template = TEMPLATE
+    fast.save_pretrained(path)
+
+
+def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
+    """The plain loop users write by hand: forward with labels, backward, AdamW step."""
+    import torch
+
+    if kind == "unsloth":
+        import unsloth  # noqa: F401  (before transformers)
+        from unsloth import FastLanguageModel
+
+        model, _ = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
+                                                     load_in_4bit=False)
+        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                 target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                                 random_state=0)
+    else:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                     device_map={"": 0})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                                                 task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    torch.manual_seed(0)
+    batches = [torch.randint(4, model.config.vocab_size, (B, L), device="cuda") for _ in range(4)]
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(WARMUP + steps):
+        if i == WARMUP:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        ids = batches[i % 4]
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": round(B * L * steps / dt), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def write_text(path: Path, n_tokens: int, vocab: int) -> None:
+    rng = random.Random(0)
+    path.write_text(" ".join(f"t{rng.randrange(4, vocab)}" for _ in range(n_tokens)) + "\n")
+
+
+def write_chats(path: Path, n: int, vocab: int) -> float:
+    """Chat rows whose token length is uniform in 50–600 (one word = one token); returns the mean."""
+    rng = random.Random(0)
+    rows, total = [], 0
+    for _ in range(n):
+        length = rng.randint(50, 600)
+        u = rng.randint(10, min(60, length // 2))
+        words = lambda k: " ".join(f"t{rng.randrange(4, vocab)}" for _ in range(k))  # noqa: E731
+        rows.append({"messages": [{"role": "user", "content": words(u)},
+                                  {"role": "assistant", "content": words(length - u - 6)}]})
+        total += length
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return total / n
+
+
+def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, steps: int, packing: bool,
+             name: str) -> dict:
+    cmd = [sys.executable, "-m", "finetune_cli", "train", "--model", model, "--data", data, "--backend", backend,
+           "--method", "lora", "--r", "16", "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1",
+           "--max-len", str(L), "--chunk-tokens", str(L), "--chunk-overlap", "0", "--max-steps",
+           str(WARMUP + steps), "--logging-steps", "1", "--val-split", "0", "--eval-steps", "100000",
+           "--optimizer", "adamw_torch", "--gradient-checkpointing", "on", "--lr", "1e-4",
+           "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    (out / f"{name}.log").write_text(p.stdout[-20000:] + "\n---\n" + p.stderr[-20000:])
+    if p.returncode:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    rows = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    tps = sorted(r["tokens_per_s"] for r in rows if r.get("tokens_per_s") and r["step"] > WARMUP)
+    peak = max(r.get("peak_mem_gib") or 0 for r in rows)
+    return {"tokens_per_s": round(tps[len(tps) // 2]) if tps else None, "peak_gib": round(peak, 2)}
+
+
+def part(args: list[str]) -> None:
+    """One measurement in this process; prints RESULT <json>."""
+    kind, path, B, L, steps = args[0], args[1], int(args[2]), int(args[3]), int(args[4])
+    print("RESULT", json.dumps(raw_loop(kind, path, B, L, steps)), flush=True)
+
+
+def sub(args: list[str], log: Path) -> dict:
+    p = subprocess.run([sys.executable, __file__, "part", *args], capture_output=True, text=True)
+    log.write_text(p.stdout[-20000:] + "\n---\n" + p.stderr[-20000:])
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+
+
+def main() -> None:
+    if sys.argv[1] == "part":
+        return part(sys.argv[2:])
+    out = Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    opts = sys.argv[3:]
+    shapes = opts[opts.index("--shapes") + 1].split(",") if "--shapes" in opts else ["1b", "8b"]
+    steps = int(opts[opts.index("--steps") + 1]) if "--steps" in opts else 10
+    work = Path(os.environ.get("BENCH_WORK", "/tmp/ft-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    res_path = out / "throughput.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    import torch
+
+    results["gpu"] = torch.cuda.get_device_name(0)
+    results["date"] = time.strftime("%Y-%m-%d")
+    L = 2048
+    for shape in shapes:
+        model = work / shape
+        if not (model / "config.json").is_file():
+            subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                            f"import train_throughput as t; t.make({str(model)!r}, {shape!r})"], check=True)
+        B = BATCH[shape]
+        text = work / f"text-{shape}.txt"
+        write_text(text, B * L * (WARMUP + steps + 2), PRESETS[shape]["vocab_size"])
+        r = results.setdefault(shape, {"batch": B, "length": L})
+        r["ft_unsloth"] = ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
+                                   name=f"{shape}-ft-unsloth")
+        r["raw_unsloth"] = sub(["unsloth", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-unsloth.log")
+        r["raw_hf"] = sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf.log")
+        r["ft_hf"] = ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
+                              name=f"{shape}-ft-hf")
+        res_path.write_text(json.dumps(results, indent=2))
+        print(shape, json.dumps(r), flush=True)
+    if "--packing" in opts:
+        model = work / "1b"
+        chats = work / "chats.jsonl"
+        mean = write_chats(chats, 8 * (WARMUP + 3 * steps), PRESETS["1b"]["vocab_size"])
+        pk = results.setdefault("packing", {"batch": 8, "mean_tokens": round(mean, 1), "lengths": "50-600"})
+        for backend in ("unsloth", "hf"):
+            for packing in (True, False):
+                key = f"{backend}_{'padding_free' if packing else 'padded'}"
+                pk[key] = ft_train(backend, str(model), str(chats), out, B=8, L=L, steps=3 * steps,
+                                   packing=packing, name=f"pack-{key}")
+                res_path.write_text(json.dumps(results, indent=2))
+                print(key, pk[key], flush=True)
+    (out / "benchmarks.md").write_text(render(results))
+
+
+def render(results: dict) -> str:
+    def f(x, k):
+        v = (x or {}).get(k)
+        return "—" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))
+
+    lines = [f"Measured {results.get('date')} on {results.get('gpu')} by `bench/train_throughput.py`: random-weight",
+             "Llama shapes, LoRA r16 on all linear layers, gradient checkpointing, AdamW (torch), "
+             f"{WARMUP} warm-up steps excluded.", "",
+             "| shapes | batch × length | stack | tokens/s | peak GiB | vs raw Unsloth | vs transformers+peft |",
+             "|---|---|---|---|---|---|---|"]
+    for shape in ("1b", "8b"):
+        r = results.get(shape)
+        if not r:
+            continue
+        ru, rh = (r.get("raw_unsloth") or {}).get("tokens_per_s"), (r.get("raw_hf") or {}).get("tokens_per_s")
+        for key, label in (("ft_unsloth", "(a) ft train --backend unsloth"), ("raw_unsloth", "(b) raw Unsloth loop"),
+                           ("raw_hf", "(c) raw transformers+peft loop"), ("ft_hf", "(d) ft train --backend hf")):
+            x = r.get(key) or {}
+            t = x.get("tokens_per_s")
+            vs_u = f"{t / ru:.2f}×" if t and ru else "—"
+            vs_h = f"{t / rh:.2f}×" if t and rh else "—"
+            err = f" (error: {x['error']})" if x.get("error") else ""
+            lines.append(f"| {shape} | {r['batch']} × {r['length']} | {label}{err} | {f(x, 'tokens_per_s')} | "
+                         f"{f(x, 'peak_gib')} | {vs_u} | {vs_h} |")
+    pk = results.get("packing")
+    if pk:
+        lines += ["", f"Effective (non-pad) tokens/s, 1B shapes, chat rows of {pk['lengths']} tokens "
+                      f"(mean {pk['mean_tokens']}), {pk['batch']} rows per micro-batch:", "",
+                  "| backend | padding-free | padded to the longest row | ratio |", "|---|---|---|---|"]
+        for b in ("unsloth", "hf"):
+            a, p = (pk.get(f"{b}_padding_free") or {}), (pk.get(f"{b}_padded") or {})
+            ratio = (f"{a['tokens_per_s'] / p['tokens_per_s']:.2f}×" if a.get("tokens_per_s") and p.get("tokens_per_s")
+                     else "—")
+            lines.append(f"| {b} | {f(a, 'tokens_per_s')} | {f(p, 'tokens_per_s')} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
