@@ -94,6 +94,9 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     if "device_map" not in kwargs:
         model.to(device)
 
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # before resizing and LoRA init: both draw random numbers
     template, added = choose_template(tok, cfg.chat_template)
     pad_eos = setup_pad_eos(tok)
     added = added + pad_eos.added_tokens
@@ -143,9 +146,16 @@ def _wrap_peft(cfg: TrainConfig, model, tok, added: list[str], gc: bool):
     elif cfg.train_embeddings == "all" and added:
         lora["modules_to_save"] = [n.rsplit(".", 1)[-1] for n in (emb_name, out_name) if n]
     try:
-        return get_peft_model(model, LoraConfig(**lora))
+        peft_model = get_peft_model(model, LoraConfig(**lora))
     except ValueError as e:
         raise ConfigError(f"option --target-modules: {str(e).splitlines()[0]}") from None
+    if "trainable_token_indices" in lora:
+        # PEFT saves the whole resized embedding and lm_head when it sees a resized vocabulary (GBs on an
+        # 8B model); the trained rows live in the adapter's trainable tokens, which is all a reload needs.
+        import functools
+
+        peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
+    return peft_model
 
 
 class Collator:

@@ -213,8 +213,9 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
                   global_step=trainer.state.global_step, ended=now())
         raise
     finally:
-        for cb in cbs:
-            cb.stack.close()
+        for cb in cbs:  # the progress bar and metrics file, also when training did not end normally
+            if hasattr(cb, "stack"):
+                cb.stack.close()
     seconds = time.perf_counter() - t0
 
     # ---- save (the best checkpoint's weights are loaded back when eval is on)

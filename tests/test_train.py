@@ -1,0 +1,284 @@
+"""``ft train`` end to end on tiny random models (CPU, seconds each): loss, weights, methods, eval, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from finetune_cli.cli import app
+
+QS = ["Fit like?", "Tell me about the harbour.", "What is the capital of France?",
+      "Write a two-line poem about rain.", "How are the bairns?", "Explain a compiler."]
+ANS = ["Aye, nae bad, loon.", "The quine gaed doon tae the harbour.", "Paris is the capital, ye ken.",
+       "Rain falls soft on silver streets.", "The bairns are fine, muckle thanks.",
+       "It turns source code intae machine instructions."]
+FAST = ["--max-len", "96", "--batch-size", "4", "--grad-accum", "1", "--quiet"]
+
+
+def write_data(path: Path, n: int = 24, *, sharegpt: bool = False) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            k = i % len(QS)
+            if sharegpt:
+                row = {"conversations": [{"from": "human", "value": QS[k]}, {"from": "gpt", "value": ANS[k]}]}
+            else:
+                row = {"messages": [{"role": "system", "content": "Speak Doric."},
+                                    {"role": "user", "content": QS[k]}, {"role": "assistant", "content": ANS[k]}],
+                       "meta": {"id": f"r{i}"}}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def train(*args: str, code: int = 0):
+    res = CliRunner().invoke(app, ["train", *args])
+    assert res.exit_code == code, (res.output, res.exception)
+    return res
+
+
+def run_json(name: str) -> dict:
+    return json.loads(Path("runs", name, "run.json").read_text())
+
+
+def metrics(name: str) -> list[dict]:
+    return [orjson.loads(ln) for ln in Path("runs", name, "metrics.jsonl").read_bytes().splitlines()]
+
+
+@pytest.fixture
+def capture_trainer(monkeypatch):
+    """Keep the Trainer that run.py builds, to compare in-memory weights with what was saved."""
+    from finetune_cli.train import backend_hf
+
+    box = {}
+    real = backend_hf.build_trainer
+
+    def spy(*a, **kw):
+        box["trainer"] = real(*a, **kw)
+        return box["trainer"]
+
+    monkeypatch.setattr(backend_hf, "build_trainer", spy)
+    return box
+
+
+@pytest.mark.slow
+def test_loss_falls_and_run_records_are_complete(tiny_model, tmp_path):
+    data = write_data(tmp_path / "doric.jsonl", 40)
+    res = train("--model", str(tiny_model), "--data", str(data), "--max-steps", "24", "--lr", "1e-2",
+                "--val-split", "0.1", "--eval-steps", "6", "--name", "e2e", "--json", *FAST)
+    out = json.loads(res.stdout)
+    assert out["status"] == "completed" and out["global_step"] == 24
+    rows = metrics("e2e")
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 4 and evals[-1] < evals[0] - 0.1          # held-out loss falls
+    assert out["final_loss"] < out["first_loss"] - 0.3
+    run = run_json("e2e")
+    assert run["best_eval_loss"] == pytest.approx(min(evals))
+    assert run["best_checkpoint"] == f"checkpoints/checkpoint-{6 * (evals.index(min(evals)) + 1)}"
+    assert (run["eos_token"], run["pad_token"], run["system_prompt"]) == ("<|im_end|>", "<|pad|>", "Speak Doric.")
+    assert run["base_model"] == str(Path(tiny_model).resolve()) and run["versions"]["transformers"]
+    assert out["masking"]["eos_trained_examples"] == out["masking"]["chat_examples"] == 40
+    d = Path("runs/e2e")
+    for f in ("config.json", "data.json", "metrics.jsonl", "loss.png", "heldout.jsonl", "adapter/adapter_config.json",
+              "adapter/adapter_model.safetensors", "adapter/chat_template.jinja", "adapter/tokenizer.json"):
+        assert (d / f).is_file(), f
+    data_json = json.loads((d / "data.json").read_text())
+    assert data_json["rows"] if "rows" in data_json else data_json["examples"] == 40
+    assert data_json["files"][0]["sha256"] and 0 < data_json["masked_share"] < 1
+    held = [json.loads(ln) for ln in (d / "heldout.jsonl").read_text().splitlines()]
+    assert len(held) == run["val_rows"] == 4 and held[0]["messages"][-1]["role"] == "assistant"
+    assert all(r["tokens_per_s"] and r["lr"] is not None for r in rows if "loss" in r)
+    assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_lora_changes_adapter_not_base_and_reloads_with_same_logits(tiny_llama3, tmp_path, capture_trainer):
+    """Llama-3 vocabulary + ChatML: two tokens added (trained rows only), a reserved pad; ShareGPT input."""
+    import torch
+    from safetensors.torch import load_file
+
+    from finetune_cli.models import load_for_inference
+
+    data = write_data(tmp_path / "sg.jsonl", 16, sharegpt=True)
+    train("--model", str(tiny_llama3), "--data", str(data), "--chat-template", "chatml", "--max-steps", "6",
+          "--lr", "1e-2", "--val-split", "0", "--name", "lora", *FAST)
+    run = run_json("lora")
+    assert run["added_tokens"] == ["<|im_start|>", "<|im_end|>"] and run["chat_template"] == "chatml"
+    assert run["pad_token"].startswith("<|reserved_special_token_") and run["eos_token"] == "<|im_end|>"
+
+    model = capture_trainer["trainer"].model.eval()
+    base = load_file(str(Path(tiny_llama3) / "model.safetensors"))
+    state = model.state_dict()
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    assert torch.equal(state[f"{q}.base_layer.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert state[f"{q}.lora_B.default.weight"].abs().sum() > 0       # LoRA B starts at zero: it trained
+    emb = model.get_input_embeddings()
+    old_rows = base["model.embed_tokens.weight"]
+    assert torch.equal(emb.original_module.weight[: old_rows.shape[0]], old_rows)  # existing rows untouched
+    saved = load_file("runs/lora/adapter/adapter_model.safetensors")
+    assert not any("embed_tokens.weight" in k for k in saved)      # only the new rows, not the whole matrix
+    assert any("trainable_tokens" in k for k in saved)
+
+    loaded = load_for_inference("runs/lora", device="cpu")
+    assert loaded.kind == "adapter" and loaded.tokenizer.chat_template == model_template(loaded)
+    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Fit like?"}],
+                                               add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        want = model(input_ids=ids["input_ids"]).logits
+        got = loaded.model(input_ids=ids["input_ids"]).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert loaded.eos_token_ids[0] == loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def model_template(loaded) -> str:
+    return (loaded.adapter_dir / "chat_template.jinja").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dora", "rslora"])
+def test_dora_and_rslora_train(method, tiny_pad_eos, tmp_path):
+    data = write_data(tmp_path / "d.jsonl", 16)
+    res = train("--model", str(tiny_pad_eos), "--data", str(data), "--method", method, "--max-steps", "8",
+                "--lr", "1e-2", "--val-split", "0", "--name", method, "--json", *FAST)
+    out = json.loads(res.stdout)
+    assert out["final_loss"] < out["first_loss"]
+    cfg = json.loads(Path("runs", method, "adapter", "adapter_config.json").read_text())
+    assert cfg["use_dora"] is (method == "dora") and cfg["use_rslora"] is (method == "rslora")
+    assert cfg["lora_alpha"] == (16 if method == "rslora" else 32)
+    assert out["pad_token"] != out["eos_token"] == "<|im_end|>"   # pad == eos in the model: fixed
+
+
+@pytest.mark.slow
+def test_base_model_without_template_gets_chatml_and_trains(tiny_base, tmp_path):
+    data = write_data(tmp_path / "d.jsonl", 12)
+    text = tmp_path / "essay.txt"
+    text.write_text("On the Harbour\n" + " ".join(ANS * 12))
+    res = train("--model", str(tiny_base), "--data", str(data), "--data", str(text), "--max-steps", "4",
+                "--chunk-tokens", "64", "--chunk-overlap", "8", "--text-header", "first-line",
+                "--val-split", "0", "--name", "base", "--json", *FAST)
+    out = json.loads(res.stdout)
+    run = run_json("base")
+    assert run["chat_template"] == "chatml" and out["eos_token"] == "<|im_end|>"
+    assert "<|im_start|>" in Path("runs/base/adapter/chat_template.jinja").read_text()
+    data_json = json.loads(Path("runs/base/data.json").read_text())
+    assert data_json["examples"] > 12                             # the essay became several chunks
+    assert out["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_and_marks_the_best_checkpoint(tiny_model, tmp_path, capture_trainer):
+    """Validation answers share no tokens with training: eval loss rises from the first eval on."""
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_data(tmp_path / "d.jsonl", 24)
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "你好"},
+                                                    {"role": "assistant", "content": "こんにちは 你好 ¿Qué tal?"}]})
+                           + "\n" for _ in range(4)))
+    train("--model", str(tiny_model), "--data", str(data), "--val-file", str(val), "--max-steps", "40",
+          "--lr", "2e-2", "--eval-steps", "2", "--early-stopping", "2", "--save-total-limit", "1", "--name", "es",
+          *FAST)
+    run = run_json("es")
+    evals = [(r["step"], r["eval_loss"]) for r in metrics("es") if "eval_loss" in r]
+    best_step = min(evals, key=lambda x: x[1])[0]
+    assert run["global_step"] < 40 and len(evals) == evals.index(min(evals, key=lambda x: x[1])) + 3
+    assert run["best_checkpoint"] == f"checkpoints/checkpoint-{best_step}"
+    assert Path("runs/es", run["best_checkpoint"]).is_dir()        # kept despite --save-total-limit 1
+    final = load_file("runs/es/adapter/adapter_model.safetensors")
+    best = load_file(f"runs/es/{run['best_checkpoint']}/adapter_model.safetensors")
+    assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from finetune_cli.train import callbacks
+
+    data = write_data(tmp_path / "d.jsonl", 20)
+    common = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "4",
+              "--lr", "1e-2", "--val-split", "0", "--dropout", "0.1", *FAST]
+    train(*common, "--name", "whole")
+
+    real = callbacks.make
+
+    def interrupting(run_dir, reporter, total):
+        from transformers import TrainerCallback
+
+        class Interrupt(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                if state.global_step == 4:
+                    raise KeyboardInterrupt  # Ctrl-C right after the step-4 checkpoint
+
+        return real(run_dir, reporter, total) + [Interrupt()]
+
+    monkeypatch.setattr(callbacks, "make", interrupting)
+    train(*common, "--name", "split", code=130)
+    assert run_json("split")["status"] == "stopped" and not Path("runs/split/adapter").exists()
+    monkeypatch.setattr(callbacks, "make", real)
+    train(*common, "--name", "split", "--resume")
+
+    a = load_file("runs/whole/adapter/adapter_model.safetensors")
+    b = load_file("runs/split/adapter/adapter_model.safetensors")
+    assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    la = [r["loss"] for r in metrics("whole") if "loss" in r]
+    lb = [r["loss"] for r in metrics("split") if "loss" in r]
+    assert lb == pytest.approx(la, abs=1e-5) and len(lb) == len(la)  # the interrupted tail was trimmed
+    assert run_json("split")["status"] == "completed" and run_json("split")["global_step"] == 8
+
+
+def test_resume_with_different_options_is_refused(tiny_model, tmp_path):
+    run = Path("runs/x")
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({"config": {"lr": 0.5}}))
+    res = train("--model", str(tiny_model), "--data", "d.jsonl", "--name", "x", "--resume", code=2)
+    assert "options differ" in res.output and "lr" in res.output
+
+
+def test_dry_run_prints_config_and_writes_nothing(tiny_model):
+    res = train("--model", str(tiny_model), "--data", "d.jsonl", "--method", "dora", "--dry-run")
+    assert "dora" in res.output and "lr" in res.output and not Path("runs").exists()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--data", "d.jsonl"], 2, "missing required option --model"),
+    (["--model", "MODEL", "--data", "missing.jsonl"], 1, "missing.jsonl: no such file"),
+    (["--model", "MODEL", "--data", "bad.jsonl"], 1, "bad.jsonl:2: turn 1 (assistant): empty content"),
+    (["--model", "MODEL", "--data", "d.jsonl", "--method", "qlora"], 2, "QLoRA needs a CUDA GPU"),
+    (["--model", "MODEL", "--data", "d.jsonl", "--backend", "unsloth"], 2, "Unsloth needs a CUDA GPU"),
+    (["--model", "nowhere/x/y", "--data", "d.jsonl"], 2, "not a model directory"),
+    (["--model", "MODEL", "--data", "d.jsonl", "--resume"], 2, "--resume needs --name"),
+    (["--model", "MODEL", "--data", "d.jsonl", "--method", "lorra"], 2, "did you mean 'lora'"),
+])
+def test_bad_inputs_give_one_clear_line(tiny_model, args, code, message):
+    write_data(Path("d.jsonl"), 4)
+    Path("bad.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}) + "\n")
+    res = CliRunner().invoke(app, ["train", *[str(tiny_model) if a == "MODEL" else a for a in args]])
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_model_tiny_command(tmp_path):
+    res = CliRunner().invoke(app, ["model", "tiny", str(tmp_path / "m"), "--template", "llama3"])
+    assert res.exit_code == 0, res.output
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert "<|eot_id|>" in tok.chat_template and (tmp_path / "m" / "model.safetensors").is_file()
+    res = CliRunner().invoke(app, ["model", "tiny", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "not an empty directory" in res.output
+
+
+def test_help_documents_every_panel():
+    res = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    for word in ("Model", "Data", "LoRA", "Optimization", "Eval", "Output", "--val-split", "--chat-template"):
+        assert word in res.output
