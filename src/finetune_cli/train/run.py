@@ -31,19 +31,31 @@ RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir"}
 
 
 def pick_backend(choice: str) -> str:
-    """``hf`` everywhere. The Unsloth backend (CUDA) plugs in here: ``backend_unsloth.load/build_trainer``."""
-    if choice in ("unsloth",):
-        import torch
+    """``auto`` = unsloth where a CUDA GPU and the unsloth package are present, else hf.
 
-        if not torch.cuda.is_available():
+    Unsloth patches transformers, peft and trl on import, so when it is picked it is imported here,
+    before anything in this process has imported transformers.
+    """
+    if choice == "hf":
+        return "hf"
+    import os
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    installed = importlib.util.find_spec("unsloth") is not None
+    if choice == "unsloth":
+        if not cuda:
             raise ConfigError("option --backend unsloth: Unsloth needs a CUDA GPU", hint="use --backend hf")
-        if importlib.util.find_spec("unsloth") is None:
+        if not installed:
             raise ConfigError("option --backend unsloth: the unsloth package is not installed",
-                              hint="pip install 'finetune-cli[unsloth]', or use --backend hf")
-        if importlib.util.find_spec("finetune_cli.train.backend_unsloth") is None:
-            raise ConfigError("option --backend unsloth: this build of ft has no Unsloth backend yet",
-                              hint="use --backend hf")
-    return "hf" if choice == "auto" else choice
+                              hint="uv sync --extra train --extra unsloth, or use --backend hf")
+    elif not (cuda and installed) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "hf"  # several processes: the hf backend is the one measured under DDP/FSDP
+    from .backend_unsloth import import_unsloth
+
+    import_unsloth()
+    return "unsloth"
 
 
 def _backend(name: str):

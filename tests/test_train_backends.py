@@ -1,0 +1,39 @@
+"""Backend choice: auto picks hf without CUDA/Unsloth; unsloth refuses to run unpatched or without a GPU."""
+
+import sys
+
+import pytest
+
+from finetune_cli.errors import ConfigError
+from finetune_cli.train.run import pick_backend
+
+
+def test_auto_picks_hf_without_cuda():
+    assert pick_backend("auto") == "hf"
+    assert pick_backend("hf") == "hf"
+
+
+def test_unsloth_without_cuda_is_a_clear_error():
+    with pytest.raises(ConfigError, match="Unsloth needs a CUDA GPU"):
+        pick_backend("unsloth")
+
+
+def test_unsloth_refuses_when_transformers_came_first(monkeypatch):
+    import transformers  # noqa: F401
+
+    from finetune_cli.train.backend_unsloth import import_unsloth
+
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    with pytest.raises(ConfigError, match="transformers was imported before Unsloth"):
+        import_unsloth()
+
+
+def test_unsloth_collator_adds_sequence_lengths():
+    from finetune_cli.train.backend_unsloth import Collator
+
+    batch = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    out = Collator(pad_id=0, padding_free=True)(batch)
+    assert out["packed_seq_lengths"].tolist() == [3, 2]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert out["labels"].tolist() == [[-100, 6, 7, -100, 9]]
+    assert "packed_seq_lengths" not in Collator(pad_id=0, padding_free=False)(batch)
