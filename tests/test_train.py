@@ -282,3 +282,29 @@ def test_help_documents_every_panel():
     assert res.exit_code == 0
     for word in ("Model", "Data", "LoRA", "Optimization", "Eval", "Output", "--val-split", "--chat-template"):
         assert word in res.output
+
+
+def test_padding_free_batches_never_attend_across_examples(tiny_model):
+    """A packed row's logits equal each example run alone, and its loss equals the padded batch's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune_cli.train.backend_hf import Collator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    a = {"input_ids": [5, 17, 300, 42, 9, 2], "labels": [-100, -100, 300, 42, 9, 2]}
+    b = {"input_ids": [7, 8, 900, 33, 2], "labels": [-100, -100, 900, 33, 2]}
+    packed = Collator(pad_id=3, padding_free=True)([a, b])
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4]]
+    assert "attention_mask" not in packed and packed["use_cache"] is False  # a cache disables packed masks
+    with torch.no_grad():
+        got = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+        alone_a = model(input_ids=torch.tensor([a["input_ids"]])).logits[0]
+        alone_b = model(input_ids=torch.tensor([b["input_ids"]])).logits[0]
+        assert torch.allclose(got[:6], alone_a, atol=1e-5) and torch.allclose(got[6:], alone_b, atol=1e-5)
+        # the loss over the packed row is the loss over the padded batch: same tokens, same targets
+        padded = Collator(pad_id=3, padding_free=False)([a, b])
+        assert padded["attention_mask"].tolist()[1] == [1] * 5 + [0]
+        loss_packed = model(**packed).loss
+        loss_padded = model(**padded).loss
+    assert torch.allclose(loss_packed, loss_padded, atol=1e-5)

@@ -8,7 +8,8 @@ Padding-free batching: a micro-batch is one row holding its examples back to bac
 ``position_ids`` restarting at 0 for each and no attention mask. transformers turns restarting
 position ids into a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``) for
 the sdpa and eager kernels and into varlen calls for flash-attention, so no attention crosses
-examples; the first label of every example is masked so no example predicts the next one.
+examples; the first label of every example is masked so no example predicts the next one. Batches
+carry ``use_cache=False``: with a cache object, transformers skips that detection (measured on 5.17).
 """
 
 from __future__ import annotations
@@ -174,13 +175,16 @@ class Collator:
                 ids += ex["input_ids"]
                 labels += [-100] + ex["labels"][1:]  # never predict one example from the previous one
                 pos += range(len(ex["input_ids"]))
+            # use_cache=False is load-bearing: with a KV cache object present, transformers 5.x skips
+            # the packed-sequence detection and the examples attend to each other (tested).
             return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([pos])}
+                    "position_ids": torch.tensor([pos]), "use_cache": False}
         n = max(len(ex["input_ids"]) for ex in batch)
         ids = [ex["input_ids"] + [self.pad_id] * (n - len(ex["input_ids"])) for ex in batch]
         labels = [ex["labels"] + [-100] * (n - len(ex["labels"])) for ex in batch]
         mask = [[1] * len(ex["input_ids"]) + [0] * (n - len(ex["input_ids"])) for ex in batch]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask),
+                "use_cache": False}
 
 
 def padding_free_supported(model) -> tuple[bool, str]:

@@ -113,7 +113,8 @@ def _datasets_rows(p: Path, kind: str):
     except Exception as e:  # datasets raises many types for a malformed file
         raise DataError(f"could not read as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                         path=str(p)) from None
-    yield from ds
+    for row in ds:  # datasets unifies columns across rows: a missing field comes back as None
+        yield {k: v for k, v in row.items() if v is not None}
 
 
 def most_common_system(convs: list[Conversation]) -> str | None:
