@@ -139,8 +139,10 @@ def model_template(loaded) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dora", "rslora"])
 def test_dora_and_rslora_train(method, tiny_pad_eos, tmp_path):
+    """DoRA on a tokenizer whose pad == eos; rsLoRA on `--model tiny` (built once in FT_HOME)."""
     data = write_data(tmp_path / "d.jsonl", 16)
-    res = train("--model", str(tiny_pad_eos), "--data", str(data), "--method", method, "--max-steps", "8",
+    model = str(tiny_pad_eos) if method == "dora" else "tiny"
+    res = train("--model", model, "--data", str(data), "--method", method, "--max-steps", "8",
                 "--lr", "1e-2", "--val-split", "0", "--name", method, "--json", *FAST)
     out = json.loads(res.stdout)
     assert out["final_loss"] < out["first_loss"]
@@ -155,16 +157,37 @@ def test_base_model_without_template_gets_chatml_and_trains(tiny_base, tmp_path)
     data = write_data(tmp_path / "d.jsonl", 12)
     text = tmp_path / "essay.txt"
     text.write_text("On the Harbour\n" + " ".join(ANS * 12))
+    (tmp_path / "system.txt").write_text("Ye speak Doric.\n")
     res = train("--model", str(tiny_base), "--data", str(data), "--data", str(text), "--max-steps", "4",
+                "--system", f"@{tmp_path / 'system.txt'}",
                 "--chunk-tokens", "64", "--chunk-overlap", "8", "--text-header", "first-line",
                 "--val-split", "0", "--name", "base", "--json", *FAST)
     out = json.loads(res.stdout)
     run = run_json("base")
     assert run["chat_template"] == "chatml" and out["eos_token"] == "<|im_end|>"
+    assert run["system_prompt"] == "Ye speak Doric."
     assert "<|im_start|>" in Path("runs/base/adapter/chat_template.jinja").read_text()
     data_json = json.loads(Path("runs/base/data.json").read_text())
     assert data_json["examples"] > 12                             # the essay became several chunks
     assert out["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_saves_a_model_that_loads(tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from finetune_cli.models import load_for_inference
+
+    data = write_data(tmp_path / "d.jsonl", 8)
+    res = train("--model", str(tiny_model), "--data", str(data), "--method", "full", "--max-steps", "2",
+                "--val-split", "0", "--name", "full", "--json", *FAST)
+    assert json.loads(res.stdout)["output"].endswith("model") and run_json("full")["learning_rate"] == 2e-5
+    before = load_file(str(Path(tiny_model) / "model.safetensors"))
+    after = load_file("runs/full/model/model.safetensors")
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    loaded = load_for_inference("runs/full", device="cpu")
+    assert loaded.kind == "merged" and loaded.system_prompt == "Speak Doric."
 
 
 @pytest.mark.slow

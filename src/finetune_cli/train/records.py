@@ -146,6 +146,10 @@ class RunsConfig:
                     choices=("created", "best-eval", "name"))
 
 
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
 def _row(path: Path) -> dict | None:
     try:
         run = read_json(path / "run.json")
@@ -161,7 +165,7 @@ def _row(path: Path) -> dict | None:
     return {
         "name": run.get("name", path.name), "status": run.get("status"), "created": run.get("created"),
         "model": Path(str(run.get("base_model_arg") or run.get("base_model") or "?")).name, "method": method,
-        "r_alpha": None if method == "full" else f"{cfg.get('r', '?')}/{run.get('lora_alpha', cfg.get('alpha'))}",
+        "r_alpha": None if method == "full" else f"{cfg.get('r', '?')}/{_num(run.get('lora_alpha', cfg.get('alpha')))}",
         "lr": run.get("learning_rate", cfg.get("lr")), "scheduler": cfg.get("scheduler"),
         "train_rows": run.get("train_rows"), "val_rows": run.get("val_rows"), "steps": run.get("global_step"),
         "best_eval_loss": run.get("best_eval_loss"), "final_loss": run.get("final_loss"),
