@@ -192,3 +192,32 @@ def test_unsupported_models_are_clear(tmp_path):
 
     with pytest.raises(ExportError, match="rope scaling 'yarn'"):
         _rope_keys(W(), "llama", {**cfg, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, 16)
+
+
+def test_q4_k_m_recipe_follows_llama_cpp():
+    """Q6_K for the output (the token embedding when tied), for attn_v/ffn_down in use_more_bits layers;
+    K-quant rows that 256 does not divide fall back like llama-quantize (Q4_K→Q5_0, Q6_K→Q8_0)."""
+    from finetune_cli.export import gguf_write
+
+    def plan_for(tied, hidden):
+        names = {"model.embed_tokens.weight": (1024, hidden), "lm_head.weight": (1024, hidden),
+                 "model.norm.weight": (hidden,)}
+        for i in range(8):
+            for proj, shape in (("self_attn.v_proj", (hidden, hidden)), ("mlp.down_proj", (hidden, 2 * hidden)),
+                                ("self_attn.q_proj", (hidden, hidden))):
+                names[f"model.layers.{i}.{proj}.weight"] = shape
+        cfg = {"model_type": "llama", "num_hidden_layers": 8, "num_attention_heads": 4, "tie_word_embeddings": tied}
+        return {p.name: p.qtype for p in gguf_write.plan(cfg, names, "q4_k_m")}
+
+    untied = plan_for(False, 256)
+    assert untied["output.weight"] == "Q6_K" and untied["token_embd.weight"] == "Q4_K"
+    assert untied["output_norm.weight"] == "F32"
+    # use_more_bits(i, 8): layers 0, 7 and (i - 1) % 3 == 2 → 3, 6
+    assert [i for i in range(8) if untied[f"blk.{i}.attn_v.weight"] == "Q6_K"] == [0, 3, 6, 7]
+    assert [i for i in range(8) if untied[f"blk.{i}.ffn_down.weight"] == "Q6_K"] == [0, 3, 6, 7]
+    assert {untied[f"blk.{i}.attn_q.weight"] for i in range(8)} == {"Q4_K"}
+    tied = plan_for(True, 256)
+    assert "output.weight" not in tied and tied["token_embd.weight"] == "Q6_K"
+    narrow = plan_for(False, 576)  # SmolLM2-135M's width
+    assert narrow["blk.1.attn_q.weight"] == "Q5_0" and narrow["output.weight"] == "Q8_0"
+    assert narrow["blk.0.ffn_down.weight"] == "Q8_0"  # rows of 1152 = 4.5 blocks of 256

@@ -219,3 +219,27 @@ def test_help():
     assert res.exit_code == 0
     for flag in ("--run", "--adapter", "--base", "--out", "--dtype", "--adapter-only", "--gguf", "--max-kl"):
         assert flag in res.output
+
+
+def test_merge_a_real_ft_train_run_with_added_tokens(tiny_llama3, tmp_path):
+    """ft train → ft merge --run: a Llama-3 vocabulary trained with ChatML (two tokens added, embeddings trained)."""
+    from transformers import AutoTokenizer
+
+    from tests.test_train import FAST, train, write_data
+
+    data = write_data(tmp_path / "d.jsonl", 16)
+    train("--model", str(tiny_llama3), "--data", str(data), "--chat-template", "chatml", "--max-steps", "4",
+          "--lr", "1e-2", "--val-split", "0.25", "--eval-steps", "4", "--name", "r", *FAST)
+    res = invoke("--run", "runs/r", "--out", tmp_path / "merged", "--gguf", "q8_0", "--json")
+    assert res.exit_code == 0, res.output
+    out = orjson.loads(res.stdout)
+    assert out["verify"]["merge_fp32"]["ok"] and out["verify"]["saved_bf16"]["ok"]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token.startswith("<|reserved_special_token_")
+    gen = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
+    assert im_end in (gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]])
+    g = out["gguf"]["files"][0]
+    assert g["eos_token"] == "<|im_end|>" and g["generated_tokens"] == 8 and not g["flagged"]
+    modelfile = (tmp_path / "merged" / "gguf" / "Modelfile").read_text()
+    assert "<|im_start|>{{ .Role }}" in modelfile and 'SYSTEM """Speak Doric."""' in modelfile

@@ -10,7 +10,7 @@ interleaved one (transformers' GGUF loader applies the inverse on load); a byte-
 template). Tensors stream from safetensors one at a time, so memory stays at one tensor.
 
 Types: ``f16`` (2-D weights F16), ``q8_0`` (2-D weights Q8_0), ``q4_k_m`` (llama.cpp's mix: Q4_K, with
-Q6_K for output.weight and for attn_v/ffn_down in the layers ``use_more_bits`` picks). 1-D tensors stay
+Q6_K for output.weight (or the tied token embedding) and for attn_v/ffn_down in the layers ``use_more_bits`` picks). 1-D tensors stay
 F32. A row length that is not a multiple of the block size falls back as llama.cpp does (Q4_K -> Q5_0,
 Q6_K -> Q8_0, else F16) and is reported. SentencePiece tokenizers (Llama 2, Mistral v0.1-0.3) are not
 written by this converter: it says so instead of writing a file llama.cpp would tokenize wrongly.
@@ -50,12 +50,12 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def _recipe(kind: str, name: str, n_layers: int) -> str:
+def _recipe(kind: str, name: str, n_layers: int, tied: bool) -> str:
     if kind == "f16":
         return "F16"
     if kind == "q8_0":
         return "Q8_0"
-    if name == "output.weight":
+    if name == "output.weight" or (tied and name == "token_embd.weight"):  # tied: the embedding is the output
         return "Q6_K"
     if name.endswith(("attn_v.weight", "ffn_down.weight")) and _use_more_bits(int(name.split(".")[1]), n_layers):
         return "Q6_K"
@@ -93,10 +93,19 @@ def read_model_dir(model_dir: Path) -> tuple[dict, dict[str, Path]]:
         return config, {k: st for k in f.keys()}
 
 
-def plan(config: dict, files: dict[str, Path], kind: str) -> list[TensorPlan]:
-    """Which GGUF tensor each HF tensor becomes, with which type."""
-    import gguf
+def tensor_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
+
+    shapes = {}
+    for path in sorted(set(files.values())):
+        with safe_open(str(path), "np") as f:
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k in files})
+    return shapes
+
+
+def plan(config: dict, shapes: dict[str, tuple[int, ...]], kind: str) -> list[TensorPlan]:
+    """Which GGUF tensor each HF tensor (name -> shape) becomes, with which type."""
+    import gguf
 
     model_type = config.get("model_type")
     arch = ARCHS.get(model_type)
@@ -109,7 +118,7 @@ def plan(config: dict, files: dict[str, Path], kind: str) -> list[TensorPlan]:
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     tied = config.get("tie_word_embeddings", False)
     out: list[TensorPlan] = []
-    for hf_name in sorted(files, key=_order):
+    for hf_name in sorted(shapes, key=_order):
         if hf_name == "lm_head.weight" and tied:
             continue
         if hf_name.endswith("rotary_emb.inv_freq"):
@@ -117,15 +126,14 @@ def plan(config: dict, files: dict[str, Path], kind: str) -> list[TensorPlan]:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({model_type})")
-        with safe_open(str(files[hf_name]), "np") as f:
-            shape = tuple(f.get_slice(hf_name).get_shape())
+        shape = tuple(shapes[hf_name])
         permute = None
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             permute = n_head if ".attn_q." in name else n_kv
         if len(shape) == 1:
             qtype = wanted = "F32"
         else:
-            wanted = _recipe(kind, name, n_layers)
+            wanted = _recipe(kind, name, n_layers, tied)
             qtype = _fit(wanted, shape[-1])
         out.append(TensorPlan(hf_name, name, shape, qtype, wanted, permute))
     return out
@@ -219,7 +227,7 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
     from .gguf_vocab import add_tokenizer
 
     config, files = read_model_dir(model_dir)
-    plans = plan(config, files, kind)
+    plans = plan(config, tensor_shapes(files), kind)
     arch = ARCHS[config["model_type"]]
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
