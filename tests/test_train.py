@@ -276,6 +276,7 @@ def test_dry_run_prints_config_and_writes_nothing(tiny_model):
     (["--model", "nowhere/x/y", "--data", "d.jsonl"], 2, "not a model directory"),
     (["--model", "MODEL", "--data", "d.jsonl", "--resume"], 2, "--resume needs --name"),
     (["--model", "MODEL", "--data", "d.jsonl", "--method", "lorra"], 2, "did you mean 'lora'"),
+    (["--model", "MODEL", "--data", "d.jsonl", "--chat-template", "vicuna"], 2, "unknown template 'vicuna'"),
 ])
 def test_bad_inputs_give_one_clear_line(tiny_model, args, code, message):
     write_data(Path("d.jsonl"), 4)
@@ -287,6 +288,7 @@ def test_bad_inputs_give_one_clear_line(tiny_model, args, code, message):
     lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], res.output
     assert "Traceback" not in res.output
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())  # a failed start leaves no run
 
 
 def test_model_tiny_command(tmp_path):

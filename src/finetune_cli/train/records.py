@@ -65,9 +65,7 @@ class RunDir:
                 raise ConfigError(f"option --resume: no run {name!r} under {runs_dir}/")
         elif path.exists() and any(path.iterdir()):
             raise ConfigError(f"run {str(path)!r} already exists", hint="pick another --name, or add --resume")
-        if is_main():
-            path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        return cls(path)  # created by the first record written: a run that fails to start leaves nothing
 
     def last_checkpoint(self) -> Path | None:
         cps = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
