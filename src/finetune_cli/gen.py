@@ -58,7 +58,8 @@ class GenConfig:
                             "Retry-After wins when the server sends it).", ge=0, panel="Provider")
     retry_cap: float = opt(60.0, "Longest single wait, in seconds.", gt=0, panel="Provider")
     max_attempts: int = opt(3, "Answers drawn per turn before a job is rejected by the gates.", ge=1)
-    temperature: float = opt(0.8, "Sampling temperature.", ge=0, le=2, panel="Provider")
+    temperature: float = opt(0.8, "Sampling temperature (openai; the anthropic SDK ft installs takes none).",
+                             ge=0, le=2, panel="Provider")
     max_tokens: int = opt(512, "Token limit per answer; an answer cut at it is regenerated.", ge=16,
                           panel="Provider")
     dedup_threshold: float = opt(0.9, "Answers with token_sort_ratio ≥ this to an earlier kept answer are "
@@ -185,7 +186,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     if stats.failed:
         reporter.warn(f"{stats.failed} jobs failed on provider errors (see {rej}); re-run the same "
                       "command to retry them")
-    requests = stats.requests
+    requests = provider.stats.requests if hasattr(provider, "stats") else stats.requests  # HTTP, retries included
     return {"out": str(out), "rejects": str(rej), "rows": final["kept"], "duplicates": final["duplicates"],
             "jobs": len(jobs), "skipped_finished": len(jobs) - len(todo),
             "accepted": dict(stats.accepted), "rejected": {b: dict(c) for b, c in stats.rejected.items()},

@@ -39,10 +39,36 @@ class GenStats:
 
 
 def _reject_row(job, *, turn: int, attempt: int, reason: str, detail: str, text: str | None,
-                final: bool) -> dict:
+                final: bool, role: str = "assistant") -> dict:
     return {"id": job.id, "order": job.order, "topic": job.topic, "group": job.group, "bucket": job.bucket,
-            "turn": turn, "attempt": attempt, "reason": reason, "detail": detail,
+            "turn": turn, "role": role, "attempt": attempt, "reason": reason, "detail": detail,
             "text": (text or "")[:PREVIEW], "final": final}
+
+
+async def _follow_up(job, provider, messages: list[dict], turn: int, cfg, stats: GenStats,
+                     rejects: AppendWriter) -> str | None:
+    """The simulated user's next message; an empty or truncated one is drawn again, like an answer."""
+    from .providers import JobFailed
+
+    for attempt in range(cfg.max_attempts):
+        try:
+            user = await provider.user_turn(job, messages, turn, attempt)
+        except JobFailed as e:
+            stats.failed_by[job.bucket] += 1
+            rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason="error", detail=str(e), text=None,
+                                      final=True, role="user"))
+            return None
+        stats.requests_by[job.bucket] += 1
+        stats.tokens_in[job.bucket] += user.tokens_in
+        stats.tokens_out[job.bucket] += user.tokens_out
+        text = (user.text or "").strip()
+        if text and user.finish != "length":
+            return text
+        reason = "empty" if not text else "truncated"
+        stats.rejected[job.bucket][reason] += 1
+        rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason=reason, detail="follow-up user turn",
+                                  text=text, final=attempt == cfg.max_attempts - 1, role="user"))
+    return None
 
 
 async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, rejects: AppendWriter):
@@ -52,19 +78,8 @@ async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, reject
     messages = [{"role": "user", "content": job.prompt}]
     for turn in range(cfg.turns):
         if turn > 0:
-            try:
-                user = await provider.user_turn(job, messages, turn, 0)
-                stats.requests_by[job.bucket] += 1
-            except JobFailed as e:
-                stats.failed_by[job.bucket] += 1
-                rejects.write(_reject_row(job, turn=turn, attempt=0, reason="error", detail=str(e), text=None,
-                                          final=True))
-                return None
-            text = (user.text or "").strip()
-            if not text or user.finish == "length":
-                stats.rejected[job.bucket]["empty" if not text else "truncated"] += 1
-                rejects.write(_reject_row(job, turn=turn, attempt=0, reason="empty" if not text else "truncated",
-                                          detail="follow-up user turn", text=text, final=True))
+            text = await _follow_up(job, provider, messages, turn, cfg, stats, rejects)
+            if text is None:
                 return None
             messages.append({"role": "user", "content": text})
         for attempt in range(cfg.max_attempts):
@@ -169,26 +184,33 @@ def finalize(jobs: list, persona: Persona, cfg, out: Path, rej: Path, stats: Gen
         meta = row["meta"]
         stats.duplicates[meta["bucket"]] += 1
         dup_rejects.append({"id": meta["id"], "order": order[meta["id"]], "topic": meta["topic"],
-                            "group": meta["group"], "bucket": meta["bucket"], "turn": 0, "attempt": 0,
-                            "reason": "duplicate", "detail": f"near-duplicate of {rows[d]['meta']['id']}",
-                            "text": text[:400], "final": True})
+                            "group": meta["group"], "bucket": meta["bucket"], "turn": 0, "role": "assistant",
+                            "attempt": 0, "reason": "duplicate",
+                            "detail": f"near-duplicate of {rows[d]['meta']['id']}", "text": text[:PREVIEW],
+                            "final": True})
     write_rows_atomic(out, kept + strays)
 
     rej_rows = {}
     if rej.exists():
         for _, r in read_rows(rej, on_error="skip"):
-            rej_rows[(r.get("id"), r.get("turn"), r.get("attempt"), r.get("reason"))] = r
+            rej_rows[_reject_key(r)] = r
     for r in dup_rejects:
-        rej_rows[(r["id"], r["turn"], r["attempt"], r["reason"])] = r
+        rej_rows[_reject_key(r)] = r
     accepted_ids = {r["meta"]["id"] for r in kept}
     # a job that failed once and succeeded on a later run keeps its history, but not as "final"
     for r in rej_rows.values():
         if r.get("id") in accepted_ids and r.get("reason") == "error":
             r["final"] = False
     write_rows_atomic(rej, sorted(rej_rows.values(), key=lambda r: (
-        r.get("order", 1 << 62), r.get("turn", 0), r.get("attempt", 0), str(r.get("reason")))))
+        r.get("order", 1 << 62), r.get("turn", 0), r.get("role") != "user", r.get("attempt", 0),
+        str(r.get("reason")))))
     kept_by = Counter(r["meta"]["bucket"] for r in kept)
     return {"kept": len(kept) + len(strays), "duplicates": len(dup_rejects), "kept_by_bucket": kept_by}
+
+
+def _reject_key(r: dict) -> tuple:
+    """One rejects row per (job, turn, who, attempt, reason): a job retried on a later run replaces its row."""
+    return r.get("id"), r.get("turn"), r.get("role", "assistant"), r.get("attempt"), r.get("reason")
 
 
 def _exact_duplicates(texts: list[str]) -> list[int | None]:

@@ -164,10 +164,11 @@ class LLMProvider:
                     reason = f"{status}"
                 else:
                     raise JobFailed(f"HTTP {status}: {self._scrub(_short(e))}") from None
-            except (sdk.APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError,
-                    IndexError) as e:
+            except (sdk.APIResponseValidationError, MalformedResponse, ValueError) as e:
+                # ValueError: the SDK could not decode the body as JSON. A TypeError from the call
+                # itself is a bug (a keyword this SDK version lacks): it propagates, never retried.
                 reason = "malformed"
-                last = f"malformed response ({type(e).__name__})"
+                last = f"malformed response ({e if isinstance(e, MalformedResponse) else type(e).__name__})"
             else:  # pragma: no cover - _request returns or raises
                 continue
             self.stats.retries[reason] += 1
@@ -186,32 +187,47 @@ class LLMProvider:
             r = await self._client.chat.completions.create(model=self.model, messages=msgs,
                                                             temperature=self.temperature,
                                                             max_tokens=max_tokens)
-            choice = r.choices[0]
-            text = choice.message.content
-            if not isinstance(text, str):
-                raise ValueError("no message content")
-            finish = "length" if choice.finish_reason == "length" else "stop"
-            usage = r.usage
-            tin, tout = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
         else:
+            # the installed anthropic SDK (2.x) takes no sampling parameters: no temperature here
             kw = {"system": system} if system else {}
-            r = await self._client.messages.create(model=self.model, messages=messages,
-                                                   temperature=self.temperature, max_tokens=max_tokens, **kw)
-            text = "".join(b.text for b in r.content if getattr(b, "type", "") == "text")
-            if not isinstance(r.content, list):
-                raise ValueError("no content")
-            finish = "length" if r.stop_reason == "max_tokens" else "stop"
-            usage = r.usage
-            tin, tout = (usage.input_tokens or 0, usage.output_tokens or 0) if usage else (0, 0)
-        self.stats.tokens_in += tin
-        self.stats.tokens_out += tout
-        return Completion(text, finish, tin, tout)
+            r = await self._client.messages.create(model=self.model, messages=messages, max_tokens=max_tokens,
+                                                   **kw)
+        try:
+            comp = _parse_openai(r) if self.name == "openai" else _parse_anthropic(r)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+            raise MalformedResponse(type(e).__name__) from None
+        self.stats.tokens_in += comp.tokens_in
+        self.stats.tokens_out += comp.tokens_out
+        return comp
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class MalformedResponse(Exception):
+    """A 200 response whose body does not have the shape of a chat completion."""
+
+
+def _parse_openai(r) -> Completion:
+    choice = r.choices[0]
+    text = choice.message.content
+    if not isinstance(text, str):
+        raise ValueError("no message content")
+    usage = r.usage
+    tin, tout = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+    return Completion(text, "length" if choice.finish_reason == "length" else "stop", tin, tout)
+
+
+def _parse_anthropic(r) -> Completion:
+    if not isinstance(r.content, list):
+        raise ValueError("no content")
+    text = "".join(b.text for b in r.content if getattr(b, "type", "") == "text")
+    usage = r.usage
+    tin, tout = (usage.input_tokens or 0, usage.output_tokens or 0) if usage else (0, 0)
+    return Completion(text, "length" if r.stop_reason == "max_tokens" else "stop", tin, tout)
 
 
 def _short(err: Exception) -> str:

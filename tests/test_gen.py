@@ -1,0 +1,273 @@
+"""ft gen: offline template provider, the real openai/anthropic SDKs against a local fake server
+(429 + Retry-After, 5xx, timeouts, truncation, malformed bodies, 401), gates, rejects, multi-turn,
+determinism and resume after SIGKILL. Never a live API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fake_llm import FakeLLM
+from finetune_cli.cli import app
+from finetune_cli.gates import check_answer
+from finetune_cli.persona import load_persona
+
+TOPICS = {"daily_life": ["planning a week of cheap family meals", "keeping a small flat warm in winter",
+                         "getting children ready for school on time"],
+          "diy_trades": ["fixing a dripping kitchen tap without a plumber", "putting up shelves that stay up"],
+          "technology": ["backing up family photos so they are never lost"]}
+META_KEYS = {"id", "topic", "group", "bucket", "lang", "persona", "provider", "model", "seed"}
+KEY = "sk-test-SECRET-0123456789"
+
+
+@pytest.fixture
+def topics(tmp_path):
+    p = tmp_path / "topics.json"
+    p.write_text(json.dumps(TOPICS))
+    return p
+
+
+def gen(*args, env=None):
+    result = CliRunner().invoke(app, ["gen", *map(str, args)], env=env, catch_exceptions=False)
+    return result
+
+
+def rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_template_provider_offline(topics, tmp_path):
+    r = gen("--topics-json", topics, "--out", "a.jsonl", "--n-per-topic", 20, "--seed", 7,
+            "--adv-ratio", 0.1, "--safety-ratio", 0.1, "--multi-ratio", 0.2)
+    assert r.exit_code == 0, r.output
+    assert "offline template provider" in r.output
+    out = rows("a.jsonl")
+    total = len(TOPICS["daily_life"] + TOPICS["diy_trades"] + TOPICS["technology"]) * 20
+    dups = [x for x in rows("a.jsonl.rejects.jsonl") if x["reason"] == "duplicate"]
+    assert len(out) + len(dups) == total and len(out) > 0.9 * total
+    persona = load_persona("doric")
+    buckets = Counter()
+    for row in out:
+        assert set(row["meta"]) == META_KEYS
+        m = row["meta"]
+        buckets[m["bucket"]] += 1
+        assert m["provider"] == "template" and m["persona"] == "doric" and m["seed"] == 7
+        roles = [t["role"] for t in row["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        answer, prompt = row["messages"][2]["content"], row["messages"][1]["content"]
+        assert check_answer(answer, persona=persona, prompt=prompt, topic=m["topic"]) is None
+        if m["bucket"] == "multi":
+            assert m["lang"] in persona.templates.multi
+    # exact bucket shares of the planned jobs (duplicates removed afterwards)
+    planned = Counter(buckets)
+    for d in dups:
+        planned[d["bucket"]] += 1
+    assert planned == {"core": 72, "adv": 12, "safety": 12, "multi": 24}
+    # the same command in another directory gives the same bytes
+    os.mkdir("b")
+    os.chdir("b")
+    assert gen("--topics-json", topics, "--out", "a.jsonl", "--n-per-topic", 20, "--seed", 7,
+               "--adv-ratio", 0.1, "--safety-ratio", 0.1, "--multi-ratio", 0.2).exit_code == 0
+    assert Path("a.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
+
+
+def test_template_answers_are_varied(topics):
+    assert gen("--topics-json", topics, "--out", "v.jsonl", "--n-per-topic", 40, "--provider", "template").exit_code == 0
+    answers = [r["messages"][-1]["content"] for r in rows("v.jsonl")]
+    firsts = Counter(a.split(". ")[0] for a in answers)
+    assert firsts.most_common(1)[0][1] < 0.1 * len(answers)
+    bigrams = Counter()
+    for a in answers:
+        w = a.lower().split()
+        bigrams.update(zip(w, w[1:]))
+    assert len(bigrams) / sum(bigrams.values()) > 0.15  # distinct-2
+
+
+def test_bard_persona_verse(topics):
+    assert gen("--topics-json", topics, "--out", "b.jsonl", "--persona", "bard", "--n-per-topic", 4).exit_code == 0
+    for row in rows("b.jsonl"):
+        assert row["meta"]["persona"] == "bard"
+        assert row["messages"][-1]["content"].count("\n") >= 3  # couplets, line by line
+
+
+def test_openai_faults_and_retry_after(topics):
+    with FakeLLM(retry_after="1") as srv:
+        srv.faults = [("cheap family meals", ["429", "500", "malformed", "truncated"]),
+                      ("kitchen tap", ["english", "english", "english"]),
+                      ("family photos", ["503"] * 4)]
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        t0 = time.perf_counter()
+        r = gen("--topics-json", topics, "--out", "o.jsonl", "--n-per-topic", 2, "--multi-ratio", 0,
+                "--adv-ratio", 0, "--safety-ratio", 0, "--retry-base", 0.01, "--max-retries", 3, "--json", env=env)
+        assert r.exit_code == 0, r.output
+        assert time.perf_counter() - t0 >= 1.0  # the 429's Retry-After: 1 was honoured
+        res = json.loads(r.stdout[r.stdout.index("{"):])
+        assert res["requests"] == srv.requests  # HTTP requests, retries included
+    assert res["retries"]["429"] == 2 and res["retries"]["500"] == 2 and res["retries"]["malformed"] == 2
+    assert res["retries"]["503"] == 8 and res["failed"] == 2  # 4 tries each, then the job fails
+    out = rows("o.jsonl")
+    by_topic = Counter(r["meta"]["topic"] for r in out)
+    assert by_topic["planning a week of cheap family meals"] == 2  # recovered after the faults
+    assert "fixing a dripping kitchen tap without a plumber" not in by_topic  # plain English: rejected
+    assert "backing up family photos so they are never lost" not in by_topic  # 5xx forever: failed
+    rej = rows("o.jsonl.rejects.jsonl")
+    reasons = Counter(x["reason"] for x in rej)
+    assert reasons["truncated"] == 2 and reasons["marker_density"] == 6 and reasons["error"] == 2
+    assert all(x["final"] for x in rej if x["reason"] == "error")
+    for row in out:  # a truncated answer is never kept, and no template text stands in for failures
+        assert row["meta"]["provider"] == "openai"
+        assert len(row["messages"][-1]["content"].split()) > 12
+    assert KEY not in Path("o.jsonl.rejects.jsonl").read_text() and KEY not in r.output
+
+
+def test_failed_jobs_retried_on_rerun_and_finished_skipped(topics):
+    with FakeLLM() as srv:
+        srv.faults = [("family photos", ["503", "503"])]
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        args = ["--topics-json", topics, "--out", "r.jsonl", "--n-per-topic", 2, "--retry-base", 0.01,
+                "--max-retries", 1]
+        assert gen(*args, env=env).exit_code == 0
+        assert all(r["meta"]["topic"] != TOPICS["technology"][0] for r in rows("r.jsonl"))
+        before = srv.requests
+        r2 = gen(*args, env=env)  # the failed jobs again (now healthy); nothing else
+        assert r2.exit_code == 0 and "already finished" in r2.output
+        assert srv.requests - before == 2
+        assert sum(r["meta"]["topic"] == TOPICS["technology"][0] for r in rows("r.jsonl")) == 2
+        first = Path("r.jsonl").read_bytes()
+        before = srv.requests
+        assert gen(*args, env=env).exit_code == 0
+        assert srv.requests == before and Path("r.jsonl").read_bytes() == first
+        assert gen(*args, "--overwrite", env=env).exit_code == 0
+        assert srv.requests - before == 12
+
+
+def test_timeout_is_retried(topics, tmp_path):
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(["fixing a dripping kitchen tap without a plumber"]))
+    with FakeLLM(slow_s=3) as srv:
+        srv.faults = [("kitchen tap", ["slow"])]
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        r = gen("--topics-json", one, "--out", "t.jsonl", "--n-per-topic", 1, "--multi-ratio", 0, "--adv-ratio", 0,
+                "--safety-ratio", 0, "--timeout", 0.5, "--retry-base", 0.01, "--json", env=env)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["retries"] == {"timeout": 1}
+    assert len(rows("t.jsonl")) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_auth_error_stops_run_without_leaking_key(topics, provider):
+    with FakeLLM(api_key="the-right-key") as srv:
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY,
+               "ANTHROPIC_BASE_URL": srv.anthropic_url, "ANTHROPIC_API_KEY": KEY}
+        r = gen("--topics-json", topics, "--out", "x.jsonl", "--provider", provider, "--max-concurrency", 4, env=env)
+        assert srv.requests <= 8  # stopped at once, not after every job's retries
+    assert r.exit_code == 1
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "authentication failed (HTTP 401)" in errors[0], r.output
+    assert KEY not in r.output and "Traceback" not in r.output
+    assert not Path("x.jsonl.rejects.jsonl").exists() or KEY not in Path("x.jsonl.rejects.jsonl").read_text()
+    assert not Path("x.jsonl").exists() or rows("x.jsonl") == []
+
+
+def test_a_bug_in_the_request_stops_the_run_and_is_not_retried(topics, monkeypatch):
+    from finetune_cli.providers import LLMProvider
+
+    calls = []
+
+    async def broken(self, system, messages, max_tokens):
+        calls.append(1)
+        raise TypeError("create() got an unexpected keyword argument 'temperature'")
+
+    monkeypatch.setattr(LLMProvider, "_request", broken)
+    with FakeLLM() as srv:
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        r = gen("--topics-json", topics, "--out", "b.jsonl", "--max-concurrency", 2, env=env)
+    assert r.exit_code == 1 and "unexpected TypeError" in r.output
+    assert len(calls) <= 2  # one per worker: a bug is not a malformed response to retry
+
+
+def test_bad_request_detail_is_scrubbed(topics):
+    with FakeLLM() as srv:
+        srv.faults = [("kitchen tap", ["400"])]
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        assert gen("--topics-json", topics, "--out", "s.jsonl", "--n-per-topic", 1, env=env).exit_code == 0
+    text = Path("s.jsonl.rejects.jsonl").read_text()
+    assert "HTTP 400" in text and KEY not in text and "***" in text
+
+
+def test_anthropic_sdk_and_multi_turn(topics):
+    with FakeLLM(retry_after="0") as srv:
+        # the needle is in a meals job's first answer request and in both follow-up requests (the
+        # simulated user reads the transcript): each meets a 429, then a truncation, then succeeds
+        srv.faults = [("cheap family meals", ["429", "truncated"])]
+        env = {"ANTHROPIC_BASE_URL": srv.anthropic_url, "ANTHROPIC_API_KEY": KEY}
+        r = gen("--topics-json", topics, "--out", "m.jsonl", "--n-per-topic", 2, "--turns", 3, "--retry-base", 0.01,
+                "--model", "claude-test", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout[r.stdout.index("{"):])
+    assert res["provider"] == "anthropic" and res["retries"] == {"429": 6}
+    out = rows("m.jsonl")
+    assert len(out) + res["duplicates"] == 12 and res["failed"] == 0
+    assert sum(r["meta"]["topic"] == TOPICS["daily_life"][0] for r in out) == 2  # recovered, not dropped
+    for row in out:
+        assert row["meta"]["model"] == "claude-test"
+        assert [t["role"] for t in row["messages"]] == ["system"] + ["user", "assistant"] * 3
+        assert row["messages"][3]["content"].endswith("?")  # a generated follow-up question
+        assert all(len(t["content"].split()) > 12 for t in row["messages"][2::2])  # no truncated answer kept
+    truncated = [x for x in rows("m.jsonl.rejects.jsonl") if x["reason"] == "truncated"]
+    assert Counter((x["turn"], x["role"], x["final"]) for x in truncated) == {
+        (0, "assistant", False): 2, (1, "user", False): 2, (2, "user", False): 2}
+
+
+def test_no_key_no_base_url_explicit_provider_is_config_error(topics):
+    r = gen("--topics-json", topics, "--out", "k.jsonl", "--provider", "anthropic")
+    assert r.exit_code == 2 and "ANTHROPIC_API_KEY" in r.output
+
+
+def test_ratios_over_one_rejected(topics):
+    r = gen("--topics-json", topics, "--out", "k.jsonl", "--adv-ratio", 0.6, "--multi-ratio", 0.6)
+    assert r.exit_code == 2 and "must be ≤ 1" in r.output
+
+
+def _wait_lines(path: Path, n: int, proc, limit: float = 60.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        assert proc.poll() is None, "finished before it could be killed"
+        time.sleep(0.02)
+    raise AssertionError("no progress")
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(topics, tmp_path):
+    with FakeLLM(delay=0.03) as srv:
+        env = dict(os.environ, OPENAI_BASE_URL=srv.openai_url, OPENAI_API_KEY=KEY,
+                   PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+        cmd = [sys.executable, "-m", "finetune_cli", "gen", "--topics-json", str(topics), "--out", "k.jsonl",
+               "--n-per-topic", "12", "--max-concurrency", "6", "--seed", "3", "-q"]
+        (tmp_path / "full").mkdir()
+        (tmp_path / "killed").mkdir()
+        subprocess.run(cmd, cwd=tmp_path / "full", env=env, check=True, timeout=120)
+        proc = subprocess.Popen(cmd, cwd=tmp_path / "killed", env=env)
+        _wait_lines(tmp_path / "killed" / "k.jsonl", 25, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = rows(tmp_path / "killed" / "k.jsonl")
+        assert 25 <= len(partial) < 72
+        subprocess.run(cmd, cwd=tmp_path / "killed", env=env, check=True, timeout=120)
+    full = (tmp_path / "full" / "k.jsonl").read_bytes()
+    assert full and (tmp_path / "killed" / "k.jsonl").read_bytes() == full
+    assert (tmp_path / "killed" / "k.jsonl.rejects.jsonl").read_bytes() == \
+        (tmp_path / "full" / "k.jsonl.rejects.jsonl").read_bytes()
+    ids = [r["meta"]["id"] for r in rows(tmp_path / "full" / "k.jsonl")]
+    assert len(ids) == len(set(ids))
