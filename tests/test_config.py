@@ -174,3 +174,37 @@ def test_example_configs_load():
         for section in data:
             assert section in C.SECTIONS, f"{f}: [{section}]"
             C.load_config(C.SECTIONS[section], section, config_file=f, environ={})
+
+
+def test_example_sections_open_with_the_command_that_runs_them():
+    """Each [section] of an example config follows a `# ft COMMAND --config FILE` line; that very command
+    resolves the section (--dry-run): every key comes from the file, the command's own checks pass."""
+    import shlex
+
+    import orjson
+
+    from finetune_cli import cli  # noqa: F401  (registers all sections)
+
+    for f in sorted((ROOT / "examples").glob("*.toml")):
+        data = C.load_toml(f)
+        lines = f.read_text(encoding="utf-8").splitlines()
+        for section, table in data.items():
+            at = lines.index(f"[{section}]")
+            comment = lines[at - 1]
+            assert comment.startswith("# ft "), f"{f}: [{section}] does not open with its command"
+            argv = shlex.split(comment[2:])[1:]
+            assert argv[argv.index("--config") + 1] == str(f.relative_to(ROOT)), comment
+            argv[argv.index("--config") + 1] = str(f)
+            r = CliRunner().invoke(app, [*argv, "--dry-run", "--json"])
+            assert r.exit_code == 0, f"{comment}: {r.output}"
+            resolved = orjson.loads(r.stdout)
+            assert table and {k: resolved[k]["source"] for k in table} == {k: f"file:{f}" for k in table}
+
+
+def test_example_config_documents_every_command():
+    from finetune_cli import cli  # noqa: F401  (registers all sections)
+
+    documented = set()
+    for f in (ROOT / "examples").glob("*.toml"):
+        documented |= set(C.load_toml(f))
+    assert set(C.SECTIONS) - {"demo"} <= documented
