@@ -1,6 +1,7 @@
 """GPU benchmark: training tokens/s and peak memory of ft's backends beside raw loops, in one run.
 
-    python bench/train_throughput.py run OUT [--shapes 1b,8b] [--steps 10] [--packing]
+    python bench/train_throughput.py run OUT [--shapes 1b,8b|none] [--steps 10] [--packing]
+                                             [--packing-backends unsloth,hf]
 
 For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes (2 × 2048), LoRA r16
 on all linear layers, gradient checkpointing, AdamW:
@@ -159,6 +160,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     opts = sys.argv[3:]
     shapes = opts[opts.index("--shapes") + 1].split(",") if "--shapes" in opts else ["1b", "8b"]
+    shapes = [s for s in shapes if s != "none"]
+    pack_backends = (opts[opts.index("--packing-backends") + 1].split(",") if "--packing-backends" in opts
+                     else ["unsloth", "hf"])
     steps = int(opts[opts.index("--steps") + 1]) if "--steps" in opts else 10
     work = Path(os.environ.get("BENCH_WORK", "/tmp/ft-bench"))
     work.mkdir(parents=True, exist_ok=True)
@@ -178,25 +182,33 @@ def main() -> None:
         text = work / f"text-{shape}.txt"
         write_text(text, B * L * (WARMUP + steps + 2), PRESETS[shape]["vocab_size"])
         r = results.setdefault(shape, {"batch": B, "length": L})
-        r["ft_unsloth"] = ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
-                                   name=f"{shape}-ft-unsloth")
-        r["raw_unsloth"] = sub(["unsloth", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-unsloth.log")
-        r["raw_hf"] = sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf.log")
-        r["ft_hf"] = ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
-                              name=f"{shape}-ft-hf")
-        res_path.write_text(json.dumps(results, indent=2))
+        for key, measure in (
+                ("ft_unsloth", lambda: ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps,
+                                                packing=False, name=f"{shape}-ft-unsloth")),
+                ("raw_unsloth", lambda: sub(["unsloth", str(model), str(B), str(L), str(steps)],
+                                            out / f"{shape}-raw-unsloth.log")),
+                ("raw_hf", lambda: sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf.log")),
+                ("ft_hf", lambda: ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
+                                           name=f"{shape}-ft-hf"))):
+            r[key] = measure()
+            res_path.write_text(json.dumps(results, indent=2))  # a cut-off run keeps what it measured
+            (out / "benchmarks.md").write_text(render(results))
         print(shape, json.dumps(r), flush=True)
     if "--packing" in opts:
         model = work / "1b"
         chats = work / "chats.jsonl"
         mean = write_chats(chats, 8 * (WARMUP + 3 * steps), PRESETS["1b"]["vocab_size"])
         pk = results.setdefault("packing", {"batch": 8, "mean_tokens": round(mean, 1), "lengths": "50-600"})
-        for backend in ("unsloth", "hf"):
+        if not (model / "config.json").is_file():
+            subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                            f"import train_throughput as t; t.make({str(model)!r}, '1b')"], check=True)
+        for backend in pack_backends:
             for packing in (True, False):
                 key = f"{backend}_{'padding_free' if packing else 'padded'}"
                 pk[key] = ft_train(backend, str(model), str(chats), out, B=8, L=L, steps=3 * steps,
                                    packing=packing, name=f"pack-{key}")
                 res_path.write_text(json.dumps(results, indent=2))
+                (out / "benchmarks.md").write_text(render(results))
                 print(key, pk[key], flush=True)
     (out / "benchmarks.md").write_text(render(results))
 
