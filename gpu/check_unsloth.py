@@ -1,7 +1,7 @@
 """GPU check (not CI): `ft train --backend unsloth` for LoRA, DoRA and QLoRA on a small random-weight
 model, then the adapter reloaded with plain transformers + peft must give Unsloth's logits.
 
-    python gpu/check_unsloth.py OUT_DIR          # on a CUDA machine with the unsloth extra
+    python gpu/check_unsloth.py OUT_DIR [lora,dora,qlora]   # on a CUDA machine with the unsloth extra
 
 Each training runs in its own process (Unsloth must be imported before transformers); the plain-peft
 reload runs in a process that never imports Unsloth. Writes OUT_DIR/unsloth_check.json.
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 METHODS = ["lora", "dora", "qlora"]
+MARGIN_NOISE = 0.03  # bf16 logits of this model differ by up to ~0.02 between two correct kernels
 PROMPTS = ["Fit like the day?", "Tell me about the harbour in winter.", "Write two lines about rain."]
 
 
@@ -84,8 +85,8 @@ def main() -> None:
         f"m({str(base)!r}, hidden=512, layers=4, template='chatml')"]).check_returncode()
     data = work / "data.jsonl"
     make_data(data)
-    report = {}
-    for method in METHODS:
+    report = json.loads((out / "unsloth_check.json").read_text()) if (out / "unsloth_check.json").is_file() else {}
+    for method in (sys.argv[2].split(",") if len(sys.argv) > 2 else METHODS):
         name = f"unsloth-{method}"
         p = sh([sys.executable, "-m", "finetune_cli", "train", "--model", str(base), "--data", str(data),
                 "--backend", "unsloth", "--method", method, "--max-steps", "40", "--batch-size", "8",
@@ -112,17 +113,23 @@ def main() -> None:
             if len(lg) == 2:
                 import numpy as np
 
-                diffs, agree, scale = [], [], []
+                diffs, agree, decisive, scale = [], [], [], []
                 for a, b in zip(lg["unsloth"], lg["peft"]):
                     a, b = np.array(a), np.array(b)
                     diffs.append(float(np.abs(a - b).max()))
                     scale.append(float(np.abs(a).max()))
-                    agree.append(float((a.argmax(-1) == b.argmax(-1)).mean()))
+                    same = a.argmax(-1) == b.argmax(-1)
+                    agree.append(float(same.mean()))
+                    # positions whose top-2 margin exceeds bf16 noise must agree; near-ties may flip
+                    top2 = np.sort(b, axis=-1)[:, -2:]
+                    clear = (top2[:, 1] - top2[:, 0]) > 4 * MARGIN_NOISE
+                    decisive.append(float(same[clear].mean()) if clear.any() else 1.0)
                 entry.update(max_abs_diff=max(diffs), logit_scale=max(scale), argmax_agreement=min(agree),
-                             ok=max(diffs) / max(scale) < 0.05 and min(agree) >= 0.95)
+                             decisive_argmax_agreement=min(decisive),
+                             ok=max(diffs) / max(scale) < 0.05 and min(decisive) == 1.0)
         report[method] = entry
         print(method, json.dumps(entry)[:2000], flush=True)
-    (out / "unsloth_check.json").write_text(json.dumps(report, indent=2))
+        (out / "unsloth_check.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
