@@ -45,6 +45,7 @@ class FakeLLM:
         self.slow_s = slow_s
         self.port = port
         self.faults: list[tuple[str, list[str]]] = []
+        self.topic_replies: dict[str, list[list[str]]] = {}  # group (as in the prompt) -> replies, in order
         self.counts: Counter = Counter()       # (needle, request hash) -> times seen
         self.served: Counter = Counter()       # behaviour -> responses
         self.requests = 0
@@ -196,6 +197,8 @@ class FakeLLM:
         if "Reply with a JSON array of strings only" in last:
             k = int(last.split("Write ", 1)[1].split(" ", 1)[0])
             group = last.split("Topic group: ", 1)[1].split("\n", 1)[0]
+            if self.topic_replies.get(group):
+                return json.dumps(self.topic_replies[group].pop(0))
             items = [f"{rng.choice(['choosing', 'fixing', 'planning', 'learning', 'sharing'])} a "
                      f"{rng.choice(['small', 'cheap', 'quiet', 'simple', 'new'])} {group} thing number "
                      f"{rng.randrange(10**6)} at home" for _ in range(k)]

@@ -8,13 +8,14 @@ taken in order; an answer is a duplicate when its ``token_sort_ratio`` (after ra
 
 Comparing every pair is O(n²) — about a day for 100k answers. Instead each answer's token set gets
 a MinHash signature (``bands × rows`` minima of seeded random token permutations); answers that
-agree on every row of some band land in one bucket and become candidate pairs. Only candidates are
-verified, in C++ and on all cores (``rapidfuzz.process.cpdist``). Tokens found in more than
-``common_df`` of the answers are left out of the signatures (they make unrelated answers look
-alike); verification still uses the full text. The chance that a pair with token Jaccard J becomes
-a candidate is 1 − (1 − J^rows)^bands: ≥ 0.999 at J = 0.8 and 0.98 at J = 0.7 with the defaults
-(pairs above a 0.9 token_sort_ratio have J ≈ 0.75–1). Everything is seeded: the same input gives
-the same result in any process.
+agree on every row of some band land in one bucket and become candidate pairs. Candidates are
+checked against a length bound, then verified in C++ on all cores (``rapidfuzz.process.cpdist``).
+The chance that a pair with token Jaccard J becomes a candidate is 1 − (1 − J^rows)^bands: ≥ 0.999
+at J = 0.8 and 0.98 at J = 0.7 with the defaults (paraphrases above a 0.9 token_sort_ratio share
+most of their tokens; a pair that changed most of its words by a letter each can score 0.9 with a
+low Jaccard, and is the kind this method can miss). Every token counts: leaving common words out of
+the signatures is faster, but makes near-copies that differ in rarer words look less alike and lost
+planted duplicates. Everything is seeded: the same input gives the same result in any process.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
-
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 def sorted_tokens(text: str) -> list[str]:
     from rapidfuzz.utils import default_process
@@ -47,7 +45,7 @@ def _signatures(flat: np.ndarray, offsets: np.ndarray, vocab_size: int, k: int, 
     table = rng.integers(0, 2**32 - 1, size=(vocab_size, k), dtype=np.uint32)
     n = len(offsets) - 1
     sig = np.empty((n, k), dtype=np.uint32)
-    step = max(1, 4_000_000 // k)  # tokens per chunk: bounds the gathered (tokens, k) block
+    step = max(1, 262_144 // k)  # tokens per chunk: the gathered (tokens, k) block stays ~1 MB, in cache
     a = 0
     while a < n:
         b = int(np.searchsorted(offsets, offsets[a] + step, side="right")) - 1
@@ -112,47 +110,44 @@ def candidate_pairs(keys: np.ndarray, *, window: int = 16) -> np.ndarray:
 
 
 def find_duplicates(texts: Sequence[str], threshold: float = 0.9, *, bands: int = 20, rows: int = 5,
-                    common_df: float = 0.1, seed: int = 0, workers: int = -1) -> list[int | None]:
+                    seed: int = 0, workers: int = -1) -> list[int | None]:
     """For each text, the index of the earlier kept text it near-duplicates, or None (kept).
 
     ``threshold`` is a token_sort_ratio in [0, 1]. See the module docstring for the method.
     """
     from rapidfuzz import fuzz, process
+    from rapidfuzz.utils import default_process
 
     if len(texts) == 0:
         return []
-    toks = [sorted_tokens(t) for t in texts]
-    all_norm = [" ".join(t) for t in toks]
-    # exact copies (after normalization) are settled by a dict; only distinct strings go to LSH
+    processed = list(map(default_process, texts))
+    # identical processed texts are settled by a dict; only distinct strings go to LSH
     first: dict[str, int] = {}
-    copy_of = [first.setdefault(s, i) for i, s in enumerate(all_norm)]
-    uniq = [i for i, j in enumerate(copy_of) if i == j]
-    norm = [all_norm[i] for i in uniq]
-    n = len(norm)
-    # token ids in first-seen order (norm is sorted, so this is the same in every process)
-    docs = [dict.fromkeys(toks[i]) or {"\0empty": None} for i in uniq]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(chain.from_iterable(docs)))}
-    lens = np.fromiter(map(len, docs), dtype=np.int64, count=n)
-    flat = np.fromiter(map(vocab.__getitem__, chain.from_iterable(docs)), dtype=np.int64, count=int(lens.sum()))
+    copy_of = [first.setdefault(s, i) for i, s in enumerate(processed)]
+    uniq = list(first.values())
+    n = len(uniq)
+    toks = [processed[i].split() or ["\0"] for i in uniq]  # "\0": the one empty text still gets a signature
+    # token ids in first-seen order over the input: the same in every process
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(chain.from_iterable(toks)))}
+    lens = np.fromiter(map(len, toks), dtype=np.int64, count=n)
+    flat = np.fromiter(map(vocab.__getitem__, chain.from_iterable(toks)), dtype=np.int64, count=int(lens.sum()))
     offsets = np.concatenate(([0], np.cumsum(lens)))
-    df = np.bincount(flat, minlength=len(vocab))
-    keep = df[flat] <= max(2, common_df * n)
-    kept_per_doc = np.add.reduceat(keep.astype(np.int64), offsets[:-1])
-    keep |= np.repeat(kept_per_doc == 0, lens)  # a doc of common tokens only keeps them all
-    flat = flat[keep]
-    offsets = np.concatenate(([0], np.cumsum(np.add.reduceat(keep.astype(np.int64), offsets[:-1]))))
     sig = _signatures(flat, offsets, len(vocab), bands * rows, seed)
     pairs = candidate_pairs(_band_keys(sig, bands, rows))
 
     cutoff = threshold * 100.0
     if len(pairs):
-        chars = np.fromiter(map(len, norm), dtype=np.int64, count=n)
+        # length of token_sort_ratio's string (tokens joined by single spaces), without building it
+        chars = np.fromiter((len(processed[i]) - processed[i].count(" ") + len(t) - 1 for i, t in zip(uniq, toks)),
+                            dtype=np.int64, count=n)
         li, lj = chars[pairs[:, 0]], chars[pairs[:, 1]]
         # ratio = 1 - indel/(li+lj) and indel ≥ |li-lj|: a cheap bound before the real score
         pairs = pairs[np.abs(li - lj) <= (1.0 - threshold) * (li + lj) + 1e-9]
+    # token_sort_ratio's string, built only for texts left in a candidate pair
+    norm = {i: " ".join(sorted(toks[i])) if toks[i] != ["\0"] else "" for i in np.unique(pairs).tolist()}
     edges: dict[int, list[int]] = {}
     if len(pairs):
-        scores = process.cpdist([norm[i] for i in pairs[:, 0]], [norm[j] for j in pairs[:, 1]],
+        scores = process.cpdist([norm[i] for i in pairs[:, 0].tolist()], [norm[j] for j in pairs[:, 1].tolist()],
                                 scorer=fuzz.ratio, score_cutoff=cutoff, workers=workers)
         for (i, j) in pairs[scores >= cutoff].tolist():
             edges.setdefault(i, []).append(j)

@@ -228,7 +228,8 @@ async def _expand(provider, grouped: dict[str, list[str]], cfg: ExpandConfig, re
 def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     from .providers import LLMProvider, RetryPolicy, choose_provider
 
-    shape, grouped = parse_topics(read_json(cfg.input), path=cfg.input)
+    raw = read_json(cfg.input)
+    shape, grouped = parse_topics(raw, path=cfg.input)
     unknown = [g for g in cfg.groups if g not in grouped]
     if unknown:
         raise ConfigError(f"--groups: no group {', '.join(map(repr, unknown))} in {cfg.input} "
@@ -243,7 +244,11 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     new, stats = asyncio.run(_expand(provider, grouped, cfg, reporter))
     out = {g: items + new.get(g, []) for g, items in grouped.items()}
     target = cfg.input if cfg.in_place else cfg.output
-    write_json_atomic(target, dump_topics(shape, out))
+    if shape == "records":  # the records as they were (their order across groups, any extra keys), then the new
+        data = raw + [{"topic": t, "group": g} for g, items in new.items() for t in items]
+    else:
+        data = dump_topics(shape, out)
+    write_json_atomic(target, data)
     rows = [[g, len(grouped[g]), len(new.get(g, [])), len(out[g])] for g in grouped]
     reporter.table(f"ft topics expand → {target}", ["group", "existing", "added", "total"], rows)
     short = [g for g in new if len(new[g]) < cfg.per_group]

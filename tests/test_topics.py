@@ -1,0 +1,183 @@
+"""ft topics expand: every topic shape in and out, validation (5–12 words, banned prefixes, repeated
+words), fuzzy dedup against existing and new topics, order kept, --in-place atomic, and no LLM → exit 2.
+The real openai SDK talks to tests/fake_llm.py; never a live API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rapidfuzz import fuzz
+from rapidfuzz.utils import default_process
+from typer.testing import CliRunner
+
+from fake_llm import FakeLLM
+from finetune_cli.cli import app
+from finetune_cli.errors import DataError
+from finetune_cli.topics import load_topics, parse_topics, topic_problem
+
+KEY = "sk-test-SECRET-topics"
+GROUPED = {"work": ["preparing for a job interview at a local firm", "asking for a pay rise politely"],
+           "daily_life": ["planning a week of cheap family meals"]}
+SHAPES = {
+    "list": GROUPED["work"],
+    "dict": GROUPED,
+    "groups": {"groups": GROUPED},
+    "records": [{"topic": t, "group": g} for g, ts in GROUPED.items() for t in ts],
+}
+
+
+def expand(*args, env=None):
+    return CliRunner().invoke(app, ["topics", "expand", *map(str, args)], env=env, catch_exceptions=False)
+
+
+def result(r) -> dict:
+    return json.loads(r.stdout[r.stdout.index("{"):])
+
+
+@pytest.fixture
+def llm():
+    with FakeLLM() as srv:
+        yield srv, {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_expands_and_keeps_its_shape_and_order(llm, shape):
+    srv, env = llm
+    Path("in.json").write_text(json.dumps(SHAPES[shape]))
+    r = expand("--input", "in.json", "--output", "out.json", "--per-group", 4, "--json", env=env)
+    assert r.exit_code == 0, r.output
+    out = json.loads(Path("out.json").read_text())
+    got_shape, grouped = parse_topics(out)
+    before = parse_topics(SHAPES[shape])[1]
+    assert got_shape == shape and list(grouped) == list(before)
+    for group, old in before.items():
+        assert grouped[group][:len(old)] == old  # existing topics first, in their order
+        new = grouped[group][len(old):]
+        assert len(new) == 4 and all(topic_problem(t) is None for t in new)
+    assert result(r)["added"] == {g: 4 for g in before}
+    assert Path("in.json").read_text() == json.dumps(SHAPES[shape])  # --output leaves the input alone
+    assert srv.served["ok"] >= len(before)
+
+
+@pytest.mark.parametrize("topic, problem", [
+    ("too short to use", "4 words"),
+    ("one two three four five six seven eight nine ten eleven twelve thirteen", "13 words"),
+    ("The importance of saving money when you are young", "banned prefix"),
+    ("1. A guide to fixing a bike puncture at home", "banned prefix"),
+    ("walking and walking and walking to work every day", "repeats"),
+])
+def test_topic_problem_names_the_rule(topic, problem):
+    assert problem in topic_problem(topic)
+
+
+@pytest.mark.parametrize("topic", ["fixing a bike puncture at home", "walking to work and back every day",
+                                   "one two three four five six seven eight nine ten eleven twelve"])
+def test_valid_topics_pass(topic):
+    assert topic_problem(topic) is None
+
+
+def test_validation_and_fuzzy_dedup_against_existing_and_new(llm):
+    srv, env = llm
+    srv.topic_replies["work"] = [[
+        "too short",                                                      # < 5 words
+        "The importance of teamwork in a modern busy office",             # banned prefix
+        "work and work and work through every single weekend",            # 'work' three times
+        "Preparing for a job interview at a local firm!",                 # an existing topic again
+        "preparing for job interviews at the local firm",                 # ... reworded
+        "planning a week of cheap meals for the family",                  # another group's topic, reordered
+        "asking a manager for flexible hours after having a baby",        # new and valid
+        "asking the manager for flexible hours after having a baby",      # near-copy of the one above
+    ], [
+        "handing in a notice without burning any bridges",
+        "handing in your notice without burning any bridges",           # near-copy within one reply
+        "dealing with a colleague who takes credit for your work",
+    ]]
+    Path("in.json").write_text(json.dumps(GROUPED))
+    r = expand("--input", "in.json", "--output", "out.json", "--per-group", 3, "--groups", "work", "--json",
+               env=env)
+    assert r.exit_code == 0, r.output
+    out = json.loads(Path("out.json").read_text())
+    assert out["work"] == GROUPED["work"] + ["asking a manager for flexible hours after having a baby",
+                                             "handing in a notice without burning any bridges",
+                                             "dealing with a colleague who takes credit for your work"]
+    assert out["daily_life"] == GROUPED["daily_life"]  # not in --groups: untouched
+    stats = result(r)["stats"]
+    assert stats == {"invalid": 3, "duplicate": 5, "added": 3}
+    everything = [t for ts in out.values() for t in ts]
+    for i, a in enumerate(everything):  # nothing left that a user would call a repeat
+        for b in everything[i + 1:]:
+            assert fuzz.token_sort_ratio(a, b, processor=default_process) < 85
+
+
+def test_short_of_per_group_warns(llm):
+    srv, env = llm
+    srv.topic_replies["work"] = [["too short"]] * 2
+    Path("in.json").write_text(json.dumps({"work": GROUPED["work"]}))
+    r = expand("--input", "in.json", "--output", "out.json", "--per-group", 2, "--max-rounds", 2, env=env)
+    assert r.exit_code == 0, r.output
+    assert "fewer than 2 new topics" in r.output and "invalid 2" in r.output
+    assert json.loads(Path("out.json").read_text()) == {"work": GROUPED["work"]}
+
+
+def test_in_place_replaces_the_file_atomically(llm, tmp_path):
+    srv, env = llm
+    src = Path("topics.json")
+    records = [{"topic": GROUPED["work"][0], "group": "work", "note": "kept"},
+               {"topic": GROUPED["daily_life"][0], "group": "daily_life"},
+               {"topic": GROUPED["work"][1], "group": "work"}]
+    src.write_text(json.dumps(records))
+    inode = src.stat().st_ino
+    r = expand("--input", src, "--in-place", "--per-group", 2, env=env)
+    assert r.exit_code == 0, r.output
+    assert src.stat().st_ino != inode  # a new file renamed over the old one, never rewritten in place
+    assert [p.name for p in tmp_path.iterdir() if p.name != "ft-home"] == ["topics.json"]  # no temp files left
+    out = json.loads(src.read_text())
+    assert out[:3] == records  # existing records first, in their order, extra keys kept
+    assert len(out) == 3 + 2 * 2 and len(load_topics(src)) == 7
+
+
+def test_in_place_left_untouched_when_the_provider_fails():
+    with FakeLLM(api_key="the-right-key") as srv:
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        Path("topics.json").write_text(json.dumps(GROUPED))
+        before = Path("topics.json").read_bytes()
+        r = expand("--input", "topics.json", "--in-place", "--per-group", 2, env=env)
+    assert r.exit_code == 1 and "authentication failed (HTTP 401)" in r.output and KEY not in r.output
+    assert Path("topics.json").read_bytes() == before
+
+
+def test_without_any_llm_exits_2_and_writes_nothing():
+    Path("in.json").write_text(json.dumps(GROUPED))
+    r = expand("--input", "in.json", "--output", "out.json", "--per-group", 2)
+    assert r.exit_code == 2
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "needs an LLM" in errors[0] and "OPENAI_API_KEY" in errors[0]
+    assert "never invents topics offline" in errors[0]
+    assert not Path("out.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--per-group", 2], "exactly one of --output FILE or --in-place"),
+    (["--per-group", 2, "--output", "o.json", "--in-place"], "exactly one of --output FILE or --in-place"),
+    (["--per-group", 2, "--output", "o.json", "--groups", "nope"], "no group 'nope'"),
+])
+def test_bad_options_exit_2(llm, args, message):
+    _, env = llm
+    Path("in.json").write_text(json.dumps(GROUPED))
+    r = expand("--input", "in.json", *args, env=env)
+    assert r.exit_code == 2 and message in r.output, r.output
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"work": "not a list"}, "expected a list of topics"),
+    ([{"group": "work"}], "missing key 'topic'"),
+    (["fine topic here", ""], "non-empty string"),
+    (42, "expected a list of topics"),
+])
+def test_bad_topic_files_name_the_problem(data, message):
+    Path("bad.json").write_text(json.dumps(data))
+    with pytest.raises(DataError) as e:
+        load_topics("bad.json")
+    assert message in str(e.value) and "bad.json" in str(e.value)
