@@ -37,3 +37,28 @@ def test_unsloth_collator_adds_sequence_lengths():
     assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert out["labels"].tolist() == [[-100, 6, 7, -100, 9]]
     assert "packed_seq_lengths" not in Collator(pad_id=0, padding_free=False)(batch)
+
+
+def test_unsloth_collator_drops_an_all_ones_mask_only():
+    from finetune_cli.train.backend_unsloth import Collator
+
+    same = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9, 4], "labels": [8, 9, 4]}]
+    assert "attention_mask" not in Collator(pad_id=0, padding_free=False)(same)
+    ragged = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    out = Collator(pad_id=0, padding_free=False)(ragged)
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+
+
+def test_unsloth_pads_without_a_varlen_kernel(monkeypatch):
+    import importlib.util
+
+    from finetune_cli.train import backend_unsloth
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("flash_attn", "xformers") else real(name, *a))
+    ok, why = backend_unsloth.padding_free_supported(model=None)
+    assert not ok and "flash-attn" in why
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "xformers" else None)
+    assert backend_unsloth.padding_free_supported(model=None) == (True, "unsloth + xformers")
