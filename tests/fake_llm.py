@@ -12,7 +12,8 @@ item (then "ok"). Behaviours: ok, 429, 500, 503, slow, truncated, malformed, emp
     with FakeLLM(delay=0.2) as srv:      # in a thread
         srv.openai_url  -> "http://127.0.0.1:PORT/v1";  srv.anthropic_url -> "http://127.0.0.1:PORT"
 
-    python tests/fake_llm.py --delay 0.2    # as a process: prints "PORT <n>" and serves until killed
+    python tests/fake_llm.py --delay 0.2    # as a process: prints "PORT <n>" and serves until killed;
+                                            # GET /stats -> {"requests": n, "served": {...}}
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class FakeLLM:
         return "ok"
 
     async def _handle(self, method: str, path: str, headers: dict, body: bytes):
+        if method == "GET" and path == "/stats":  # for benchmarks that run the server in its own process
+            return 200, {}, json.dumps({"requests": self.requests, "served": self.served}).encode()
         self.requests += 1
         anthropic = path.rstrip("/").endswith("/messages")
         if method != "POST" or not (anthropic or path.rstrip("/").endswith("/chat/completions")):

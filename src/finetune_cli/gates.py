@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from functools import lru_cache
 
 from .persona import Persona, count_words, marker_density
@@ -45,9 +46,10 @@ def detect_foreign(text: str, *, min_share: float = 0.12) -> str | None:
     words = [w.lower() for w in _TOKEN.findall(text)]
     if len(words) < 5:
         return None
+    counts = Counter(words)
     best, best_share = None, 0.0
     for lang, fw in _function_sets().items():
-        share = sum(w in fw for w in words) / len(words)
+        share = sum(counts[w] for w in fw if w in counts) / len(words)
         if share > best_share:
             best, best_share = lang, share
     return best if best_share >= min_share else None
@@ -55,6 +57,8 @@ def detect_foreign(text: str, *, min_share: float = 0.12) -> str | None:
 
 def latin_share(text: str) -> float:
     """Share of letters that are Latin script (1.0 for text without letters)."""
+    if text.isascii():
+        return 1.0
     letters = [c for c in text if c.isalpha()]
     if not letters:
         return 1.0
