@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models import default_dtype, quiet_hf, resolve_model
+from . import distributed
 from .config import TrainConfig
 from .template import PadEos, choose_template, setup_pad_eos
 
@@ -92,8 +93,8 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"model {cfg.model!r}: could not load it ({msg})",
                           hint="offline? pass a local directory, a .gguf file or `tiny`") from None
-    if "device_map" not in kwargs:
-        model.to(device)
+    if "device_map" not in kwargs and not cfg.fsdp:
+        model.to(device)  # under torchrun/accelerate: this process's GPU (set by distributed.join)
 
     from transformers import set_seed
 
@@ -117,7 +118,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     optim = cfg.optimizer
     if optim == "auto":
         optim = "adamw_torch"
-        if device == "cuda":
+        if device == "cuda" and not cfg.fsdp:  # bitsandbytes' 8-bit state does not shard under FSDP
             try:
                 import bitsandbytes  # noqa: F401
                 optim = "adamw_8bit"
@@ -202,7 +203,13 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
 
     evaluating = bool(val)
     optim = {"adamw_8bit": "adamw_bnb_8bit"}.get(setup.optimizer, setup.optimizer)
-    args = TrainingArguments(
+    several: dict[str, Any] = {}
+    if distributed.world_size() > 1:
+        several = distributed.ddp_args(model)
+        if cfg.fsdp:
+            several.update(distributed.fsdp_args(model, activation_checkpointing=setup.gradient_checkpointing))
+    checkpointing = setup.gradient_checkpointing and not cfg.fsdp  # FSDP checkpoints activations itself
+    args = dict(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -219,8 +226,8 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
         data_seed=cfg.seed,
         bf16=setup.dtype == "bfloat16",
         fp16=setup.dtype == "float16",
-        gradient_checkpointing=setup.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if setup.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         eval_strategy="steps" if evaluating else "no",
         eval_steps=eval_steps if evaluating else None,
         save_strategy="steps",
@@ -238,12 +245,15 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
         remove_unused_columns=False,
         use_cpu=setup.device == "cpu",
     )
+    args = TrainingArguments(**{**args, **several})
     all_callbacks = list(callbacks)
     if evaluating and cfg.early_stopping:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val or None,
                       data_collator=Collator(tok.pad_token_id, padding_free), processing_class=tok,
                       callbacks=all_callbacks)
+    if distributed.world_size() > 1:
+        distributed.exact_eval_loss(trainer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)

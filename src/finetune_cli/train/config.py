@@ -27,9 +27,9 @@ class TrainConfig:
                           "weights, for smoke runs) or `smollm2-135m`.", short="-m", required=True, panel="Model")
     method: str = opt("lora", "Fine-tuning method: LoRA, DoRA (weight-decomposed), rsLoRA (rank-stabilized), "
                               "QLoRA (4-bit base, CUDA only) or full fine-tuning.", choices=METHODS, panel="Model")
-    backend: str = opt("auto", "Training backend: hf (transformers + peft, any device); unsloth (CUDA); auto picks "
-                               "hf until the unsloth backend is installed.", choices=("auto", "hf", "unsloth"),
-                       panel="Model")
+    backend: str = opt("auto", "Training backend: hf (transformers + peft, any device); unsloth (CUDA, also under "
+                               "DDP); auto = unsloth where a CUDA GPU and the unsloth package are present and one "
+                               "process trains, else hf.", choices=("auto", "hf", "unsloth"), panel="Model")
     chat_template: str = opt("auto", "Chat template: auto (the model's own, else ChatML), model, chatml, llama3 "
                                      "or @file.jinja. Saved with the adapter.", panel="Model")
     train_embeddings: str = opt("new", "When tokens are added (ChatML on a base model, a new pad): train only the "
@@ -96,6 +96,16 @@ class TrainConfig:
     logging_steps: int = opt(0, "Log loss every N optimizer steps; 0 = about 50 times per run (at most every "
                                 "10 steps).", ge=0, panel="Eval")
 
+    # Devices
+    gpus: int = opt(1, "Processes to train with on this host, one per GPU (data-parallel, effective batch = "
+                       "batch × accum × N): N > 1 relaunches this command under torch.distributed.run; without "
+                       "CUDA it starts N CPU processes on gloo (for tests). 1 = this process, or the processes "
+                       "torchrun / accelerate launch started.", ge=1, panel="Devices")
+    fsdp: bool = opt(False, "Shard weights, gradients and optimizer state over the GPUs (FSDP2 full shard, one unit "
+                            "per decoder layer) for models that do not fit one GPU; each process loads the model in "
+                            "CPU memory first. hf backend, CUDA, 2+ processes, not QLoRA. Off = DDP (a full copy "
+                            "per GPU).", panel="Devices")
+
     # Output
     name: str | None = opt(None, "Run name (a directory under --runs-dir); none = <model>-<method>-<time>.",
                            panel="Output")
@@ -113,6 +123,11 @@ class TrainConfig:
             errors.append("option --early-stopping needs validation data (--val-split or --val-file)")
         if self.method == "full" and self.train_embeddings == "new":
             self.train_embeddings = "all"  # full fine-tuning trains every row anyway
+        if self.fsdp and self.method == "qlora":
+            errors.append("option --fsdp does not shard 4-bit QLoRA weights (bitsandbytes): use --method lora, "
+                          "or QLoRA without --fsdp (DDP)")
+        if self.fsdp and self.backend == "unsloth":
+            errors.append("option --fsdp needs --backend hf (ft's Unsloth backend trains under DDP)")
         if self.chunk_overlap >= self.chunk_tokens:
             errors.append("option --chunk-overlap must be smaller than --chunk-tokens")
         if errors:

@@ -4,6 +4,8 @@
     ft train --model runs/tiny-model --data data/doric.jsonl --max-len 128 --max-steps 20 --name smoke
     ft train --model smollm2-135m --data data/doric.jsonl --method dora --system @system.txt
     ft train --name smoke --resume ...same options...     # continue from the last checkpoint
+    ft train --gpus 2 ...same options...                  # data-parallel on 2 GPUs (see distributed.py)
+    torchrun --nproc_per_node 2 -m finetune_cli train ... # the same, launched by hand
     ft runs
 
 Everything the run decided is printed before the first step and saved in ``runs/<name>/``.
@@ -11,6 +13,7 @@ Everything the run decided is printed before the first step and saved in ``runs/
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import time
@@ -21,17 +24,22 @@ from ..config import text_or_file, to_dict
 from ..errors import ConfigError, TrainingError
 from ..ui import Reporter
 from . import callbacks as ft_callbacks
+from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
 from .examples import masking_stats, split_val, tokenize_inputs
-from .records import RunDir, library_versions, now
+from .records import RunDir, is_main, library_versions, now
 
-# options that may differ when resuming: they do not change what is trained
-RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir"}
+# options that may differ when resuming: they do not change what is trained (the number of processes
+# does, and is checked against run.json whichever way the processes were launched)
+RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir", "gpus"}
 
 
 def pick_backend(choice: str) -> str:
-    """``auto`` = unsloth where a CUDA GPU and the unsloth package are present, else hf.
+    """``auto`` = unsloth where a CUDA GPU and the unsloth package are present and one process trains,
+    else hf. Unsloth (2026.10.7) also trains under DDP (each rank loads onto its own GPU), so
+    ``--backend unsloth`` works under torchrun/--gpus; ``auto`` keeps several processes on hf, the path
+    ft has measured there.
 
     Unsloth patches transformers, peft and trl on import, so when it is picked it is imported here,
     before anything in this process has imported transformers.
@@ -51,7 +59,7 @@ def pick_backend(choice: str) -> str:
             raise ConfigError("option --backend unsloth: the unsloth package is not installed",
                               hint="uv sync --extra train --extra unsloth, or use --backend hf")
     elif not (cuda and installed) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return "hf"  # several processes: the hf backend is the one measured under DDP/FSDP
+        return "hf"
     from .backend_unsloth import import_unsloth
 
     import_unsloth()
@@ -72,7 +80,7 @@ def _source(cfg: TrainConfig, name: str) -> str:
     return "default" if getattr(cfg, name) == default else "set"
 
 
-def _check_resume(cfg: TrainConfig, rd: RunDir) -> Path:
+def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> Path:
     saved = (rd.path / "config.json")
     if saved.is_file():
         from ..jsonl import read_json
@@ -84,15 +92,21 @@ def _check_resume(cfg: TrainConfig, rd: RunDir) -> Path:
             raise ConfigError(f"option --resume: options differ from the run being resumed: "
                               + ", ".join(f"{k} ({old[k]!r} → {now_cfg[k]!r})" for k in diff),
                               hint="resume with the run's own options (see its config.json)")
+    before = rd.read().get("world_size", 1)
+    if before != processes:
+        raise ConfigError(f"option --resume: run {rd.path.name!r} trained in {before} process(es), this is "
+                          f"{processes}: the data order, batch and per-process RNG states would not match",
+                          hint=f"resume with --gpus {before}, or launch {before} processes")
     ckpt = rd.last_checkpoint()
     if ckpt is None:
         raise ConfigError(f"option --resume: run {rd.path.name!r} has no checkpoint yet", hint="start it again")
     return ckpt
 
 
-def _schedule(cfg: TrainConfig, n_train: int) -> tuple[int, int, int]:
-    """(total optimizer steps, eval/checkpoint interval, logging interval)."""
-    per_epoch = max(1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum))
+def _schedule(cfg: TrainConfig, n_train: int, processes: int = 1) -> tuple[int, int, int]:
+    """(total optimizer steps, eval/checkpoint interval, logging interval). Each process gets every
+    ``processes``-th micro-batch (the Trainer's sharded loader), so an epoch has that many fewer steps."""
+    per_epoch = max(1, math.ceil(math.ceil(math.ceil(n_train / cfg.batch_size) / processes) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
     eval_steps = cfg.eval_steps or max(1, total // 10)
     logging = cfg.logging_steps or max(1, min(10, total // 50))
@@ -105,7 +119,8 @@ def _default_name(cfg: TrainConfig) -> str:
 
 
 def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, name: str, path: Path, total: int,
-                eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None) -> None:
+                eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None,
+                processes: int = 1) -> None:
     pe = setup.pad_eos
     s = lambda k: "" if _source(cfg, k) == "set" else " (default)"  # noqa: E731
     lines = [
@@ -118,13 +133,23 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         f"  optimizer  {setup.optimizer} · lr {cfg.learning_rate:g}{s('lr')} · {cfg.scheduler}{s('scheduler')} · warmup "
         f"{cfg.warmup_ratio:.0%}{s('warmup_ratio')} · grad checkpointing {'on' if setup.gradient_checkpointing else 'off'}",
         f"  steps      {total} ({'--max-steps' if cfg.max_steps else f'{cfg.epochs:g} epochs'}) · batch "
-        f"{cfg.batch_size} × accum {cfg.grad_accum}{s('batch_size')} · max len {cfg.max_len}{s('max_len')} · seed {cfg.seed}",
+        f"{cfg.batch_size} × accum {cfg.grad_accum}" + (f" × {processes} processes" if processes > 1 else "")
+        + f" = {cfg.batch_size * cfg.grad_accum * processes} examples per step{s('batch_size')} · max len "
+          f"{cfg.max_len}{s('max_len')} · seed {cfg.seed}",
         f"  eval       " + (f"{n_val} rows, every {eval_steps} steps · best checkpoint kept"
                             + (f" · early stopping after {cfg.early_stopping}" if cfg.early_stopping else "")
                             if n_val else "off (no validation rows)"),
         f"  template   {setup.template} · eos {pe.eos_token!r} (id {pe.eos_id}) · pad {pe.pad_token!r} (id {pe.pad_id})"
         f" · pad ≠ eos: {'yes' if pe.pad_id != pe.eos_id else 'NO'}",
     ]
+    if processes > 1:
+        import torch.distributed as dist
+
+        lines.append(f"  devices    {processes} processes ({dist.get_backend()}) · "
+                     + ("FSDP2: weights, gradients and optimizer state sharded, one unit per decoder layer"
+                        if cfg.fsdp else "DDP: a full copy each, gradients averaged")
+                     + f" · each process takes its own {cfg.batch_size} of every {cfg.batch_size * processes} "
+                       f"examples per micro-batch")
     lines += [f"  fixed      {c}" for c in pe.changes]
     if setup.added_tokens:
         lines.append(f"  added      {', '.join(setup.added_tokens)} (embeddings resized; train: {cfg.train_embeddings})")
@@ -144,15 +169,39 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         reporter.info(ln)
 
 
-def run(cfg: TrainConfig, reporter: Reporter) -> dict:
-    # ---- setup
-    backend = _backend(pick_backend(cfg.backend))
-    name = cfg.name or _default_name(cfg)
+def launch(cfg: TrainConfig, reporter: Reporter) -> None:
+    """``--gpus N``: the checks that need no model, then N processes through torch.distributed.run."""
+    from ..models import resolve_model
+
+    distributed.check(cfg, processes=cfg.gpus)
+    name = cfg.name or _default_name(cfg)  # one name for all processes
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
-    checkpoint = _check_resume(cfg, rd) if cfg.resume else None
+    if cfg.resume:
+        _check_resume(cfg, rd, cfg.gpus)
+    resolve_model(cfg.model, reporter)  # `tiny` built or a GGUF converted once, not once per process
+    distributed.launch(dataclasses.replace(cfg, name=name), reporter, run_dir=str(rd.path))
+
+
+def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
+    if cfg.gpus > 1 and not distributed.launched():
+        return launch(cfg, reporter)  # rank 0 of the processes prints the result
+    # ---- setup
+    processes = distributed.world_size()
+    distributed.check(cfg, processes=processes)
+    backend = _backend(pick_backend(cfg.backend))  # before anything imports transformers (Unsloth)
+    distributed.join()
+    if not is_main():
+        reporter = distributed.Silent()
+    name = distributed.same_on_all(cfg.name or _default_name(cfg))
+    rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
+    checkpoint = _check_resume(cfg, rd, processes) if cfg.resume else None
     system = text_or_file(cfg.system)
     inputs = load_inputs(cfg.data, system=system)
     val_inputs = load_inputs([cfg.val_file], system=system) if cfg.val_file else Inputs()
+    with distributed.main_first():  # rank 0 builds a model cache first (and every rank has checked the run dir)
+        from ..models import resolve_model
+
+        resolve_model(cfg.model, reporter)
     model, tok, setup = backend.load(cfg, reporter)
 
     tok_args = dict(max_len=cfg.max_len, train_on=cfg.train_on, chunk_size=cfg.chunk_tokens,
@@ -168,7 +217,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
         train, val = split_val(examples, cfg.val_split, cfg.seed)
     if not train:
         raise TrainingError("no training examples left after the validation split")
-    total, eval_steps, logging_steps = _schedule(cfg, len(train))
+    total, eval_steps, logging_steps = _schedule(cfg, len(train), processes)
+    effective_batch = cfg.batch_size * cfg.grad_accum * processes
     pf_ok, attn = backend.padding_free_supported(model)
     padding_free = cfg.packing and pf_ok
     pf_text = (f"padding-free (one row per micro-batch, position ids restart per example → block-diagonal "
@@ -184,7 +234,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
                                                "total_steps": total, "eval_steps": eval_steps,
                                                "logging_steps": logging_steps, "padding_free": padding_free,
                                                "optimizer": setup.optimizer, "dtype": setup.dtype,
-                                               "gradient_checkpointing": setup.gradient_checkpointing}})
+                                               "gradient_checkpointing": setup.gradient_checkpointing,
+                                               "world_size": processes, "effective_batch_size": effective_batch}})
     rd.write_json("data.json", {"files": inputs.files, "val_files": val_inputs.files, **stats,
                                 "train_rows": len(train), "val_rows": len(val)})
     if val:
@@ -196,9 +247,11 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
               pad_token=pe.pad_token, end_of_turn=pe.end_of_turn, added_tokens=setup.added_tokens,
               learning_rate=cfg.learning_rate, lora_alpha=None if cfg.method == "full" else cfg.lora_alpha,
               train_rows=len(train), val_rows=len(val), total_steps=total, best_checkpoint=None,
-              best_eval_loss=None, global_step=0, versions=library_versions())
+              best_eval_loss=None, global_step=0, versions=library_versions(), world_size=processes,
+              distributed=("fsdp" if cfg.fsdp else "ddp") if processes > 1 else None,
+              per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch)
     print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
-                n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt)
+                n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes)
 
     # ---- train
     as_rows = lambda xs: [{"input_ids": e.input_ids, "labels": e.labels} for e in xs]  # noqa: E731
@@ -232,7 +285,11 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
 
     # ---- save (the best checkpoint's weights are loaded back when eval is on)
     out = rd.model if cfg.method == "full" else rd.adapter
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # on every rank: FSDP gathers the weights from all of them; rank 0 writes
+    if not is_main():
+        del trainer, model
+        distributed.leave()
+        return None  # rank 0 writes the records and prints the result
     tok.save_pretrained(str(out))
     state = trainer.state
     best = state.best_model_checkpoint
@@ -256,6 +313,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
     import gc
 
     gc.collect()
+    distributed.leave()
     best_text = f" · best eval loss {final['best_eval_loss']:.4f} ({final['best_checkpoint']})" if best else ""
     reporter.result(f"trained {name}: {state.global_step} steps in {seconds:.1f}s · loss "
                     f"{final['first_loss']:.4f} → {final['final_loss']:.4f}{best_text} → {out}")
@@ -265,4 +323,5 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict:
                                          "val_rows")},
             "masking": {k: stats[k] for k in ("trainable_share", "empty_examples", "eos_trained_examples",
                                               "chat_examples", "truncated_examples")},
-            "pad_token": pe.pad_token, "eos_token": pe.eos_token}
+            "pad_token": pe.pad_token, "eos_token": pe.eos_token, "world_size": processes,
+            "effective_batch_size": effective_batch}
