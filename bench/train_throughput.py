@@ -1,16 +1,19 @@
 """GPU benchmark: training tokens/s and peak memory of ft's backends beside raw loops, in one run.
 
     python bench/train_throughput.py run OUT [--shapes 1b,8b|none] [--steps 10] [--packing]
-                                             [--packing-backends unsloth,hf]
+                                             [--packing-backends unsloth,hf] [--scaling 2 [--scaling-shapes 1b]]
 
 For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes (2 × 2048), LoRA r16
 on all linear layers, gradient checkpointing, AdamW:
   (a) `ft train --backend unsloth`   (b) a raw Unsloth loop
   (c) a raw transformers+peft loop   (d) `ft train --backend hf`
 and, with --packing, effective (non-pad) tokens/s on chat rows of 50–600 tokens: ft's padding-free
-batches versus padded batches, same batch size. Every part runs in its own process (fresh CUDA
-memory statistics; Unsloth imported first where it is used). Writes OUT/throughput.json and
-OUT/benchmarks.md. Weights are random: throughput and memory do not depend on their values.
+batches versus padded batches, same batch size; with --scaling N, `ft train --backend hf` on 1 GPU and
+on N GPUs (`--gpus N`, DDP) at the same per-GPU batch: tokens/s of all GPUs together, the speed-up and
+the scaling efficiency (speed-up / N), NVLink multicast off (NCCL_NVLS_ENABLE=0). Every part runs in
+its own process (fresh CUDA memory statistics; Unsloth imported first where it is used). Writes
+OUT/throughput.json and OUT/benchmarks.md. Weights are random: throughput and memory do not depend on
+their values.
 """
 
 from __future__ import annotations
@@ -121,13 +124,16 @@ def write_chats(path: Path, n: int, vocab: int) -> float:
 
 
 def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, steps: int, packing: bool,
-             name: str) -> dict:
+             name: str, gpus: int = 1) -> dict:
+    """tokens/s: the median over the logged steps after warm-up, of all processes together (ft gathers
+    every rank's token count); peak GiB: rank 0's GPU."""
     cmd = [sys.executable, "-m", "finetune_cli", "train", "--model", model, "--data", data, "--backend", backend,
            "--method", "lora", "--r", "16", "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1",
            "--max-len", str(L), "--chunk-tokens", str(L), "--chunk-overlap", "0", "--max-steps",
            str(WARMUP + steps), "--logging-steps", "1", "--val-split", "0", "--eval-steps", "100000",
            "--optimizer", "adamw_torch", "--gradient-checkpointing", "on", "--lr", "1e-4",
-           "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json"]
+           "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json",
+           "--gpus", str(gpus)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     (out / f"{name}.log").write_text(p.stdout[-20000:] + "\n---\n" + p.stderr[-20000:])
     if p.returncode:
@@ -164,6 +170,9 @@ def main() -> None:
     pack_backends = (opts[opts.index("--packing-backends") + 1].split(",") if "--packing-backends" in opts
                      else ["unsloth", "hf"])
     steps = int(opts[opts.index("--steps") + 1]) if "--steps" in opts else 10
+    scaling = int(opts[opts.index("--scaling") + 1]) if "--scaling" in opts else 0
+    scaling_shapes = opts[opts.index("--scaling-shapes") + 1].split(",") if "--scaling-shapes" in opts else ["1b"]
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off on the shared multi-GPU hosts
     work = Path(os.environ.get("BENCH_WORK", "/tmp/ft-bench"))
     work.mkdir(parents=True, exist_ok=True)
     res_path = out / "throughput.json"
@@ -210,6 +219,27 @@ def main() -> None:
                 res_path.write_text(json.dumps(results, indent=2))
                 (out / "benchmarks.md").write_text(render(results))
                 print(key, pk[key], flush=True)
+    for shape in scaling_shapes if scaling else []:
+        model = work / shape
+        if not (model / "config.json").is_file():
+            subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                            f"import train_throughput as t; t.make({str(model)!r}, {shape!r})"], check=True)
+        B = BATCH[shape]
+        text = work / f"text-{shape}-x{scaling}.txt"  # enough chunks for N GPUs' batches
+        write_text(text, B * L * scaling * (WARMUP + steps + 2), PRESETS[shape]["vocab_size"])
+        sc = {"gpus": scaling, "batch_per_gpu": B, "length": L}
+        results.setdefault("scaling", {})[shape] = sc
+        for n in (1, scaling):
+            sc[f"{n}gpu"] = ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
+                                     name=f"{shape}-ft-hf-{n}gpu", gpus=n)
+            res_path.write_text(json.dumps(results, indent=2))
+        one, many = sc["1gpu"].get("tokens_per_s"), sc[f"{scaling}gpu"].get("tokens_per_s")
+        if one and many:
+            sc["speedup"] = round(many / one, 3)
+            sc["efficiency"] = round(many / one / scaling, 3)
+        res_path.write_text(json.dumps(results, indent=2))
+        (out / "benchmarks.md").write_text(render(results))
+        print(shape, "scaling", json.dumps(sc), flush=True)
     (out / "benchmarks.md").write_text(render(results))
 
 
@@ -237,6 +267,20 @@ def render(results: dict) -> str:
             err = f" (error: {x['error']})" if x.get("error") else ""
             lines.append(f"| {shape} | {r['batch']} × {r['length']} | {label}{err} | {f(x, 'tokens_per_s')} | "
                          f"{f(x, 'peak_gib')} | {vs_u} | {vs_h} |")
+    scaling = results.get("scaling") or {}
+    if scaling:
+        lines += ["", "Data-parallel scaling of `ft train --backend hf` (DDP through `--gpus N`, NCCL_NVLS_ENABLE=0), "
+                      "same per-GPU batch; tokens/s of all GPUs together:", "",
+                  "| shapes | per-GPU batch × length | 1 GPU tokens/s | GPUs | N GPUs tokens/s | speed-up | "
+                  "scaling efficiency | peak GiB per GPU (1 / N) |", "|---|---|---|---|---|---|---|---|"]
+    for shape, sc in scaling.items():
+        n = sc["gpus"]
+        one, many = sc.get("1gpu") or {}, sc.get(f"{n}gpu") or {}
+        err = "".join(f" (error: {x['error']})" for x in (one, many) if x.get("error"))
+        speedup = f"{sc['speedup']:.2f}×" if sc.get("speedup") else "—"
+        eff = f"{sc['efficiency']:.0%}" if sc.get("efficiency") else "—"
+        lines.append(f"| {shape}{err} | {sc['batch_per_gpu']} × {sc['length']} | {f(one, 'tokens_per_s')} | {n} | "
+                     f"{f(many, 'tokens_per_s')} | {speedup} | {eff} | {f(one, 'peak_gib')} / {f(many, 'peak_gib')} |")
     pk = results.get("packing")
     if pk:
         lines += ["", f"Effective (non-pad) tokens/s, 1B shapes, chat rows of {pk['lengths']} tokens "
