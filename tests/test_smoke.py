@@ -156,3 +156,18 @@ def test_make_keeps_finished_steps(smoke):
     plan = make("-n", "export", *args).stdout
     assert " train " in plan and " eval " in plan and " merge " in plan
     assert " gen " not in plan and " to-sharegpt " not in plan
+
+
+def test_make_data_holds_back_a_short_dataset(tmp_path):
+    """Fewer rows than ROWS: no dataset (the next step cannot start on it); the next make resumes ft gen."""
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    data = tmp_path / "data" / "doric.jsonl"
+    short = make("data", f"OUT={tmp_path}", "ROWS=1000", "N_PER_TOPIC=1", check=False)
+    assert short.returncode != 0 and "fewer than ROWS=1000" in short.stderr
+    assert not data.exists() and (tmp_path / "data" / "doric.jsonl.part").is_file()
+
+    again = make("data", f"OUT={tmp_path}", "ROWS=100", "N_PER_TOPIC=1")
+    assert "jobs already finished" in again.stderr  # ft gen resumed from the .part file
+    assert len(read_jsonl(data)) >= 100 and not (tmp_path / "data" / "doric.jsonl.part").exists()
+    assert (tmp_path / "data" / "doric.jsonl.rejects.jsonl").is_file()
