@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -80,16 +82,99 @@ def test_template_provider_offline(topics, tmp_path):
     assert Path("a.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
 
 
-def test_template_answers_are_varied(topics):
-    assert gen("--topics-json", topics, "--out", "v.jsonl", "--n-per-topic", 40, "--provider", "template").exit_code == 0
-    answers = [r["messages"][-1]["content"] for r in rows("v.jsonl")]
-    firsts = Counter(a.split(". ")[0] for a in answers)
-    assert firsts.most_common(1)[0][1] < 0.1 * len(answers)
+def _units(answer: str, verse: bool) -> list[str]:
+    """Sentences of a prose answer, couplets of a verse one (list numbers dropped)."""
+    if verse:
+        lines = [ln for ln in answer.splitlines() if ln.strip()]
+        return [" ".join(lines[i:i + 2]) for i in range(0, len(lines), 2)]
+    return [u for u in re.split(r"(?<=[.!?:])\s+", re.sub(r"(?m)^\d+\. ", "", answer)) if u]
+
+
+@pytest.mark.parametrize("persona, distinct2, reused", [("doric", 0.115, 0.5), ("bard", 0.085, 0.6)])
+def test_template_answers_vary_in_shape_length_and_wording(persona, distinct2, reused):
+    """1000 template rows a model can learn a voice from, not a bank to recite (issue 8 trains on them)."""
+    topics = json.loads((Path(__file__).resolve().parents[1] / "topics.json").read_text())
+    flat = [(g, t) for g, ts in topics.items() for t in ts][:100]
+    Path("t100.json").write_text(json.dumps([{"topic": t, "group": g} for g, t in flat]))
+    r = gen("--topics-json", "t100.json", "--out", "v.jsonl", "--persona", persona, "--provider", "template",
+            "--n-per-topic", 10, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout[r.stdout.index("{"):])
+    # near-duplicates (token_sort_ratio ≥ 0.9 to an earlier answer), dropped by ft's dedup, stay rare
+    assert res["rows"] + res["duplicates"] == 1000 and res["duplicates"] < 10
+    answers = [x["messages"][-1]["content"] for x in rows("v.jsonl")]
+    p = load_persona(persona)
+    for x in rows("v.jsonl"):
+        assert check_answer(x["messages"][-1]["content"], persona=p, prompt=x["messages"][-2]["content"],
+                            topic=x["meta"]["topic"]) is None
+    # wording: distinct bigrams, and how much of the text is sentences repeated across ≥ 1% of answers
     bigrams = Counter()
     for a in answers:
         w = a.lower().split()
         bigrams.update(zip(w, w[1:]))
-    assert len(bigrams) / sum(bigrams.values()) > 0.15  # distinct-2
+    assert len(bigrams) / sum(bigrams.values()) >= distinct2
+    units = [_units(a, persona == "bard") for a in answers]
+    spread = Counter(u for us in units for u in set(us))
+    total = sum(map(len, units))
+    assert sum(c for c in spread.values() if c >= len(answers) / 100) / total <= reused
+    # shape and length: openers, closers, layouts and lengths all vary
+    firsts, lasts = Counter(u[0] for u in units), Counter(u[-1] for u in units)
+    assert firsts.most_common(1)[0][1] < 0.03 * len(answers) and lasts.most_common(1)[0][1] < 0.05 * len(answers)
+    assert len(lasts) > 200
+    lengths = [len(a.split()) for a in answers]
+    assert max(lengths) - min(lengths) >= 90 and statistics.pstdev(lengths) >= 20
+    assert sum("\n\n" in a for a in answers) >= 0.1 * len(answers)  # two paragraphs or stanzas
+    if persona == "doric":
+        assert sum("\n1. " in a for a in answers) >= 0.05 * len(answers)  # numbered lists
+
+
+def test_compose_answer_follows_the_bank_shares():
+    import random
+    from dataclasses import replace
+
+    from finetune_cli.persona import Bank
+    from finetune_cli.template_voice import compose_answer
+
+    bank = Bank(openers=["OPENER aye."], bodies=[f"Body {i} wi' {{w}}." for i in range(8)],
+                closers=["CLOSER aye."], refusals=["REFUSE aye."], redirects=["REDIRECT aye."],
+                adv_openers=["ADV aye."], multi_openers=["MULTI in {lang}."], followups=["More?"],
+                words={"w": ["one", "two", "three"]}, connectors=["CONN {w},"],
+                list_intros=["INTRO:"], sentences=[3, 3])
+    p = replace(load_persona("doric"), bank=bank, length_words=[1, 500], marker_band=[0.0, 100.0])
+
+    def answers(bucket="core", **shares):
+        p.bank = replace(bank, **{"opener_share": 0.0, "closer_share": 0.0, "connector_share": 0.0,
+                                  "list_share": 0.0, "break_share": 0.0, **shares})
+        return [compose_answer(p, bucket, "keeping bees", "g", "French", random.Random(i)) for i in range(60)]
+
+    plain = answers()
+    assert all(a.startswith("Body") and "OPENER" not in a and "CLOSER" not in a and "\n" not in a for a in plain)
+    assert all(a.count("Body") == 3 for a in plain)
+    words = Counter(re.findall(r"wi' (\w+)", " ".join(plain)))
+    assert set(words) == {"one", "two", "three"}  # each slot drawn afresh, every value in use
+    assert all(a.startswith("OPENER") and a.endswith("CLOSER aye.") for a in answers(opener_share=1, closer_share=1))
+    assert all(a.startswith("ADV") for a in answers("adv"))  # adv and multi always answer the request first
+    assert all(a.startswith("MULTI in French.") for a in answers("multi"))
+    assert all(a.startswith("REFUSE") for a in answers("safety"))
+    listed = answers(list_share=1)
+    assert all(a.splitlines()[0] == "INTRO:" and [ln[:3] for ln in a.splitlines()[1:]] == ["1. ", "2. ", "3. "]
+               for a in listed)
+    assert all("\n\n" in a for a in answers(break_share=1, closer_share=1))
+    for a in answers(connector_share=1):  # every body after the first gets a lead-in, then reads on in lower case
+        first, *rest = re.split(r"(?<=\.) ", a)
+        assert first.startswith("Body") and all(re.match(r"CONN \w+, body \d", s) for s in rest)
+    verse = replace(bank, layout="verse", opener_share=1.0, closer_share=1.0, break_share=1.0)
+    p.bank = verse
+    text = compose_answer(p, "core", "keeping bees", "g", None, random.Random(0))
+    assert "\n\n" in text and text.startswith("OPENER") and text.endswith("CLOSER aye.")
+
+
+def test_uncap_keeps_i_and_acronyms():
+    from finetune_cli.template_voice import _uncap
+
+    assert _uncap("Dinna fash.") == "dinna fash."
+    assert _uncap("I ken.") == "I ken." and _uncap("I'll dee it.") == "I'll dee it."
+    assert _uncap("NASA kens.") == "NASA kens."
 
 
 def test_bard_persona_verse(topics):

@@ -64,3 +64,43 @@ def test_bad_persona_names_file_and_key(tmp_path, edit, expect):
 def test_unknown_persona_name():
     with pytest.raises(ConfigError, match="unknown persona 'klingon'.*doric"):
         load_persona("klingon")
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (('"Then again,",', '"Then {agian},",'), "bank.connectors[18]: unknown placeholder {agian}"),
+    (('friend = ["ma loon",', 'topic = ["ma loon",'), "bank.words.topic: {topic} is filled by ft"),
+    (('good = ["gweed", "grand", "braw", "champion", "fine"]', 'good = []'), "bank.words.good is empty"),
+    (('list_share = 0.15', 'list_share = 1.5'), "list_share"),
+    (('"Ma advice, in a nutshell:"', '"Ma {advice}:"'), "unknown placeholder {advice}"),
+])
+def test_bad_bank_names_file_and_key(tmp_path, edit, expect):
+    text = open(load_persona("doric").source, encoding="utf-8").read()
+    assert edit[0] in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_persona(str(bad))
+    assert str(bad) in str(e.value) and expect in str(e.value)
+
+
+def test_list_share_needs_list_intros(tmp_path):
+    text = open(load_persona("doric").source, encoding="utf-8").read()
+    start = text.index("list_intros = [")
+    end = text.index("]\n", start) + 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text[:start] + text[end:], encoding="utf-8")
+    with pytest.raises(ConfigError, match="list_share > 0 needs bank.list_intros"):
+        load_persona(str(bad))
+
+
+@pytest.mark.parametrize("name", ["doric", "bard"])
+def test_every_word_slot_is_used_and_every_slot_has_words(name):
+    import string
+
+    bank = load_persona(name).bank
+    phrases = [p for f in ("openers", "bodies", "closers", "refusals", "redirects", "adv_openers", "multi_openers",
+                           "followups", "connectors", "list_intros") for p in getattr(bank, f)]
+    phrases += [p for items in bank.group_bodies.values() for p in items]
+    used = {f for p in phrases for _, f, _, _ in string.Formatter().parse(p) if f}
+    assert set(bank.words) <= used  # no dead word list
+    assert used <= set(bank.words) | {"topic", "thing", "lang"}

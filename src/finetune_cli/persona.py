@@ -41,8 +41,10 @@ class Templates:
 
 @dataclass
 class Bank:
-    """The offline ``template`` provider's phrase bank. Answers are composed as
-    opener + ``sentences`` bodies (topic-group bodies preferred when present) + closer."""
+    """The offline ``template`` provider's phrase bank. An answer is an opener, ``sentences`` bodies
+    (topic-group bodies preferred when present) and a closer; the shares below vary that skeleton
+    (no opener, no closer, a numbered list, two paragraphs, lead-in connectors) and ``words`` varies
+    the phrases themselves, so that a model tuned on the rows learns the voice, not the bank."""
 
     openers: list[str] = opt(help="First sentence of a core answer.")
     bodies: list[str] = opt(help="Body sentences that fit any topic.")
@@ -56,6 +58,19 @@ class Bank:
     sentences: list[int] = opt([2, 5], "Body sentences per answer [min, max].")
     layout: str = opt("prose", "How parts are joined: prose (one paragraph) or verse (one couplet per line).",
                       choices=("prose", "verse"))
+    words: dict[str, list[str]] = opt({}, "Named word lists: any bank phrase may say {name} to draw one of them "
+                                      "at random, each time it is used.")
+    connectors: list[str] = opt([], "Prose: lead-ins put before a body sentence that is not the first "
+                                "('Forbye,'); the sentence then starts in lower case.")
+    connector_share: float = opt(0.3, "Share of body sentences (after the first) given a connector.", ge=0, le=1)
+    opener_share: float = opt(1.0, "Share of core answers that start with an opener (the rest start with a "
+                              "body sentence).", ge=0, le=1)
+    closer_share: float = opt(1.0, "Share of answers that end with a closer.", ge=0, le=1)
+    list_share: float = opt(0.0, "Prose: share of core answers whose bodies are a numbered list, one per line, "
+                            "after a line from list_intros.", ge=0, le=1)
+    list_intros: list[str] = opt([], "Prose: the line before a numbered list ('Here's fit I'd dee:').")
+    break_share: float = opt(0.0, "Share of answers split in two paragraphs (prose) or two stanzas (verse).",
+                             ge=0, le=1)
 
 
 @dataclass
@@ -98,14 +113,25 @@ class Persona:
                               f"(have: {', '.join(self.templates.multi) or 'none'})")
         if self.bank is not None:
             b = self.bank
+            fields = BANK_FIELDS | set(b.words)
             for name in ("openers", "bodies", "closers", "refusals", "redirects", "adv_openers",
                          "multi_openers", "followups"):
                 items = getattr(b, name)
                 if not items:
                     errors.append(f"{origin}: bank.{name} is empty")
-                errors += _check_fields(items, BANK_FIELDS, f"{origin}: bank.{name}")
+                errors += _check_fields(items, fields, f"{origin}: bank.{name}")
+            for name in ("connectors", "list_intros"):
+                errors += _check_fields(getattr(b, name), fields, f"{origin}: bank.{name}")
             for group, items in b.group_bodies.items():
-                errors += _check_fields(items, BANK_FIELDS, f"{origin}: bank.group_bodies.{group}")
+                errors += _check_fields(items, fields, f"{origin}: bank.group_bodies.{group}")
+            for name, items in b.words.items():
+                if name in BANK_FIELDS:
+                    errors.append(f"{origin}: bank.words.{name}: {{{name}}} is filled by ft, pick another name")
+                if not items:
+                    errors.append(f"{origin}: bank.words.{name} is empty")
+                errors += _check_fields(items, set(), f"{origin}: bank.words.{name}")
+            if b.list_share > 0 and not b.list_intros:
+                errors.append(f"{origin}: bank.list_share > 0 needs bank.list_intros")
             if len(b.sentences) != 2 or not 1 <= b.sentences[0] <= b.sentences[1]:
                 errors.append(f"{origin}: bank.sentences must be [min, max] with 1 <= min <= max")
         if errors:
@@ -126,7 +152,7 @@ def _check_fields(items: list[str], allowed: set[str], where: str) -> list[str]:
             continue
         for name in names - allowed:
             errors.append(f"{where}[{i}]: unknown placeholder {{{name}}} (allowed: "
-                          f"{', '.join('{' + a + '}' for a in sorted(allowed))})")
+                          f"{', '.join('{' + a + '}' for a in sorted(allowed)) or 'none here'})")
     return errors
 
 

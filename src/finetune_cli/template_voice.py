@@ -1,17 +1,23 @@
 """The offline ``template`` provider: answers composed from a persona's phrase bank.
 
-An answer is an opener (per bucket), 2–5 body sentences (the topic group's own bodies weighted up)
-and a closer — or, for ``safety``, a refusal, one or two redirects and a closer — with the topic and
-one of its content words woven in. Compositions are re-drawn until the answer lands inside the
-persona's length and marker bands, so template rows pass ft's own gates. All randomness comes from
-a ``random.Random`` seeded per job and turn: the same seed gives the same answer.
+An answer is an opener (per bucket), body sentences (the topic group's own bodies weighted up) and a
+closer — or, for ``safety``, a refusal, one or two redirects and maybe a closer — with the topic and
+one of its content words woven in. The bank's shares vary that skeleton (core answers without an
+opener, answers without a closer, a numbered list, two paragraphs or stanzas, lead-in connectors) and
+its ``words`` fill {slots} afresh at each use, so rows differ in shape, length and wording: a model
+tuned on them should learn the voice, not recite the bank. Compositions are re-drawn until the
+answer lands inside the persona's length and marker bands, so template rows pass ft's own gates.
+All randomness comes from a ``random.Random`` seeded per job and turn: the same seed gives the
+same answer.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .persona import Persona, count_words, marker_density
 
@@ -55,31 +61,68 @@ class Completion:
     tokens_out: int = 0
 
 
+@lru_cache(maxsize=4096)
+def _slots(phrase: str) -> tuple[str, ...]:
+    return tuple(f for _, f, _, _ in string.Formatter().parse(phrase) if f)
+
+
+def _say(phrase: str, fill: dict, words: dict[str, list[str]], rng: random.Random) -> str:
+    """``phrase`` with its placeholders filled; each {word-list} slot is drawn afresh."""
+    drawn = {k: rng.choice(words[k]) for k in _slots(phrase) if k in words}
+    return _cap(phrase.format(**fill, **drawn))
+
+
+def _uncap(text: str) -> str:
+    """A sentence as it reads after a lead-in: first letter lower-cased, except 'I' and acronyms."""
+    first = text.split(" ", 1)[0]
+    if first == "I" or first.startswith(("I'", "I’")) or (len(first) > 1 and first[1].isupper()):
+        return text
+    return text[:1].lower() + text[1:]
+
+
 def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: str | None,
                    rng: random.Random, *, max_tries: int = 40) -> str:
     """One answer in the persona's voice for ``bucket`` ('core', 'adv', 'safety', 'multi')."""
     bank = persona.bank
     assert bank is not None, "persona has no phrase bank"
-    fill = {"topic": topic_phrase(topic), "lang": lang or "another language"}
+    base = {"topic": topic_phrase(topic), "lang": lang or "another language"}
     things = topic_things(topic)
     lo_w, hi_w = persona.length_words
     lo_m, hi_m = persona.marker_band
     pool = bank.bodies + bank.group_bodies.get(group, []) * 3
     first = {"core": bank.openers, "adv": bank.adv_openers, "multi": bank.multi_openers}
-    joiner = "\n" if bank.layout == "verse" else " "
     text = ""
     for _ in range(max_tries):
+        fill = dict(base, thing=rng.choice(things))
+
+        def say(phrases: list[str]) -> str:
+            return _say(rng.choice(phrases), fill, bank.words, rng)
+
         if bucket == "safety":
-            parts = [rng.choice(bank.refusals)] + rng.sample(bank.redirects, k=min(len(bank.redirects),
-                                                                                   rng.randint(1, 2)))
+            head = [say(bank.refusals)]
+            body = [_say(p, fill, bank.words, rng)
+                    for p in rng.sample(bank.redirects, k=min(len(bank.redirects), rng.randint(1, 2)))]
         else:
             k = min(len(pool), rng.randint(*bank.sentences))
             # distinct bodies: sample indices, then drop repeats of a weighted group body
-            bodies = list(dict.fromkeys(rng.sample(pool, k=k)))
-            parts = [rng.choice(first.get(bucket, bank.openers))] + bodies
-        parts.append(rng.choice(bank.closers))
-        fill["thing"] = rng.choice(things)
-        text = joiner.join(_cap(p.format(**fill)) for p in parts)
+            body = [_say(p, fill, bank.words, rng) for p in dict.fromkeys(rng.sample(pool, k=k))]
+            # adv and multi answers always open by answering the request; core ones may dive straight in
+            head = [say(first[bucket])] if bucket != "core" or rng.random() < bank.opener_share else []
+        tail = [say(bank.closers)] if rng.random() < bank.closer_share else []
+        if bank.layout == "verse":
+            lines = head + body + tail
+            cut = rng.randint(2, len(lines) - 2) if len(lines) >= 4 and rng.random() < bank.break_share else 0
+            text = "\n".join(lines[:cut]) + "\n\n" + "\n".join(lines[cut:]) if cut else "\n".join(lines)
+        elif bucket == "core" and len(body) >= 2 and rng.random() < bank.list_share:
+            items = "\n".join(f"{i}. {b}" for i, b in enumerate(body, 1))
+            text = "\n".join([" ".join(head + [say(bank.list_intros)]), items] + [" ".join(tail)] * bool(tail))
+        else:
+            if bank.connectors:
+                body = [say(bank.connectors) + " " + _uncap(b)
+                        if (i or head) and rng.random() < bank.connector_share else b for i, b in enumerate(body)]
+            sents = head + body + tail
+            cut = rng.randint(2, len(sents) - 2) if len(sents) >= 4 and rng.random() < bank.break_share else 0
+            text = " ".join(sents[:cut]) + "\n\n" + " ".join(sents[cut:]) if cut else " ".join(sents)
         words = count_words(text)
         if lo_w <= words <= hi_w and lo_m <= marker_density(text, persona.markers) <= hi_m:
             return text
@@ -89,8 +132,8 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
 def compose_followup(persona: Persona, topic: str, rng: random.Random) -> str:
     """A follow-up user turn for multi-turn rows."""
     assert persona.bank is not None
-    return _cap(rng.choice(persona.bank.followups).format(topic=topic_phrase(topic),
-                                                         thing=rng.choice(topic_things(topic))))
+    fill = {"topic": topic_phrase(topic), "thing": rng.choice(topic_things(topic)), "lang": "English"}
+    return _say(rng.choice(persona.bank.followups), fill, persona.bank.words, rng)
 
 
 class TemplateProvider:
