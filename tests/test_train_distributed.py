@@ -203,7 +203,7 @@ def test_gpus_launches_torchrun_with_the_resolved_config(tiny_model, monkeypatch
         assert f"failed (exit code {rc}" in res.output
 
 
-def test_ddp_and_fsdp_arguments(tiny_model):
+def test_ddp_and_fsdp_arguments(tiny_model, monkeypatch):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, TrainingArguments
 
@@ -211,6 +211,12 @@ def test_ddp_and_fsdp_arguments(tiny_model):
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
                            LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert ddp_args(model)["ddp_find_unused_parameters"] is False
+    monkeypatch.setitem(sys.modules, "unsloth", type(sys)("unsloth"))   # Unsloth loaded: plain LoRA is still sure
+    assert ddp_args(model)["ddp_find_unused_parameters"] is False
+    model.base_model.model.lm_head.weight.requires_grad_(True)     # its fused loss may read lm_head by weight
+    assert ddp_args(model)["ddp_find_unused_parameters"] is None
+    monkeypatch.delitem(sys.modules, "unsloth")
     assert ddp_args(model)["ddp_find_unused_parameters"] is False
     model.config.num_local_experts = 4                              # a mixture of experts: some get no gradient
     assert ddp_args(model)["ddp_find_unused_parameters"] is None

@@ -25,6 +25,7 @@ from ..ui import Reporter
 
 # config keys (any architecture) whose positive value means a step may leave experts without gradient
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+LORA_TENSORS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector")
 
 
 def world_size() -> int:
@@ -123,21 +124,28 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def is_moe(model) -> bool:
+def every_trainable_in_graph(model) -> bool:
+    """True where every trainable tensor gets a gradient through the autograd graph at every step."""
     config = getattr(model, "config", None)
-    return any(isinstance(getattr(config, k, None), int) and getattr(config, k) > 0 for k in MOE_KEYS)
+    if any(isinstance(getattr(config, k, None), int) and getattr(config, k) > 0 for k in MOE_KEYS):
+        return False  # an expert the router skips gets none
+    if "unsloth" not in sys.modules:
+        return True  # dense transformers models: LoRA, DoRA magnitudes, new token rows, full weights
+    # Unsloth's fused loss and embedding paths may read embed/lm_head weights outside their modules'
+    # forward: only plain LoRA tensors are sure (Unsloth's own rule, unsloth/models/_ddp_defaults.py)
+    return all(any(m in n for m in LORA_TENSORS) and "lm_head" not in n and "embed" not in n
+               for n, p in model.named_parameters() if p.requires_grad)
 
 
 def ddp_args(model) -> dict:
     """TrainingArguments for several processes. transformers asks DDP to find unused parameters for any
     model that is not a PreTrainedModel (every PEFT model): a graph walk per step, and under Unsloth's
-    reentrant checkpointing a crash ("marked ready twice"). In ft's dense models every trainable tensor
-    (LoRA, DoRA magnitudes, new token rows, full weights) gets a gradient every step, so it is off;
-    mixture-of-experts models keep it on (an unrouted expert gets none).
+    reentrant checkpointing a crash ("marked ready twice"). It is off where every trainable tensor gets
+    a gradient every step, and left to transformers (on) elsewhere.
 
     Evaluation takes one example per process per step (see ``exact_eval_loss``)."""
-    return {"ddp_find_unused_parameters": None if is_moe(model) else False, "log_level_replica": "error",
-            "per_device_eval_batch_size": 1}
+    return {"ddp_find_unused_parameters": False if every_trainable_in_graph(model) else None,
+            "log_level_replica": "error", "per_device_eval_batch_size": 1}
 
 
 def exact_eval_loss(trainer) -> None:
