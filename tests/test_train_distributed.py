@@ -154,6 +154,14 @@ def test_what_cannot_work_is_one_clear_line(tiny_model, monkeypatch, args, cuda,
     assert not Path("runs").exists()
 
 
+@pytest.mark.parametrize("var,message", [("ACCELERATE_USE_FSDP", "asks for FSDP, which ft sets up itself"),
+                                         ("ACCELERATE_USE_DEEPSPEED", "does not configure DeepSpeed")])
+def test_accelerate_configs_ft_does_not_drive_are_refused(tiny_model, monkeypatch, var, message):
+    monkeypatch.setenv(var, "true")
+    write_data(Path("d.jsonl"), 4)
+    assert message in train("--model", str(tiny_model), "--data", "d.jsonl", code=2).output
+
+
 def test_gpus_must_match_the_launcher(tiny_model, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")

@@ -60,6 +60,12 @@ def check(cfg, *, processes: int) -> None:
     if cuda and not launched() and cfg.gpus > torch.cuda.device_count():
         raise ConfigError(f"option --gpus {cfg.gpus}: only {torch.cuda.device_count()} CUDA GPU(s) visible",
                           hint="check CUDA_VISIBLE_DEVICES")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError("ft train does not configure DeepSpeed (the accelerate config asks for it)",
+                          hint="launch with a DDP accelerate config, and add --fsdp to shard the model")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cfg.fsdp:
+        raise ConfigError("the accelerate config asks for FSDP, which ft sets up itself",
+                          hint="add --fsdp (or launch with a DDP accelerate config)")
     if cfg.fsdp:
         if not cuda:
             raise ConfigError("option --fsdp: FSDP shards over CUDA GPUs (on CPU accelerate would quietly run "
