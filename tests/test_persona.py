@@ -104,3 +104,21 @@ def test_every_word_slot_is_used_and_every_slot_has_words(name):
     used = {f for p in phrases for _, f, _, _ in string.Formatter().parse(p) if f}
     assert set(bank.words) <= used  # no dead word list
     assert used <= set(bank.words) | {"topic", "thing", "lang"}
+
+
+@pytest.mark.parametrize("name", ["doric", "bard"])
+def test_marker_count_equals_the_whole_word_regex(name):
+    """count_markers skips the big regex for single-word markers; it must count exactly what it counts."""
+    import random
+
+    from finetune_cli.persona import _marker_regex, count_markers
+
+    markers = load_persona(name).markers
+    rx = _marker_regex(tuple(markers))
+    rng = random.Random(7)
+    pieces = markers + [m.upper() for m in markers] + [m.capitalize() for m in markers] + [
+        "ye'll", "o'er", "'tis'", "wi'it", "ayes", "kennel", "fit_like", "2aye", "aye2", "it's", "''", "’", "'",
+        "thee’s", "Wi’", "naebody's", "-", ",", ".", "\"", "(", ")", "x", "ye", "e'en", "a'", "’tis"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) + rng.choice(["", " ", " ", "'", "’", ", ", "-", "\n"]) for _ in range(12))
+        assert count_markers(text, markers) == len(rx.findall(text)), text

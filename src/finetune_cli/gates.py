@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-from .persona import Persona, count_words, marker_density
+from .persona import Persona, count_markers, count_words, marker_density
 
 REASONS = ("empty", "truncated", "banned_opening", "overlap", "marker_density", "length",
            "sentence_end", "wrong_script", "wrong_language", "duplicate", "error")
@@ -41,9 +41,16 @@ def _function_sets() -> dict[str, frozenset[str]]:
     return {lang: frozenset(words.split()) for lang, words in FUNCTION_WORDS.items()}
 
 
+def _tokens(text: str) -> list[str]:
+    return [w.lower() for w in _TOKEN.findall(text)]
+
+
 def detect_foreign(text: str, *, min_share: float = 0.12) -> str | None:
     """The language whose function words make up ≥ ``min_share`` of the words, if any."""
-    words = [w.lower() for w in _TOKEN.findall(text)]
+    return _foreign(_tokens(text), min_share)
+
+
+def _foreign(words: list[str], min_share: float = 0.12) -> str | None:
     if len(words) < 5:
         return None
     counts = Counter(words)
@@ -71,17 +78,20 @@ def ends_sentence(text: str) -> bool:
     return bool(t) and t[-1] in _ENDINGS
 
 
-def _trigrams(text: str) -> set[tuple[str, ...]]:
-    w = [x.lower() for x in _TOKEN.findall(text)]
-    return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
+def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
+    return set(zip(words, words[1:], words[2:]))
 
 
 def prompt_overlap(answer: str, prompt: str) -> float:
     """Share of the answer's word trigrams that also occur in the prompt (1.0: the answer echoes it)."""
-    a = _trigrams(answer)
+    return _overlap(_tokens(answer), prompt)
+
+
+def _overlap(answer_words: list[str], prompt: str) -> float:
+    a = _trigrams(answer_words)
     if not a:
         return 0.0
-    return len(a & _trigrams(prompt)) / len(a)
+    return len(a & _trigrams(_tokens(prompt))) / len(a)
 
 
 def check_answer(text: str | None, *, persona: Persona, prompt: str = "", topic: str = "",
@@ -97,18 +107,19 @@ def check_answer(text: str | None, *, persona: Persona, prompt: str = "", topic:
             return "banned_opening"
     if persona.script == "latin" and latin_share(text) < 0.95:
         return "wrong_script"
-    if detect_foreign(text) is not None:
+    tokens = _tokens(text)  # tokenized once for the language and overlap gates (this runs per answer)
+    if _foreign(tokens) is not None:
         return "wrong_language"
     words = count_words(text)
     lo, hi = persona.length_words
     if not lo <= words <= hi:
         return "length"
     lo_m, hi_m = persona.marker_band
-    if not lo_m <= marker_density(text, persona.markers) <= hi_m:
+    if not lo_m <= 100.0 * count_markers(text, persona.markers) / words <= hi_m:  # marker_density, words > 0
         return "marker_density"
     if not ends_sentence(text):
         return "sentence_end"
-    if prompt_overlap(text, f"{prompt}\n{topic}") > overlap_max:
+    if _overlap(tokens, f"{prompt}\n{topic}") > overlap_max:
         return "overlap"
     return None
 

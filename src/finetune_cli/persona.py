@@ -206,9 +206,38 @@ def _marker_regex(markers: tuple[str, ...]) -> re.Pattern | None:
     return re.compile(rf"(?<![\w'’])(?:{body})(?![\w])", re.IGNORECASE | re.UNICODE)
 
 
+_RUN = re.compile(r"[\w'’]+", re.UNICODE)
+
+
+@lru_cache(maxsize=64)
+def _marker_words(markers: tuple[str, ...]) -> frozenset[str] | None:
+    """The markers as a set when each is one ASCII run of letters, digits and straight apostrophes
+    (all of doric's and bard's), else None: the regex is then the only way to count them."""
+    words = {m.strip().lower() for m in markers if m.strip()}
+    return frozenset(words) if all(m.isascii() and _RUN.fullmatch(m) for m in words) else None
+
+
 def count_markers(text: str, markers: list[str] | tuple[str, ...]) -> int:
-    rx = _marker_regex(tuple(markers))
-    return len(rx.findall(text)) if rx is not None else 0
+    """What ``_marker_regex`` finds, without running a ~100-way alternation over the text (gates
+    count markers in every generated answer): a match can only start a run of word characters and
+    apostrophes, and must end at the run's end or just before an apostrophe in it (ye'll holds ye)."""
+    words = _marker_words(tuple(markers))
+    if words is None:
+        rx = _marker_regex(tuple(markers))
+        return len(rx.findall(text)) if rx is not None else 0
+    n = 0
+    for run in _RUN.findall(text):
+        run = run.lower().replace("’", "'")
+        if run in words:
+            n += 1
+            continue
+        k = run.find("'")
+        while k != -1:
+            if run[:k] in words:
+                n += 1
+                break
+            k = run.find("'", k + 1)
+    return n
 
 
 def marker_density(text: str, markers: list[str] | tuple[str, ...]) -> float:
