@@ -262,3 +262,18 @@ def test_other_ranks_report_nothing(capsys):
 def test_help_documents_devices():
     res = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     assert res.exit_code == 0 and "Devices" in res.output and "--gpus" in res.output and "--fsdp" in res.output
+
+
+def test_gpus_passes_debug_to_the_workers(tiny_model, monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    write_data(Path("d.jsonl"), 4)
+    res = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", "d.jsonl", "--gpus", "2",
+                                   "--quiet", "--debug"])
+    assert res.exit_code == 0, res.output
+    assert seen["cmd"][-2:] == ["--quiet", "--debug"]

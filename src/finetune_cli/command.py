@@ -128,7 +128,8 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
 
     def command(**kwargs: Any) -> None:
         common = {k: kwargs.pop(k) for k in COMMON}
-        reporter = Reporter(quiet=common["quiet"] or common["json_out"], json_mode=common["json_out"])
+        reporter = Reporter(quiet=common["quiet"] or common["json_out"], json_mode=common["json_out"],
+                            debug=common["debug"])
         try:
             resolved = C.load_config(cfg_cls, section, config_file=common["config"], flags=kwargs)
             if common["dry_run"]:

@@ -30,8 +30,10 @@ class Task:
 class Reporter:
     """Messages to stderr; tables and results to stdout unless ``json_mode``."""
 
-    def __init__(self, *, quiet: bool = False, json_mode: bool = False, force_progress: bool = False):
+    def __init__(self, *, quiet: bool = False, json_mode: bool = False, force_progress: bool = False,
+                 debug: bool = False):
         self.quiet = quiet
+        self.debug = debug  # --debug: commands that start sub-processes pass it on
         self.json_mode = json_mode
         self._force_progress = force_progress
         self._err = None
