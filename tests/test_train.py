@@ -89,6 +89,8 @@ def test_loss_falls_and_run_records_are_complete(tiny_model, tmp_path):
     assert data_json["files"][0]["sha256"] and 0 < data_json["masked_share"] < 1
     held = [json.loads(ln) for ln in (d / "heldout.jsonl").read_text().splitlines()]
     assert len(held) == run["val_rows"] == 4 and held[0]["messages"][-1]["role"] == "assistant"
+    assert all(h["messages"][0]["role"] == "system" for h in held)  # held-out rows keep their system turn
+    assert 0 < data_json["train_rows_without_system"] < 36         # --system-dropout 0.25 by default
     assert all(r["tokens_per_s"] and r["lr"] is not None for r in rows if "loss" in r)
     assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
 

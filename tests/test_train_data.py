@@ -103,3 +103,30 @@ def test_val_split_is_seeded_and_disjoint():
     assert [e.source for e in va] == [e.source for e in va2] and len(va) == 4 and len(tr) == 36
     assert not {e.source for e in tr} & {e.source for e in va}
     assert split_val(ex, 0.0, seed=1) == (ex, [])
+
+
+def test_system_dropout_leaves_the_system_turn_out_of_a_seeded_share(tiny_model):
+    from transformers import AutoTokenizer
+
+    from finetune_cli.train.examples import Example, drop_system
+    from finetune_cli.train.template import assistant_only_labels
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    convs = [[{"role": "system", "content": "Speak Doric."}, {"role": "user", "content": f"q{i}"},
+              {"role": "assistant", "content": f"Aye, answer {i}."}] for i in range(200)]
+    examples = []
+    for i, m in enumerate(convs):
+        ids, labels = assistant_only_labels(tok, m, max_len=10**9, train_on="assistant")
+        examples.append(Example(ids, labels, f"d.jsonl:{i + 1}", "chat", False, {"messages": m, "meta": {}}))
+    out, n = drop_system(tok, examples, 0.25, 7, max_len=512, train_on="assistant")
+    assert 30 <= n <= 70 and len(out) == 200
+    dropped = [e for e in out if e.row["messages"][0]["role"] != "system"]
+    assert len(dropped) == n
+    for e in dropped:  # re-tokenized without the system turn; the assistant labels are unchanged
+        orig = examples[int(e.source.split(":")[1]) - 1]
+        assert len(e.input_ids) < len(orig.input_ids)
+        assert [x for x in e.labels if x != -100] == [x for x in orig.labels if x != -100]
+        assert "Speak Doric" not in tok.decode(e.input_ids)
+    again, _ = drop_system(tok, examples, 0.25, 7, max_len=512, train_on="assistant")
+    assert [e.input_ids for e in again] == [e.input_ids for e in out]      # seeded: resume sees the same data
+    assert drop_system(tok, examples, 0.0, 7, max_len=512, train_on="assistant") == (examples, 0)

@@ -44,6 +44,9 @@ class TrainConfig:
                           short="-d", required=True, panel="Data")
     system: str | None = opt(None, "System prompt baked into every conversation (replaces theirs): TEXT or @file.",
                              panel="Data")
+    system_dropout: float = opt(0.25, "Share of training conversations (not held-out ones) trained without their "
+                                      "system prompt, so the voice holds when the model is served without it; "
+                                      "0 keeps it everywhere.", ge=0, le=1, panel="Data")
     train_on: str = opt("assistant", "Which tokens carry loss: assistant turns (with their end-of-turn token) or "
                                      "all tokens.", choices=("assistant", "all"), panel="Data")
     max_len: int = opt(2048, "Maximum sequence length in tokens; longer examples are truncated (and counted).",

@@ -54,6 +54,28 @@ def tokenize_inputs(tok, inputs: Inputs, *, max_len: int, train_on: str, chunk_s
     return out
 
 
+def drop_system(tok, examples: list[Example], share: float, seed: int, *, max_len: int,
+                train_on: str) -> tuple[list[Example], int]:
+    """Leave the system turn out of a seeded ``share`` of chat examples, so the voice is learned into the
+    weights and holds when a user serves the model without the prompt. Returns (examples, how many)."""
+    import random
+
+    if share <= 0:
+        return examples, 0
+    rng = random.Random(f"system-dropout/{seed}")
+    out, n = [], 0
+    for e in examples:
+        msgs = e.row.get("messages") if e.kind == "chat" else None
+        if msgs and msgs[0]["role"] == "system" and len(msgs) > 2 and rng.random() < share:
+            rest = msgs[1:]
+            ids, labels = assistant_only_labels(tok, rest, max_len=10**9, train_on=train_on)
+            e = Example(ids[:max_len], labels[:max_len], e.source, "chat", len(ids) > max_len,
+                        {"messages": rest, "meta": e.row.get("meta", {})})
+            n += 1
+        out.append(e)
+    return out, n
+
+
 def masking_stats(examples: list[Example], eos_id: int, pad_id: int | None) -> dict:
     """What the masking did: shares, empties, EOS trained, length stats; raises if nothing is trainable."""
     lengths = sorted(len(e.input_ids) for e in examples)

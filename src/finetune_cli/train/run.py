@@ -27,7 +27,7 @@ from . import callbacks as ft_callbacks
 from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
-from .examples import masking_stats, split_val, tokenize_inputs
+from .examples import drop_system, masking_stats, split_val, tokenize_inputs
 from .records import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
@@ -120,7 +120,7 @@ def _default_name(cfg: TrainConfig) -> str:
 
 def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, name: str, path: Path, total: int,
                 eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None,
-                processes: int = 1) -> None:
+                processes: int = 1, no_system: int = 0) -> None:
     pe = setup.pad_eos
     s = lambda k: "" if _source(cfg, k) == "set" else " (default)"  # noqa: E731
     lines = [
@@ -165,6 +165,9 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         lines.append(f"  EOS trained: {'yes' if k == n else 'NO'} (id {pe.eos_id} in {k}/{n} examples)")
     lines.append(f"  batching   {padding_free}")
     lines.append(f"  system     {system!r}" if system else "  system     none")
+    if no_system:
+        lines.append(f"             left out of {no_system}/{n_train} training conversations (--system-dropout), "
+                     "so the voice holds without it")
     for ln in lines:
         reporter.info(ln)
 
@@ -217,6 +220,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         train, val = split_val(examples, cfg.val_split, cfg.seed)
     if not train:
         raise TrainingError("no training examples left after the validation split")
+    train, no_system = drop_system(tok, train, cfg.system_dropout, cfg.seed, max_len=cfg.max_len,
+                                   train_on=cfg.train_on)
     total, eval_steps, logging_steps = _schedule(cfg, len(train), processes)
     effective_batch = cfg.batch_size * cfg.grad_accum * processes
     pf_ok, attn = backend.padding_free_supported(model)
@@ -237,7 +242,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
                                                "gradient_checkpointing": setup.gradient_checkpointing,
                                                "world_size": processes, "effective_batch_size": effective_batch}})
     rd.write_json("data.json", {"files": inputs.files, "val_files": val_inputs.files, **stats,
-                                "train_rows": len(train), "val_rows": len(val)})
+                                "train_rows": len(train), "val_rows": len(val),
+                                "train_rows_without_system": no_system})
     if val:
         rd.write_heldout([e.row for e in val])
     pe = setup.pad_eos
@@ -251,7 +257,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
               distributed=("fsdp" if cfg.fsdp else "ddp") if processes > 1 else None,
               per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch)
     print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
-                n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes)
+                n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes,
+                no_system=no_system)
 
     # ---- train
     as_rows = lambda xs: [{"input_ids": e.input_ids, "labels": e.labels} for e in xs]  # noqa: E731
