@@ -222,6 +222,9 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         raise TrainingError("no training examples left after the validation split")
     train, no_system = drop_system(tok, train, cfg.system_dropout, cfg.seed, max_len=cfg.max_len,
                                    train_on=cfg.train_on)
+    if no_system:  # the fingerprint and token counts describe what is trained
+        kept = {k: stats[k] for k in ("empty_examples", "empty_sources")}
+        stats = {**masking_stats(train + val, setup.pad_eos.eos_id, setup.pad_eos.pad_id), **kept}
     total, eval_steps, logging_steps = _schedule(cfg, len(train), processes)
     effective_batch = cfg.batch_size * cfg.grad_accum * processes
     pf_ok, attn = backend.padding_free_supported(model)
