@@ -12,10 +12,8 @@ import typer
 from . import __version__, gen, models, sharegpt, topics
 from .command import register
 from .evaluate import config as eval_config
-from .evaluate import run as eval_run
 from .export import command as merge_command
 from .train import records as train_records
-from .train import run as train_run
 from .train.config import TrainConfig
 
 app = typer.Typer(
@@ -26,6 +24,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _lazy(module: str):
+    """``module.run``, imported when the command runs: `ft --help` does not load every recipe."""
+    def run(cfg, reporter):
+        import importlib
+
+        return importlib.import_module(module, __package__).run(cfg, reporter)
+    return run
 
 
 def _version(value: bool) -> None:
@@ -40,7 +47,7 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
     """ft: collect → transform → fine-tune → evaluate → export."""
 
 
-register(app, "train", TrainConfig, "train", train_run.run,
+register(app, "train", TrainConfig, "train", _lazy(".train.run"),
          help="Fine-tune a model (LoRA/DoRA/rsLoRA/QLoRA/full) on conversations or text; writes runs/<name>/.")
 register(app, "runs", train_records.RunsConfig, "runs", train_records.run_runs,
          help="List training runs side by side: model, method, r/alpha, lr, data, steps, best eval loss, tokens/s.")
@@ -58,7 +65,7 @@ register(app, "to-sharegpt", sharegpt.ToShareGPTConfig, "to_sharegpt", sharegpt.
          help="Convert OpenAI messages JSONL to ShareGPT conversations (or back with --reverse).")
 register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
          help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
-register(app, "eval", eval_config.EvalConfig, "eval", eval_run.run,
+register(app, "eval", eval_config.EvalConfig, "eval", _lazy(".evaluate.run"),
          help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
 
 

@@ -16,19 +16,20 @@ writes the same bytes as an uninterrupted one. Rejected answers (and why) go to
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from .config import opt
 from .errors import ConfigError
 from .jsonl import read_rows, repair_tail
-from .persona import Persona, load_persona
-from .template_voice import topic_phrase, topic_things
 from .ui import Reporter
+
+if TYPE_CHECKING:
+    from .persona import Persona
 
 
 @dataclass
@@ -92,6 +93,8 @@ def job_id(seed: int, topic: str, bucket: str, index: int) -> str:
 
 def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -> list[Job]:
     """Every job of the run, in output order. Bucket counts are exact shares of the total."""
+    from .template_voice import topic_phrase, topic_things
+
     total = len(topics) * cfg.n_per_topic
     counts = {b: round(total * r) for b, r in (("adv", cfg.adv_ratio), ("safety", cfg.safety_ratio),
                                                ("multi", cfg.multi_ratio))}
@@ -156,6 +159,8 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     from .gen_run import finalize, generate, summary_rows
     from .topics import load_topics
 
+    from .persona import load_persona
+
     persona = load_persona(cfg.persona)
     topics = load_topics(cfg.topics_json)
     jobs = plan_jobs(topics, persona, cfg)
@@ -172,6 +177,8 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     reporter.info(f"ft gen: {len(todo)} jobs, persona {persona.name}, provider {provider.name}, "
                   f"model {provider.model}, concurrency {cfg.max_concurrency}")
     t0 = time.perf_counter()
+    import asyncio  # here, not at the top: `ft --help` should not pay for it
+
     stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter))
     gen_s = time.perf_counter() - t0
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)

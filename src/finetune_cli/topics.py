@@ -18,7 +18,6 @@ invents topics offline.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -206,6 +205,8 @@ async def _expand_group(provider, group: str, existing: list[str], everything: l
 
 
 async def _expand(provider, grouped: dict[str, list[str]], cfg: ExpandConfig, reporter: Reporter):
+    import asyncio  # not at the top: `ft --help` should not pay for it
+
     everything = [t for items in grouped.values() for t in items]
     stats: Counter = Counter()
     sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -241,6 +242,8 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     provider = LLMProvider(kind, model=cfg.model, base_url=cfg.base_url,
                            policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.timeout),
                            temperature=cfg.temperature)
+    import asyncio
+
     new, stats = asyncio.run(_expand(provider, grouped, cfg, reporter))
     out = {g: items + new.get(g, []) for g, items in grouped.items()}
     target = cfg.input if cfg.in_place else cfg.output

@@ -8,6 +8,7 @@ definition of every aggregate, shown next to it in the report.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -16,7 +17,11 @@ from typing import Any
 # Words: runs of letters/digits; each Han/kana/Hangul character counts as a word of its own, so
 # text without spaces still has a length and can loop.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_WORD_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:['’][^\W{_CJK}]+)*")
+
+
+@functools.cache
+def _word_re() -> re.Pattern:  # compiled on first use: `ft --help` imports this module
+    return re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:['’][^\W{_CJK}]+)*")
 
 DEFAULT_BREAK_PHRASES = [
     "as an ai", "an ai language model", "a language model", "as a language model",
@@ -62,7 +67,7 @@ DEFINITIONS: dict[str, str] = {
 
 def words(text: str) -> list[str]:
     """Lower-cased words (punctuation dropped; each CJK character is one word)."""
-    return _WORD_RE.findall(text.lower())
+    return _word_re().findall(text.lower())
 
 
 # --- loops ---------------------------------------------------------------------------------
