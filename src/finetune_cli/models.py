@@ -90,7 +90,7 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     reporter.info(f"converting {gguf.name} to safetensors once (later loads take seconds) → {out}")
-    quiet_hf()
+    quiet_gguf()
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
@@ -102,7 +102,6 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a tied lm_head
         fresh.tie_weights()
-    _gguf_tokenizer_defaults()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF tokenizer's eos/pad are not trusted (transformers 5.17 reads SmolLM2's eos as
     # <|im_start|>): eos becomes the template's end-of-turn token; training also fixes the pad.
@@ -132,6 +131,19 @@ def quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def quiet_gguf() -> None:
+    """Before transformers reads a GGUF: no tqdm bar (its GGUF loader uses plain tqdm, which
+    ``disable_progress_bar`` does not reach) and defaults for the tokenizer ids a GGUF may omit."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from tqdm.auto import tqdm
+
+    quiet_hf()
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    _gguf_tokenizer_defaults()
 
 
 def resolve_model(name_or_path: str, reporter: Reporter | None = None) -> str:

@@ -28,6 +28,9 @@ def _load_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ..models import quiet_gguf
+
+    quiet_gguf()
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
@@ -73,6 +76,9 @@ def _tokenizer_agrees(path: Path, tok: Any, texts: list[str]) -> bool | None:
     """Does the tokenizer rebuilt from the GGUF metadata give the training tokenizer's ids?"""
     from transformers import AutoTokenizer
 
+    from ..models import quiet_gguf
+
+    quiet_gguf()
     try:
         g = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception:  # noqa: BLE001 - transformers cannot rebuild every GGUF tokenizer; llama.cpp reads it itself
