@@ -210,21 +210,22 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     tok_args = dict(max_len=cfg.max_len, train_on=cfg.train_on, chunk_size=cfg.chunk_tokens,
                     chunk_overlap=cfg.chunk_overlap, text_header=cfg.text_header)
     examples = tokenize_inputs(tok, inputs, **tok_args)
-    stats = masking_stats(examples, setup.pad_eos.eos_id, setup.pad_eos.pad_id)
-    for src in stats["empty_sources"]:
-        reporter.warn(f"{src}: no trainable tokens (dropped)")
+    empty = [e for e in examples if not e.trainable]
     examples = [e for e in examples if e.trainable]
-    if val_inputs.conversations or val_inputs.documents:
+    val_from_file = bool(val_inputs.conversations or val_inputs.documents)
+    if val_from_file:
         train, val = examples, [e for e in tokenize_inputs(tok, val_inputs, **tok_args) if e.trainable]
     else:
         train, val = split_val(examples, cfg.val_split, cfg.seed)
-    if not train:
-        raise TrainingError("no training examples left after the validation split")
     train, no_system = drop_system(tok, train, cfg.system_dropout, cfg.seed, max_len=cfg.max_len,
                                    train_on=cfg.train_on)
-    if no_system:  # the fingerprint and token counts describe what is trained
-        kept = {k: stats[k] for k in ("empty_examples", "empty_sources")}
-        stats = {**masking_stats(train + val, setup.pad_eos.eos_id, setup.pad_eos.pad_id), **kept}
+    # one pass over the data's examples as trained (after --system-dropout; --val-file rows are not the
+    # data's); raises if nothing is trainable
+    stats = masking_stats(empty + train + ([] if val_from_file else val), setup.pad_eos.eos_id, setup.pad_eos.pad_id)
+    for src in stats["empty_sources"]:
+        reporter.warn(f"{src}: no trainable tokens (dropped)")
+    if not train:
+        raise TrainingError("no training examples left after the validation split")
     total, eval_steps, logging_steps = _schedule(cfg, len(train), processes)
     effective_batch = cfg.batch_size * cfg.grad_accum * processes
     pf_ok, attn = backend.padding_free_supported(model)
