@@ -50,6 +50,11 @@ def test_user_persona_from_path(tmp_path):
     (('length_words = [30, 170]', 'lenght_words = [30, 170]'), "did you mean 'length_words'"),
     (('"Give me three tips for {topic}.",', '"Give me three tips for {topc}.",'), "unknown placeholder {topc}"),
     (('languages = ["French",', 'languages = ["Klingon", "French",'), "Klingon"),
+    (('"Then again,",', '"Then {agian},",'), "bank.connectors[18]: unknown placeholder {agian}"),
+    (('friend = ["ma loon",', 'topic = ["ma loon",'), "bank.words.topic: {topic} is filled by ft"),
+    (('good = ["gweed", "grand", "braw", "champion", "fine"]', 'good = []'), "bank.words.good is empty"),
+    (('list_share = 0.15', 'list_share = 1.5'), "list_share"),
+    (('"Ma advice, in a nutshell:"', '"Ma {advice}:"'), "unknown placeholder {advice}"),
 ])
 def test_bad_persona_names_file_and_key(tmp_path, edit, expect):
     text = open(load_persona("doric").source, encoding="utf-8").read()
@@ -64,23 +69,6 @@ def test_bad_persona_names_file_and_key(tmp_path, edit, expect):
 def test_unknown_persona_name():
     with pytest.raises(ConfigError, match="unknown persona 'klingon'.*doric"):
         load_persona("klingon")
-
-
-@pytest.mark.parametrize("edit, expect", [
-    (('"Then again,",', '"Then {agian},",'), "bank.connectors[18]: unknown placeholder {agian}"),
-    (('friend = ["ma loon",', 'topic = ["ma loon",'), "bank.words.topic: {topic} is filled by ft"),
-    (('good = ["gweed", "grand", "braw", "champion", "fine"]', 'good = []'), "bank.words.good is empty"),
-    (('list_share = 0.15', 'list_share = 1.5'), "list_share"),
-    (('"Ma advice, in a nutshell:"', '"Ma {advice}:"'), "unknown placeholder {advice}"),
-])
-def test_bad_bank_names_file_and_key(tmp_path, edit, expect):
-    text = open(load_persona("doric").source, encoding="utf-8").read()
-    assert edit[0] in text
-    bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace(edit[0], edit[1], 1), encoding="utf-8")
-    with pytest.raises(ConfigError) as e:
-        load_persona(str(bad))
-    assert str(bad) in str(e.value) and expect in str(e.value)
 
 
 def test_list_share_needs_list_intros(tmp_path):
