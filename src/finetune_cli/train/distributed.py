@@ -229,7 +229,7 @@ def launch(cfg, reporter: Reporter, *, run_dir: str) -> None:
             cmd.append("--json")
         elif reporter.quiet:
             cmd.append("--quiet")
-        if getattr(reporter, "debug", False):
+        if reporter.debug:
             cmd.append("--debug")
         reporter.info(f"ft train: {cfg.gpus} processes (torch.distributed.run) → {run_dir}")
         code = subprocess.run(cmd, env=env).returncode

@@ -46,8 +46,6 @@ def pick_backend(choice: str) -> str:
     """
     if choice == "hf":
         return "hf"
-    import os
-
     import torch
 
     cuda = torch.cuda.is_available()
@@ -58,7 +56,7 @@ def pick_backend(choice: str) -> str:
         if not installed:
             raise ConfigError("option --backend unsloth: the unsloth package is not installed",
                               hint="uv sync --extra train --extra unsloth, or use --backend hf")
-    elif not (cuda and installed) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    elif not (cuda and installed) or distributed.world_size() > 1:
         return "hf"
     from .backend_unsloth import import_unsloth
 
