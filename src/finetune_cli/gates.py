@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-from .persona import Persona, count_markers, count_words, marker_density
+from .persona import Persona, count_words, marker_density
 
 REASONS = ("empty", "truncated", "banned_opening", "overlap", "marker_density", "length",
            "sentence_end", "wrong_script", "wrong_language", "duplicate", "error")
@@ -115,7 +115,7 @@ def check_answer(text: str | None, *, persona: Persona, prompt: str = "", topic:
     if not lo <= words <= hi:
         return "length"
     lo_m, hi_m = persona.marker_band
-    if not lo_m <= 100.0 * count_markers(text, persona.markers) / words <= hi_m:  # marker_density, words > 0
+    if not lo_m <= marker_density(text, persona.markers, words=words) <= hi_m:
         return "marker_density"
     if not ends_sentence(text):
         return "sentence_end"

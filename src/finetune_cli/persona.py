@@ -240,12 +240,14 @@ def count_markers(text: str, markers: list[str] | tuple[str, ...]) -> int:
     return n
 
 
-def marker_density(text: str, markers: list[str] | tuple[str, ...]) -> float:
+def marker_density(text: str, markers: list[str] | tuple[str, ...], *, words: int | None = None) -> float:
     """Style markers per 100 words: whole-word, case-insensitive (``Aye`` counts, ``ayes`` does not).
 
-    Multi-word markers (``fit like``) count once per occurrence. Empty text has density 0.
+    Multi-word markers (``fit like``) count once per occurrence. Empty text has density 0. ``words``:
+    ``count_words(text)`` when the caller has it already.
     """
-    words = count_words(text)
+    if words is None:
+        words = count_words(text)
     if words == 0:
         return 0.0
     return 100.0 * count_markers(text, markers) / words

@@ -124,7 +124,7 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             cut = rng.randint(2, len(sents) - 2) if len(sents) >= 4 and rng.random() < bank.break_share else 0
             text = " ".join(sents[:cut]) + "\n\n" + " ".join(sents[cut:]) if cut else " ".join(sents)
         words = count_words(text)
-        if lo_w <= words <= hi_w and lo_m <= marker_density(text, persona.markers) <= hi_m:
+        if lo_w <= words <= hi_w and lo_m <= marker_density(text, persona.markers, words=words) <= hi_m:
             return text
     return text  # the gates will say what is wrong with it
 
