@@ -36,7 +36,8 @@ BATCH = {"1b": 4, "8b": 2}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant {% endif %}")
-WARMUP = 3
+WARMUP = 3  # raw loops: steps before the clock starts
+FT_LOG = 5  # ft runs: log every 5 steps; the clock starts at the log of step 5
 
 
 def make(path: str, preset: str) -> None:
@@ -125,12 +126,15 @@ def write_chats(path: Path, n: int, vocab: int) -> float:
 
 def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, steps: int, packing: bool,
              name: str, gpus: int = 1) -> dict:
-    """tokens/s: the median over the logged steps after warm-up, of all processes together (ft gathers
-    every rank's token count); peak GiB: rank 0's GPU."""
+    """tokens/s: tokens over seconds from the log at step FT_LOG (the warm-up) to the last log, of all
+    processes together (ft gathers every rank's token count), logging every FT_LOG steps as a real run
+    does (ft's default is every 10) — a log reads the loss back from the GPU, so logging every step would
+    time a host sync per step that no run pays; peak GiB: rank 0's GPU."""
+    steps = -(-steps // FT_LOG) * FT_LOG
     cmd = [sys.executable, "-m", "finetune_cli", "train", "--model", model, "--data", data, "--backend", backend,
            "--method", "lora", "--r", "16", "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1",
            "--max-len", str(L), "--chunk-tokens", str(L), "--chunk-overlap", "0", "--max-steps",
-           str(WARMUP + steps), "--logging-steps", "1", "--val-split", "0", "--eval-steps", "100000",
+           str(FT_LOG + steps), "--logging-steps", str(FT_LOG), "--val-split", "0", "--eval-steps", "100000",
            "--optimizer", "adamw_torch", "--gradient-checkpointing", "on", "--lr", "1e-4",
            "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json",
            "--gpus", str(gpus)]
@@ -139,9 +143,13 @@ def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, 
     if p.returncode:
         return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
     rows = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-    tps = sorted(r["tokens_per_s"] for r in rows if r.get("tokens_per_s") and r["step"] > WARMUP)
+    logged = [r for r in rows if r.get("tokens_per_s") and r.get("tokens_seen")]
+    timed = [(b["tokens_seen"] - a["tokens_seen"], b["tokens_per_s"]) for a, b in zip(logged, logged[1:])
+             if a["step"] >= FT_LOG]
+    seconds = sum(n / tps for n, tps in timed)
     peak = max(r.get("peak_mem_gib") or 0 for r in rows)
-    return {"tokens_per_s": round(tps[len(tps) // 2]) if tps else None, "peak_gib": round(peak, 2)}
+    return {"tokens_per_s": round(sum(n for n, _ in timed) / seconds) if seconds else None,
+            "peak_gib": round(peak, 2)}
 
 
 def part(args: list[str]) -> None:
@@ -189,7 +197,7 @@ def main() -> None:
                             f"import train_throughput as t; t.make({str(model)!r}, {shape!r})"], check=True)
         B = BATCH[shape]
         text = work / f"text-{shape}.txt"
-        write_text(text, B * L * (WARMUP + steps + 2), PRESETS[shape]["vocab_size"])
+        write_text(text, B * L * (FT_LOG + steps + 2), PRESETS[shape]["vocab_size"])
         r = results.setdefault(shape, {"batch": B, "length": L})
         for key, measure in (
                 ("ft_unsloth", lambda: ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps,
@@ -206,7 +214,7 @@ def main() -> None:
     if "--packing" in opts:
         model = work / "1b"
         chats = work / "chats.jsonl"
-        mean = write_chats(chats, 8 * (WARMUP + 3 * steps), PRESETS["1b"]["vocab_size"])
+        mean = write_chats(chats, 8 * (FT_LOG + 3 * steps), PRESETS["1b"]["vocab_size"])
         pk = results.setdefault("packing", {"batch": 8, "mean_tokens": round(mean, 1), "lengths": "50-600"})
         if not (model / "config.json").is_file():
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -226,7 +234,7 @@ def main() -> None:
                             f"import train_throughput as t; t.make({str(model)!r}, {shape!r})"], check=True)
         B = BATCH[shape]
         text = work / f"text-{shape}-x{scaling}.txt"  # enough chunks for N GPUs' batches
-        write_text(text, B * L * scaling * (WARMUP + steps + 2), PRESETS[shape]["vocab_size"])
+        write_text(text, B * L * scaling * (FT_LOG + steps + 2), PRESETS[shape]["vocab_size"])
         sc = {"gpus": scaling, "batch_per_gpu": B, "length": L}
         results.setdefault("scaling", {})[shape] = sc
         for n in (1, scaling):
@@ -249,8 +257,8 @@ def render(results: dict) -> str:
         return "—" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))
 
     lines = [f"Measured {results.get('date')} on {results.get('gpu')} by `bench/train_throughput.py`: random-weight",
-             "Llama shapes, LoRA r16 on all linear layers, gradient checkpointing, AdamW (torch), "
-             f"{WARMUP} warm-up steps excluded.", "",
+             "Llama shapes, LoRA r16 on all linear layers, gradient checkpointing, AdamW (torch); raw loops "
+             f"after {WARMUP} warm-up steps, ft runs from the log of step {FT_LOG} (logging every {FT_LOG}).", "",
              "| shapes | batch × length | stack | tokens/s | peak GiB | vs raw Unsloth | vs transformers+peft |",
              "|---|---|---|---|---|---|---|"]
     for shape in ("1b", "8b"):

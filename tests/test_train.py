@@ -218,15 +218,9 @@ def test_early_stopping_keeps_and_marks_the_best_checkpoint(tiny_model, tmp_path
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
+def interrupt_after_checkpoint(monkeypatch, step: int):
+    """Ctrl-C right after the checkpoint of ``step``; returns a function that undoes it."""
     from finetune_cli.train import callbacks
-
-    data = write_data(tmp_path / "d.jsonl", 20)
-    common = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "4",
-              "--lr", "1e-2", "--val-split", "0", "--dropout", "0.1", *FAST]
-    train(*common, "--name", "whole")
 
     real = callbacks.make
 
@@ -235,15 +229,27 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
 
         class Interrupt(TrainerCallback):
             def on_save(self, args, state, control, **kw):
-                if state.global_step == 4:
-                    raise KeyboardInterrupt  # Ctrl-C right after the step-4 checkpoint
+                if state.global_step == step:
+                    raise KeyboardInterrupt
 
         return real(run_dir, reporter, total) + [Interrupt()]
 
     monkeypatch.setattr(callbacks, "make", interrupting)
+    return lambda: monkeypatch.setattr(callbacks, "make", real)
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    data = write_data(tmp_path / "d.jsonl", 20)
+    common = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "4",
+              "--lr", "1e-2", "--val-split", "0", "--dropout", "0.1", *FAST]
+    train(*common, "--name", "whole")
+    undo = interrupt_after_checkpoint(monkeypatch, 4)
     train(*common, "--name", "split", code=130)
     assert run_json("split")["status"] == "stopped" and not Path("runs/split/adapter").exists()
-    monkeypatch.setattr(callbacks, "make", real)
+    undo()
     train(*common, "--name", "split", "--resume")
 
     a = load_file("runs/whole/adapter/adapter_model.safetensors")
@@ -253,6 +259,61 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
     lb = [r["loss"] for r in metrics("split") if "loss" in r]
     assert lb == pytest.approx(la, abs=1e-5) and len(lb) == len(la)  # the interrupted tail was trimmed
     assert run_json("split")["status"] == "completed" and run_json("split")["global_step"] == 8
+
+
+@pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
+def test_tokens_seen_counts_every_non_pad_token_once(tiny_model, tmp_path, packing):
+    """ft counts tokens on the device and reads the count only when it logs: one epoch, logged every 2
+    steps, must end at the data's token count, padded or padding-free."""
+    data = write_data(tmp_path / "d.jsonl", 16)  # 4 steps of 4: one epoch
+    train("--model", str(tiny_model), "--data", str(data), "--epochs", "1", "--logging-steps", "2",
+          "--val-split", "0", "--name", "tok", packing, *FAST)
+    rows = [r for r in metrics("tok") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 4]
+    assert rows[-1]["tokens_seen"] == json.loads(Path("runs/tok/data.json").read_text())["tokens"]
+
+
+def test_tokens_seen_survive_a_checkpoint_between_log_steps(tiny_model, tmp_path, monkeypatch):
+    """Logged every 3 steps, saved every 4: the count saved at step 4 was never logged, yet a resumed run
+    logs the same counts as an uninterrupted one."""
+    data = write_data(tmp_path / "d.jsonl", 20)
+    common = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "4",
+              "--logging-steps", "3", "--val-split", "0", *FAST]
+    train(*common, "--name", "whole")
+    undo = interrupt_after_checkpoint(monkeypatch, 4)
+    train(*common, "--name", "split", code=130)
+    undo()
+    train(*common, "--name", "split", "--resume")
+    seen = [(r["step"], r["tokens_seen"]) for r in metrics("whole") if "loss" in r]
+    assert [s for s, _ in seen] == [1, 3, 6]
+    assert [(r["step"], r["tokens_seen"]) for r in metrics("split") if "loss" in r] == seen
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_model, tmp_path, monkeypatch):
+    """The stock Trainer hides a NaN loss from its logs (logging_nan_inf_filter) and trains on; ft stops."""
+    from finetune_cli.train import callbacks
+
+    real = callbacks.make
+
+    def poisoning(run_dir, reporter, total):
+        import torch
+        from transformers import TrainerCallback
+
+        class Poison(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kw):
+                if state.global_step == 3:
+                    with torch.no_grad():
+                        next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+        return real(run_dir, reporter, total) + [Poison()]
+
+    monkeypatch.setattr(callbacks, "make", poisoning)
+    data = write_data(tmp_path / "d.jsonl", 20)
+    res = train("--model", str(tiny_model), "--data", str(data), "--max-steps", "10", "--logging-steps", "2",
+                "--val-split", "0", "--name", "nan", *FAST, code=1)
+    assert "training loss became nan at step 4" in res.output
+    run = run_json("nan")
+    assert run["status"] == "failed" and run["global_step"] == 4 and not Path("runs/nan/adapter").exists()
 
 
 def test_resume_with_different_options_is_refused(tiny_model, tmp_path):

@@ -14,6 +14,7 @@ carry ``use_cache=False``: with a cache object, transformers skips that detectio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,8 +155,6 @@ def _wrap_peft(cfg: TrainConfig, model, tok, added: list[str], gc: bool):
     if "trainable_token_indices" in lora:
         # PEFT saves the whole resized embedding and lm_head when it sees a resized vocabulary (GBs on an
         # 8B model); the trained rows live in the adapter's trainable tokens, which is all a reload needs.
-        import functools
-
         peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
     return peft_model
 
@@ -196,10 +195,66 @@ def padding_free_supported(model) -> tuple[bool, str]:
     return False, attn
 
 
+@functools.cache
+def trainer_class():
+    """``transformers.Trainer`` without its host syncs per step.
+
+    The stock loop waits for the GPU three times a step: ``logging_nan_inf_filter`` reads the loss
+    (``torch.isnan(loss)`` in an ``if``), ``include_num_input_tokens_seen`` reads a token count
+    (``.item()``), and the batch is copied to the GPU with a blocking copy. Each wait drains the GPU's
+    queue, which then idles while Python prepares the next step. ft turns the filter off (a non-finite
+    loss stops the run instead, see callbacks.py), copies pinned batches without blocking, and counts
+    tokens here on the device, read back only when the Trainer logs, evaluates or saves (one read, one
+    gather across processes). The per-step FLOP estimate walks every module of the model in stock
+    transformers; its parameter count is taken once.
+    """
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    class _FlushTokens(TrainerCallback):
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_step_end(self, args, state, control, **kw):
+            # DefaultFlowCallback (first in the list) has set the flags; every process sees the same ones
+            if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+                self.trainer.flush_tokens()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.trainer.flush_tokens()
+
+    class FtTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._tokens = 0  # non-pad input tokens since the last flush: an int or a device tensor
+            self._non_embedding_params: int | None = None
+            self.add_callback(_FlushTokens(self))
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            # ft's batches have no padding unless they carry a mask (padding-free rows and full chunks)
+            self._tokens = self._tokens + (mask.sum() if mask is not None else inputs["input_ids"].numel())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def flush_tokens(self) -> None:
+            n = torch.as_tensor(self._tokens, dtype=torch.int64, device=self.args.device)
+            self._tokens = 0
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(n).sum().item())
+
+        def floating_point_ops(self, inputs) -> int:
+            if self._non_embedding_params is None:
+                count = getattr(self.model, "num_parameters", None)
+                self._non_embedding_params = count(exclude_embeddings=True) if count else 0
+            ids = inputs.get("input_ids")
+            return 6 * ids.numel() * self._non_embedding_params if ids is not None else 0
+
+    return FtTrainer
+
+
 def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict], val: list[dict], *,
                   output_dir: str, total_steps: int, eval_steps: int, logging_steps: int, padding_free: bool,
                   callbacks: list):
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainingArguments
 
     evaluating = bool(val)
     optim = {"adamw_8bit": "adamw_bnb_8bit"}.get(setup.optimizer, setup.optimizer)
@@ -238,7 +293,10 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
         greater_is_better=False if evaluating else None,
         logging_steps=logging_steps,
         logging_first_step=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no",  # counted by FtTrainer without a host sync per step
+        logging_nan_inf_filter=False,  # a sync per step; ft stops on a non-finite loss instead
+        dataloader_pin_memory=setup.device == "cuda",
+        accelerator_config={"non_blocking": setup.device == "cuda"},  # pinned batches copied without waiting
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -249,9 +307,9 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
     all_callbacks = list(callbacks)
     if evaluating and cfg.early_stopping:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val or None,
-                      data_collator=Collator(tok.pad_token_id, padding_free), processing_class=tok,
-                      callbacks=all_callbacks)
+    trainer = trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=val or None,
+                              data_collator=Collator(tok.pad_token_id, padding_free), processing_class=tok,
+                              callbacks=all_callbacks)
     if distributed.world_size() > 1:
         distributed.exact_eval_loss(trainer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

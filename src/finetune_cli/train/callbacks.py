@@ -6,6 +6,7 @@ Both act on the main process only. Without a terminal (CI, ``--quiet`` off) each
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 from .records import RunDir, is_main
@@ -33,6 +34,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             self.last_t = self.last_tokens = None
             self.tokens_per_s: float | None = None
             self.fields = {"loss": "-", "eval": "-", "tps": "-"}
+            self.diverged: tuple[int, float] | None = None  # (step, loss) of a non-finite training loss
 
         def on_train_begin(self, args, state, control, **kw):
             if not is_main():
@@ -50,6 +52,10 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
                 self.task.advance(1)
 
         def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and not math.isfinite(logs["loss"]):
+                # every process logs the same (gathered) loss, so all of them stop here
+                self.diverged = (state.global_step, logs["loss"])
+                control.should_training_stop = True
             if not is_main() or not logs or self.writer is None:
                 return
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}

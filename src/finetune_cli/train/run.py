@@ -291,6 +291,15 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
             if hasattr(cb, "stack"):
                 cb.stack.close()
     seconds = time.perf_counter() - t0
+    diverged = next((cb.diverged for cb in cbs if getattr(cb, "diverged", None)), None)
+    if diverged:
+        step, loss = diverged
+        last = rd.last_checkpoint()
+        rd.update(status="failed", error=f"training loss became {loss} at step {step}", global_step=step, ended=now(),
+                  last_checkpoint=str(last) if last else None)
+        distributed.leave()
+        raise TrainingError(f"run {name}: training loss became {loss} at step {step}; stopped, no adapter saved",
+                            hint="lower --lr (and check --dtype: float16 overflows where bfloat16 does not)")
 
     # ---- save (the best checkpoint's weights are loaded back when eval is on)
     out = rd.model if cfg.method == "full" else rd.adapter
