@@ -1,7 +1,7 @@
 """GPU probe: what does ft's Trainer cost per step against the plain Unsloth loop, in one process?
 
     python bench/unsloth_overhead.py MODEL_DIR [B] [L] [STEPS] [OUT.json]   # MODEL_DIR from train_throughput.make
-    python bench/unsloth_overhead.py MODEL_DIR 2 64 3 - --hf                 # the same plumbing on CPU, no Unsloth
+    python bench/unsloth_overhead.py MODEL_DIR B L STEPS OUT.json --hf   # transformers + peft instead of Unsloth
 
 Loads one Unsloth LoRA model (as bench/train_throughput.py's raw loop does) and times, on that same model
 and the same batches, alternately:
@@ -33,12 +33,20 @@ WARMUP = 5
 def load(path: str, L: int, hf: bool):
     import torch
 
-    if hf:  # CPU check of the plumbing
+    if hf:  # transformers + peft as bench/train_throughput.py's raw hf loop builds it
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(path)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear"))
+        cuda = torch.cuda.is_available()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                     attn_implementation="sdpa")
+        if cuda:
+            model.to("cuda")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"]))
         return model, AutoTokenizer.from_pretrained(path)
     from unsloth import FastLanguageModel
 
@@ -76,31 +84,65 @@ def main() -> None:
     batches = [torch.randint(4, model.config.vocab_size, (B, L), device=device) for _ in range(4)]
     rows = [{"input_ids": r, "labels": r} for b in batches for r in b.tolist()]
 
-    def raw() -> float:
+    tables = out_path.with_suffix(".profiles.txt") if out_path else None
+
+    def profiler():
+        from torch.profiler import ProfilerActivity, profile
+
+        return profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+
+    def summarize(name: str, prof, wall: float) -> dict:
+        """GPU busy share of the wall time and the host-sync-like calls in the window."""
+        ka = prof.key_averages()
+        busy = sum(getattr(k, "self_device_time_total", 0) for k in ka) / 1e6
+        sync = {k.key: k.count for k in ka if any(x in k.key for x in (
+            "Synchronize", "_local_scalar_dense", "aten::item", "aten::is_nonzero", "cudaMemcpy"))}
+        if tables:
+            with open(tables, "a") as f:
+                f.write(f"\n=== {name}: wall {wall:.3f}s, GPU busy {busy:.3f}s\n")
+                f.write(ka.table(sort_by="self_cpu_time_total", row_limit=25))
+        return {"wall_s": round(wall, 3), "gpu_busy_share": round(busy / wall, 3), "sync_like_calls": sync}
+
+    def raw(profile: bool = False) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
-        for i in range(WARMUP + steps):
+        n = 5 if profile else steps
+        prof = None
+        for i in range(WARMUP + n):
             if i == WARMUP:
                 synchronize()
                 t0 = time.perf_counter()
+                if profile:
+                    prof = profiler().__enter__()
             ids = batches[i % 4]
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         synchronize()
-        return B * L * steps / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        res = {"tokens_per_s": round(B * L * n / wall)}
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            res.update(summarize("raw", prof, wall))
+        print("raw", json.dumps(res), flush=True)
+        return res
 
     class Timer(TrainerCallback):
-        def __init__(self, count_syncs: bool):
+        def __init__(self, count_syncs: bool, n: int, profile: bool):
             self.t0 = self.t1 = None
             self.count_syncs = count_syncs
             self.caught = None
             self.ctx = None
+            self.n = n
+            self.profile = profile
+            self.prof = None
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == WARMUP:
                 synchronize()
                 self.t0 = time.perf_counter()
+                if self.profile:
+                    self.prof = profiler().__enter__()
                 if self.count_syncs:
                     self.ctx = warnings.catch_warnings(record=True)
                     self.caught = self.ctx.__enter__()
@@ -109,24 +151,27 @@ def main() -> None:
                         torch.cuda.set_sync_debug_mode("warn")
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == WARMUP + steps:
+            if state.global_step == WARMUP + self.n:
                 if self.ctx is not None:
                     if cuda:
                         torch.cuda.set_sync_debug_mode("default")
                     self.ctx.__exit__(None, None, None)
                 synchronize()
                 self.t1 = time.perf_counter()
+                if self.prof is not None:
+                    self.prof.__exit__(None, None, None)
 
     def trainer(name: str, *, logging_steps: int = 5, nan_filter=False, token_item=False, blocking=False,
-                count_syncs=False) -> dict:
+                count_syncs=False, profile=False) -> dict:
+        n = 5 if profile else steps
         cfg = TrainConfig(model=path, data=["-"], lr=1e-4, optimizer="adamw_torch", batch_size=B, grad_accum=1,
                           max_len=L, packing=False)
         setup = Setup(base_model=path, device=device, dtype="bfloat16" if cuda else "float32", template="-",
-                      pad_eos=None, optimizer="adamw_torch", gradient_checkpointing=not hf)
-        timer = Timer(count_syncs)
+                      pad_eos=None, optimizer="adamw_torch", gradient_checkpointing=cuda)
+        timer = Timer(count_syncs, n, profile)
         with tempfile.TemporaryDirectory() as tmp:
             t = (backend_hf if hf else backend_unsloth).build_trainer(cfg, setup, model, tok, rows, [], output_dir=tmp,
-                                              total_steps=WARMUP + steps, eval_steps=10**6,
+                                              total_steps=WARMUP + n, eval_steps=10**6,
                                               logging_steps=logging_steps, padding_free=False, callbacks=[timer])
             t.args.logging_nan_inf_filter = nan_filter
             if token_item:
@@ -134,7 +179,9 @@ def main() -> None:
             if blocking:
                 t.accelerator.dataloader_config.non_blocking = False
             t.train()
-        res = {"tokens_per_s": round(B * L * steps / (timer.t1 - timer.t0))}
+        res = {"tokens_per_s": round(B * L * n / (timer.t1 - timer.t0))}
+        if timer.prof is not None:
+            res.update(summarize(name, timer.prof, timer.t1 - timer.t0))
         if count_syncs:
             syncs = [str(w.message).splitlines()[0][:120] for w in timer.caught or []]
             res["syncs_per_step"] = round(len(syncs) / steps, 2)
@@ -142,26 +189,21 @@ def main() -> None:
         print(name, json.dumps(res), flush=True)
         return res
 
-    plan = [
-        ("raw", raw), ("ft", lambda: trainer("ft")), ("raw", raw), ("stock", lambda: trainer(
-            "stock", logging_steps=1, nan_filter=True, token_item=True, blocking=True)),
-        ("raw", raw), ("ft", lambda: trainer("ft")),
+    stock = dict(logging_steps=1, nan_filter=True, token_item=True, blocking=True)
+    plan = [("raw", raw), ("ft", lambda: trainer("ft")), ("stock", lambda: trainer("stock", **stock))] * 3 + [
         ("ft_log1", lambda: trainer("ft_log1", logging_steps=1)),
         ("+nan_filter", lambda: trainer("+nan_filter", nan_filter=True)),
         ("+token_item", lambda: trainer("+token_item", token_item=True)),
         ("+blocking_copy", lambda: trainer("+blocking_copy", blocking=True)),
-        ("raw", raw),
+        ("raw_profile", lambda: raw(profile=True)),
+        ("ft_profile", lambda: trainer("ft_profile", profile=True)),
+        ("stock_profile", lambda: trainer("stock_profile", profile=True, **stock)),
         ("ft_syncs", lambda: trainer("ft_syncs", count_syncs=True)),
-        ("stock_syncs", lambda: trainer("stock_syncs", logging_steps=1, nan_filter=True, token_item=True,
-                                        blocking=True, count_syncs=True)),
+        ("stock_syncs", lambda: trainer("stock_syncs", count_syncs=True, **stock)),
     ]
     out: dict[str, list] = {}
     for name, fn in plan:
-        r = fn()
-        if name == "raw":
-            r = {"tokens_per_s": round(r)}
-            print("raw", r, flush=True)
-        out.setdefault(name, []).append(r)
+        out.setdefault(name, []).append(fn())
         if out_path:
             out_path.write_text(json.dumps(out, indent=1))
     print("RESULT", json.dumps(out), flush=True)
