@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py run OUT [--shapes 1b,8b|none] [--steps 10] [--packing]
                                              [--packing-backends unsloth,hf] [--scaling 2 [--scaling-shapes 1b]]
+                                             [--parts ft_unsloth,raw_unsloth,raw_hf,ft_hf]
 
 For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes (2 × 2048), LoRA r16
 on all linear layers, gradient checkpointing, AdamW:
@@ -180,6 +181,7 @@ def main() -> None:
     steps = int(opts[opts.index("--steps") + 1]) if "--steps" in opts else 10
     scaling = int(opts[opts.index("--scaling") + 1]) if "--scaling" in opts else 0
     scaling_shapes = opts[opts.index("--scaling-shapes") + 1].split(",") if "--scaling-shapes" in opts else ["1b"]
+    parts = opts[opts.index("--parts") + 1].split(",") if "--parts" in opts else None  # re-measure some (a, b, c, d)
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off on the shared multi-GPU hosts
     work = Path(os.environ.get("BENCH_WORK", "/tmp/ft-bench"))
     work.mkdir(parents=True, exist_ok=True)
@@ -207,6 +209,8 @@ def main() -> None:
                 ("raw_hf", lambda: sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf.log")),
                 ("ft_hf", lambda: ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
                                            name=f"{shape}-ft-hf"))):
+            if parts is not None and key not in parts:
+                continue
             r[key] = measure()
             res_path.write_text(json.dumps(results, indent=2))  # a cut-off run keeps what it measured
             (out / "benchmarks.md").write_text(render(results))
