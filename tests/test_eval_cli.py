@@ -55,7 +55,8 @@ def invoke(args):
 
 @pytest.mark.slow
 def test_end_to_end_base_and_adapter(tiny_model, run_dir, tmp_path):
-    r = invoke(["--base", str(tiny_model), "--adapter", str(run_dir), "-o", "out", "--json"])
+    r = invoke(["--base", str(tiny_model), "--adapter", str(run_dir), "-o", "out", "--json",
+                "--fail-if", "distinct_2<base-1"])
     assert r.exit_code == 0, r.output
     printed = json.loads(r.stdout)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -72,6 +73,9 @@ def test_end_to_end_base_and_adapter(tiny_model, run_dir, tmp_path):
             assert "marker_in_band" in m  # persona doric from the held-out rows' meta
     assert "near_copy_rate" in res["dod"]["system"] and "near_copy_rate" not in res["base"]["system"]
     assert res["base"]["system"]["heldout_loss"] != res["dod"]["system"]["heldout_loss"]
+    assert doc["gates"]["checked"] == ["distinct_2<base-1"] and not doc["gates"]["failed"]
+    less_varied = {c for c in res["dod"] if res["dod"][c]["distinct_2"] < res["base"][c]["distinct_2"]}
+    assert {f["condition"] for f in doc["findings"] if f["metric"] == "distinct_2"} == less_varied
     cands = {c["name"]: c for c in doc["candidates"]}
     assert cands["dod"]["kind"] == "adapter" and cands["dod"]["system_prompt"] == SYSTEM
     assert cands["base"]["system_prompt"] == SYSTEM  # the base is asked with the run's system prompt
@@ -103,6 +107,8 @@ def test_gates_exit_codes_and_errors(tiny_model, tmp_path):
     assert r.exit_code == 2 and "cannot read" in r.output
     r = invoke(base + ["--fail-if", "judge_voice<3"])
     assert r.exit_code == 2 and "--judge" in r.output
+    r = invoke(["--merged", str(tiny_model), "--prompts", "p.txt", "--fail-if", "distinct_2<base"])
+    assert r.exit_code == 2 and "--base" in r.output
     # a gate on a metric that was not measured fails rather than passing silently
     r = invoke(base + ["-o", "nf", "--fail-if", "format_valid_rate<0.5"])
     assert r.exit_code == 1

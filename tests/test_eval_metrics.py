@@ -145,3 +145,22 @@ def test_near_copy_index_finds_reordered_copies_only():
     # blocking keeps the search small
     _, ids = idx.candidates("The boat number 321 sailed out of Peterheid at dawn with 6 men aboard.")
     assert len(ids) < len(train)
+
+
+def test_gates_against_the_base_and_findings():
+    """`distinct_2<base` compares with the base model in the same condition; ft eval says when a tuned
+    model is less varied than its base, or recites its training answers, even without a gate."""
+    from finetune_cli.evaluate.config import EvalConfig
+    from finetune_cli.evaluate.run import check_gates, findings
+
+    results = {"base": {"system": {"distinct_2": 0.52, "eos_rate": 0.4}, "no_system": {"distinct_2": 0.60}},
+               "tuned": {"system": {"distinct_2": 0.55, "eos_rate": 1.0, "near_copy_rate": 0.0},
+                         "no_system": {"distinct_2": 0.58, "near_copy_rate": 0.1}}}
+    kinds = {"base": "base", "tuned": "adapter"}
+    cfg = EvalConfig(base="b", fail_if="distinct_2<base, eos_rate<base+0.5")
+    failed = {(f["condition"], f["gate"]): f for f in check_gates(cfg, results, kinds)["failed"]}
+    assert set(failed) == {("no_system", "distinct_2<base"), ("no_system", "eos_rate<base+0.5")}
+    assert failed["no_system", "distinct_2<base"]["base"] == 0.60
+    assert failed["no_system", "eos_rate<base+0.5"]["value"] is None  # not measured there: fails
+    noted = {(f["condition"], f["metric"]) for f in findings(results, kinds)}
+    assert noted == {("no_system", "distinct_2"), ("no_system", "near_copy_rate")}

@@ -16,7 +16,9 @@ GATE_METRICS = [k for k in DEFINITIONS if k != "n"] + JUDGE_METRICS
 CONDITIONS = ("system", "no_system")
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
         "<": operator.lt, ">": operator.gt}
-_GATE = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*$")
+_UNUM = r"[0-9]*\.?[0-9]+(?:e[-+]?\d+)?"
+# METRIC OP NUMBER, or METRIC OP base[+-NUMBER]: compared with the base model's value in the same condition
+_GATE = re.compile(rf"^\s*([a-z_0-9]+)\s*(<=|>=|==|!=|<|>)\s*(?:([-+]?{_UNUM})|base\s*(?:([-+])\s*({_UNUM}))?)\s*$")
 
 C, G, M, J, O = "Candidates", "Generation", "Metrics", "Judge", "Output"
 
@@ -91,7 +93,9 @@ class EvalConfig:
     def validate(self) -> None:
         if not (self.base or self.adapter or self.merged or self.run):
             raise ConfigError("ft eval: no candidate; pass --base, --adapter, --merged or --run")
-        parse_gates(self.fail_if)
+        if any(g.relative for g in parse_gates(self.fail_if)) and not self.base:
+            raise ConfigError("option --fail-if: a gate against `base` needs the base model evaluated too",
+                              hint="add --base MODEL")
         if self.format_regex is not None:
             try:
                 re.compile(self.format_regex)
@@ -107,13 +111,22 @@ class EvalConfig:
 class Gate:
     metric: str
     op: str
-    value: float
+    value: float  # the threshold, or the offset from the base model's value when ``relative``
+    relative: bool = False
 
     def __str__(self) -> str:
+        if self.relative:
+            return f"{self.metric}{self.op}base" + (f"{self.value:+g}" if self.value else "")
         return f"{self.metric}{self.op}{self.value:g}"
 
-    def fails(self, measured: float | None) -> bool:
-        return measured is not None and _OPS[self.op](measured, self.value)
+    def threshold(self, base: float | None) -> float | None:
+        if not self.relative:
+            return self.value
+        return None if base is None else base + self.value
+
+    def fails(self, measured: float | None, base: float | None = None) -> bool:
+        limit = self.threshold(base)
+        return measured is not None and limit is not None and _OPS[self.op](measured, limit)
 
 
 def parse_gates(text: str | None) -> list[Gate]:
@@ -126,14 +139,17 @@ def parse_gates(text: str | None) -> list[Gate]:
             continue
         m = _GATE.match(part)
         if not m:
-            raise ConfigError(f"option --fail-if: cannot read {part.strip()!r} (expected METRIC<NUMBER, "
-                              "e.g. eos_rate<0.9)")
-        metric, op, value = m.groups()
+            raise ConfigError(f"option --fail-if: cannot read {part.strip()!r} (expected METRIC<NUMBER or "
+                              "METRIC<base, e.g. eos_rate<0.9 or distinct_2<base)")
+        metric, op, value, sign, offset = m.groups()
         if metric not in GATE_METRICS:
             import difflib
 
             close = difflib.get_close_matches(metric, GATE_METRICS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (metrics: {', '.join(GATE_METRICS)})"
             raise ConfigError(f"option --fail-if: unknown metric {metric!r}{hint}")
-        gates.append(Gate(metric, op, float(value)))
+        if value is not None:
+            gates.append(Gate(metric, op, float(value)))
+        else:
+            gates.append(Gate(metric, op, float(offset or 0) * (-1 if sign == "-" else 1), relative=True))
     return gates

@@ -45,9 +45,12 @@ def print_summary(reporter: Reporter, doc: dict) -> None:
     for cond in doc["conditions"]:  # metrics down, candidates across: fits a terminal
         rows = [[m] + [doc["results"][c][cond].get(m) for c in cands] for m in cols]
         reporter.table(f"ft eval · {cond}", ["metric"] + cands, rows)
+    for f in doc.get("findings") or []:
+        reporter.warn(f"{f['candidate']} [{f['condition']}]: {f['message']}")
     failed = doc["gates"]["failed"]
     for f in failed:
-        reporter.warn(f"gate failed: {f['candidate']} [{f['condition']}] {f['gate']} (measured {fmt(f['value'])})")
+        ref = f" vs base {fmt(f['base'])}" if "base" in f else ""
+        reporter.warn(f"gate failed: {f['candidate']} [{f['condition']}] {f['gate']} (measured {fmt(f['value'])}{ref})")
     if doc["gates"]["checked"] and not failed:
         reporter.result(f"gates passed: {', '.join(doc['gates']['checked'])}")
 
@@ -120,6 +123,10 @@ def render_html(doc: dict, outputs: list[dict]) -> str:
         if g["failed"]:
             parts.append("<ul>" + "".join(f"<li>{e(f['candidate'])} [{e(f['condition'])}] {e(f['gate'])}: "
                                           f"measured {e(fmt(f['value']))}</li>" for f in g["failed"]) + "</ul>")
+    if doc.get("findings"):
+        parts.append("<p><b>Findings</b></p><ul>" + "".join(
+            f"<li>{e(f['candidate'])} [{e(f['condition'])}]: {e(f['message'])}</li>" for f in doc["findings"])
+            + "</ul>")
     parts.append('<h2 id="summary">Summary</h2>')
     for cond in doc["conditions"]:
         parts.append(f"<h3>{e(cond)}</h3>{_summary_html(doc, cond, failed)}")
@@ -189,6 +196,9 @@ def render_md(doc: dict, outputs: list[dict], *, examples: int = 10) -> str:
         lines += ["", f"**Gates** ({', '.join(g['checked'])}): "
                   + ("all passed" if not g["failed"] else f"{len(g['failed'])} failed")]
         lines += [f"- {f['candidate']} [{f['condition']}] {f['gate']}: measured {fmt(f['value'])}" for f in g["failed"]]
+    if doc.get("findings"):
+        lines += ["", "**Findings**"] + [f"- {f['candidate']} [{f['condition']}]: {f['message']}"
+                                          for f in doc["findings"]]
     metrics = metric_names(doc)
     for cond in doc["conditions"]:
         lines += ["", f"## Summary: {cond}", "", "| metric | " + " | ".join(_md_cell(c) for c in cands) + " |",

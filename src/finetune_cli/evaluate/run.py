@@ -108,16 +108,43 @@ def by_source(rows: list[dict]) -> dict[str, dict]:
 
 def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[str, Any]:
     gates = parse_gates(cfg.fail_if)
+    base = next((c for c in results if kinds[c] == "base"), None)
     targets = [c for c in results if kinds[c] != "base"] or list(results)
     failed = []
     for cand in targets:
         for cond, m in results[cand].items():
             for g in gates:
                 v = m.get(g.metric)
-                if v is None or g.fails(v):  # a gate on a metric that was not measured fails too
+                ref = results[base][cond].get(g.metric) if g.relative and base else None
+                # a gate on a metric that was not measured (here or, for `base` gates, on the base) fails too
+                if v is None or g.threshold(ref) is None or g.fails(v, ref):
                     failed.append({"candidate": cand, "condition": cond, "gate": str(g), "metric": g.metric,
-                                   "value": v})
+                                   "value": v, **({"base": ref} if g.relative else {})})
     return {"checked": [str(g) for g in gates], "targets": targets, "failed": failed}
+
+
+def findings(results: dict, kinds: dict[str, str]) -> list[dict]:
+    """What a reader should not miss even without a gate: a tuned model less varied than its base (it
+    answers from a narrow training set: the template-answer failure), or reciting its training answers."""
+    base = next((c for c in results if kinds[c] == "base"), None)
+    out = []
+    for cand, conds in results.items():
+        if kinds[cand] == "base":
+            continue
+        for cond, m in conds.items():
+            d2, ref = m.get("distinct_2"), (results[base][cond].get("distinct_2") if base else None)
+            if d2 is not None and ref is not None and d2 < ref:
+                out.append({"candidate": cand, "condition": cond, "metric": "distinct_2", "value": d2, "base": ref,
+                            "message": f"distinct-2 {d2:.3f} is below the base model's {ref:.3f}: its answers are "
+                                       "less varied than before tuning, as when a model answers every prompt from "
+                                       "a narrow training set (more varied data: a larger phrase bank, an LLM "
+                                       "provider, fewer epochs)"})
+            nc = m.get("near_copy_rate")
+            if nc is not None and nc >= 0.05:
+                out.append({"candidate": cand, "condition": cond, "metric": "near_copy_rate", "value": nc,
+                            "message": f"{nc:.0%} of answers are near-copies of a training answer: it recites "
+                                       "its data (fewer epochs or a lower learning rate, more varied data)"})
+    return out
 
 
 def _slug(s: str) -> str:
@@ -221,13 +248,14 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
 
     kinds = {ci["name"]: ci["kind"] for ci in cand_info}
     gates = check_gates(cfg, results, kinds)
+    noted = findings(results, kinds)
     doc = {
         "ft_eval": 1, "name": out_dir.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generation": (f"temperature {cfg.temperature}, top_p {cfg.top_p}, repetition_penalty "
                        f"{cfg.repetition_penalty}, max_new_tokens {cfg.max_new_tokens}, seed {cfg.seed}"),
         "candidates": cand_info, "conditions": conditions, "persona": persona.name if persona else None,
         "definitions": {**M.DEFINITIONS, **_judge_definitions()}, "results": results, "by_source": sources,
-        "judge": judge_doc, "judge_error": judge_error, "gates": gates, "timing": timing,
+        "judge": judge_doc, "judge_error": judge_error, "gates": gates, "findings": noted, "timing": timing,
         "prompts": [{"id": p.id, "source": p.source, "turns": p.turns, "reference": p.reference} for p in prompts],
         "config": to_dict(cfg),
     }
@@ -239,7 +267,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
         paths["outputs"] = str(out_dir / "outputs.jsonl")
     print_summary(reporter, doc)
     reporter.result(f"report: {paths['html']}")
-    return {"out": str(out_dir), "files": paths, "results": results, "gates": gates,
+    return {"out": str(out_dir), "files": paths, "results": results, "gates": gates, "findings": noted,
             "judge_usage": judge_doc["usage"] if judge_doc else None, "timing": timing,
             "exit_code": 1 if gates["failed"] else 0}
 
