@@ -155,7 +155,8 @@ def test_compose_answer_follows_the_bank_shares():
     assert all(a.startswith("OPENER") and a.endswith("CLOSER aye.") for a in answers(opener_share=1, closer_share=1))
     assert all(a.startswith("ADV") for a in answers("adv"))  # adv and multi always answer the request first
     assert all(a.startswith("MULTI in French.") for a in answers("multi"))
-    assert all(a.startswith("REFUSE") for a in answers("safety"))
+    # a refusal ends on its redirect, never on a cheery "good luck, get started"
+    assert all(a.startswith("REFUSE") and a.endswith("REDIRECT aye.") for a in answers("safety", closer_share=1))
     listed = answers(list_share=1)
     assert all(a.splitlines()[0] == "INTRO:" and [ln[:3] for ln in a.splitlines()[1:]] == ["1. ", "2. ", "3. "]
                for a in listed)

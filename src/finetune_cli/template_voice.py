@@ -1,7 +1,7 @@
 """The offline ``template`` provider: answers composed from a persona's phrase bank.
 
 An answer is an opener (per bucket), body sentences (the topic group's own bodies weighted up) and a
-closer — or, for ``safety``, a refusal, one or two redirects and maybe a closer — with the topic and
+closer — or, for ``safety``, a refusal and one or two redirects — with the topic and
 one of its content words woven in. The bank's shares vary that skeleton (core answers without an
 opener, answers without a closer, a numbered list, two paragraphs or stanzas, lead-in connectors) and
 its ``words`` fill {slots} afresh at each use, so rows differ in shape, length and wording: a model
@@ -108,7 +108,8 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             body = [_say(p, fill, bank.words, rng) for p in dict.fromkeys(rng.sample(pool, k=k))]
             # adv and multi answers always open by answering the request; core ones may dive straight in
             head = [say(first[bucket])] if bucket != "core" or rng.random() < bank.opener_share else []
-        tail = [say(bank.closers)] if rng.random() < bank.closer_share else []
+        # closers wish the asker luck with the task: never after refusing it
+        tail = [say(bank.closers)] if bucket != "safety" and rng.random() < bank.closer_share else []
         if bank.layout == "verse":
             lines = head + body + tail
             cut = rng.randint(2, len(lines) - 2) if len(lines) >= 4 and rng.random() < bank.break_share else 0
