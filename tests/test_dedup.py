@@ -77,14 +77,18 @@ def test_planted_near_duplicates_found_distinct_kept(planted):
 def test_agrees_with_all_pairs_on_random_and_template_answers(planted):
     texts, _, _ = planted
     assert find_duplicates(texts, 0.9) == find_duplicates_all_pairs(texts, 0.9)
-    # real template answers: formulaic text, where near-duplicates occur on their own
+    # real template answers (formulaic text, one topic), plus a few with one word changed
     persona = load_persona("doric")
     rng = random.Random(11)
     answers = [compose_answer(persona, rng.choice(["core", "adv", "multi", "safety"]), "keeping a flat warm",
                               "daily_life", "French", rng) for _ in range(300)]
+    for k in range(0, 300, 30):
+        words = answers[k].split()
+        words[len(words) // 2] = "braw"
+        answers.append(" ".join(words))
     expected = find_duplicates_all_pairs(answers, 0.9)
     assert find_duplicates(answers, 0.9) == expected
-    assert sum(d is not None for d in expected) > 0  # the comparison covered duplicates too
+    assert sum(d is not None for d in expected) >= 10  # the comparison covered duplicates too
 
 
 def test_threshold_is_a_token_sort_ratio():
