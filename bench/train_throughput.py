@@ -2,7 +2,7 @@
 
     python bench/train_throughput.py run OUT [--shapes 1b,8b|none] [--steps 10] [--packing]
                                              [--packing-backends unsloth,hf] [--scaling 2 [--scaling-shapes 1b]]
-                                             [--parts ft_unsloth,raw_unsloth,raw_hf,ft_hf]
+                                             [--parts ft_unsloth,raw_unsloth,raw_hf,ft_hf] [--repeat 3]
 
 For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes (2 × 2048), LoRA r16
 on all linear layers, gradient checkpointing, AdamW:
@@ -156,6 +156,14 @@ def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, 
             "peak_gib": round(peak, 2)}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one of an even count), with the spread of all."""
+    ok = sorted((x for x in runs if x.get("tokens_per_s")), key=lambda x: x["tokens_per_s"])
+    if not ok:
+        return runs[-1]
+    return {**ok[(len(ok) - 1) // 2], "runs": len(ok), "min": ok[0]["tokens_per_s"], "max": ok[-1]["tokens_per_s"]}
+
+
 def part(args: list[str]) -> None:
     """One measurement in this process; prints RESULT <json>."""
     kind, path, B, L, steps = args[0], args[1], int(args[2]), int(args[3]), int(args[4])
@@ -185,6 +193,7 @@ def main() -> None:
     scaling = int(opts[opts.index("--scaling") + 1]) if "--scaling" in opts else 0
     scaling_shapes = opts[opts.index("--scaling-shapes") + 1].split(",") if "--scaling-shapes" in opts else ["1b"]
     parts = opts[opts.index("--parts") + 1].split(",") if "--parts" in opts else None  # re-measure some (a, b, c, d)
+    repeat = int(opts[opts.index("--repeat") + 1]) if "--repeat" in opts else 1
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off on the shared multi-GPU hosts
     work = Path(os.environ.get("BENCH_WORK", "/tmp/ft-bench"))
     work.mkdir(parents=True, exist_ok=True)
@@ -204,19 +213,26 @@ def main() -> None:
         text = work / f"text-{shape}.txt"
         write_text(text, B * L * (FT_LOG + steps + 2), PRESETS[shape]["vocab_size"])
         r = results.setdefault(shape, {"batch": B, "length": L})
-        for key, measure in (
-                ("ft_unsloth", lambda: ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps,
-                                                packing=False, name=f"{shape}-ft-unsloth")),
-                ("raw_unsloth", lambda: sub(["unsloth", str(model), str(B), str(L), str(steps)],
-                                            out / f"{shape}-raw-unsloth.log")),
-                ("raw_hf", lambda: sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf.log")),
-                ("ft_hf", lambda: ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
-                                           name=f"{shape}-ft-hf"))):
-            if parts is not None and key not in parts:
-                continue
-            r[key] = measure()
-            res_path.write_text(json.dumps(results, indent=2))  # a cut-off run keeps what it measured
-            (out / "benchmarks.md").write_text(render(results))
+        measures = (
+            ("ft_unsloth", lambda k: ft_train("unsloth", str(model), str(text), out, B=B, L=L, steps=steps,
+                                              packing=False, name=f"{shape}-ft-unsloth{k}")),
+            ("raw_unsloth", lambda k: sub(["unsloth", str(model), str(B), str(L), str(steps)],
+                                          out / f"{shape}-raw-unsloth{k}.log")),
+            ("raw_hf", lambda k: sub(["hf", str(model), str(B), str(L), str(steps)], out / f"{shape}-raw-hf{k}.log")),
+            ("ft_hf", lambda k: ft_train("hf", str(model), str(text), out, B=B, L=L, steps=steps, packing=False,
+                                         name=f"{shape}-ft-hf{k}")))
+        for rep in range(repeat):  # parts alternate, so drift on the machine spreads over all of them
+            for key, measure in measures:
+                if parts is not None and key not in parts:
+                    continue
+                got = measure(f"-{rep + 1}" if repeat > 1 else "")
+                if repeat > 1:
+                    runs = r.setdefault(f"{key}_runs", [])
+                    runs.append(got)
+                    got = median_run(runs)
+                r[key] = got
+                res_path.write_text(json.dumps(results, indent=2))  # a cut-off run keeps what it measured
+                (out / "benchmarks.md").write_text(render(results))
         print(shape, json.dumps(r), flush=True)
     if "--packing" in opts:
         model = work / "1b"
@@ -280,7 +296,8 @@ def render(results: dict) -> str:
             vs_u = f"{t / ru:.2f}×" if t and ru else "—"
             vs_h = f"{t / rh:.2f}×" if t and rh else "—"
             err = f" (error: {x['error']})" if x.get("error") else ""
-            lines.append(f"| {shape} | {r['batch']} × {r['length']} | {label}{err} | {f(x, 'tokens_per_s')} | "
+            spread = f" (median of {x['runs']}: {x['min']:,}–{x['max']:,})" if x.get("runs") else ""
+            lines.append(f"| {shape} | {r['batch']} × {r['length']} | {label}{err} | {f(x, 'tokens_per_s')}{spread} | "
                          f"{f(x, 'peak_gib')} | {vs_u} | {vs_h} |")
     scaling = results.get("scaling") or {}
     if scaling:
