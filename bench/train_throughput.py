@@ -63,29 +63,39 @@ def make(path: str, preset: str) -> None:
     fast.save_pretrained(path)
 
 
-def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
-    """The plain loop users write by hand: forward with labels, backward, AdamW step."""
+def raw_model(kind: str, path: str, L: int):
+    """(model, tokenizer) as a hand-written loop builds them: Unsloth's LoRA, or transformers + peft with
+    SDPA and non-reentrant checkpointing (on CPU, for checking a script: float32, no checkpointing)."""
     import torch
 
     if kind == "unsloth":
         import unsloth  # noqa: F401  (before transformers)
         from unsloth import FastLanguageModel
 
-        model, _ = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
-                                                     load_in_4bit=False)
-        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
-                                                 target_modules=TARGETS, use_gradient_checkpointing="unsloth",
-                                                 random_state=0)
-    else:
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
+        model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
+                                                       load_in_4bit=False)
+        return FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                                random_state=0), tok
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa",
-                                                     device_map={"": 0})
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 attn_implementation="sdpa", device_map={"": 0} if cuda else None)
+    if cuda:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
-                                                 task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                                             task_type="CAUSAL_LM"))
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
+    """The plain loop users write by hand: forward with labels, backward, AdamW step."""
+    import torch
+
+    model, _ = raw_model(kind, path, L)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)

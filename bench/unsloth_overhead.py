@@ -27,37 +27,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 WARMUP = 5
-
-
-def load(path: str, L: int, hf: bool):
-    import torch
-
-    if hf:  # transformers + peft as bench/train_throughput.py's raw hf loop builds it
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        cuda = torch.cuda.is_available()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                     attn_implementation="sdpa")
-        if cuda:
-            model.to("cuda")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                 "gate_proj", "up_proj", "down_proj"]))
-        return model, AutoTokenizer.from_pretrained(path)
-    from unsloth import FastLanguageModel
-
-    from finetune_cli.train import backend_unsloth
-
-    model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
-                                                   load_in_4bit=False)
-    model = FastLanguageModel.get_peft_model(
-        model, r=16, lora_alpha=16, lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
-        target_modules=backend_unsloth.LLAMA_LINEAR, random_state=0)
-    return model, tok
 
 
 def main() -> None:
@@ -71,6 +42,7 @@ def main() -> None:
     from finetune_cli.train import backend_hf, backend_unsloth
     from finetune_cli.train.backend_hf import Setup
     from finetune_cli.train.config import TrainConfig
+    from train_throughput import raw_model
 
     path = argv[1]
     B, L, steps = (int(x) for x in (argv[2:5] + ["4", "2048", "10"][len(argv[2:5]):]))
@@ -78,7 +50,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
-    model, tok = load(path, L, hf)
+    model, tok = raw_model("hf" if hf else "unsloth", path, L)
     model.to(device).train()
     torch.manual_seed(0)
     batches = [torch.randint(4, model.config.vocab_size, (B, L), device=device) for _ in range(4)]
