@@ -9,6 +9,7 @@ import contextlib
 import math
 import time
 
+from ..errors import TrainingError
 from .records import RunDir, is_main
 
 
@@ -34,7 +35,6 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             self.last_t = self.last_tokens = None
             self.tokens_per_s: float | None = None
             self.fields = {"loss": "-", "eval": "-", "tps": "-"}
-            self.diverged: tuple[int, float] | None = None  # (step, loss) of a non-finite training loss
 
         def on_train_begin(self, args, state, control, **kw):
             if not is_main():
@@ -52,12 +52,19 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
                 self.task.advance(1)
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs and not math.isfinite(logs["loss"]):
-                # every process logs the same (gathered) loss, so all of them stop here
-                self.diverged = (state.global_step, logs["loss"])
-                control.should_training_stop = True
-            if not is_main() or not logs or self.writer is None:
-                return
+            if is_main() and logs and self.writer is not None:
+                self.record(state, logs)
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                # every process logs the same (gathered) loss, so all of them stop here; run.py records
+                # the failure like any other
+                raise TrainingError(f"run {run_dir.path.name}: training loss became {loss} at step "
+                                    f"{state.global_step}; stopped, no adapter saved",
+                                    hint="lower --lr (and check --dtype: float16 overflows where bfloat16 "
+                                         "does not)")
+
+        def record(self, state, logs: dict) -> None:
+            """One metrics.jsonl row and the progress display for a log."""
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             if "loss" in logs:
                 t, tokens = time.perf_counter(), state.num_input_tokens_seen

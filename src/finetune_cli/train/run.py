@@ -282,24 +282,16 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         if last:
             reporter.warn(f"stopped; continue with --resume --name {name} (from {last.name})")
         raise
-    except Exception as e:
+    except Exception as e:  # a non-finite loss too (callbacks.py)
+        last = rd.last_checkpoint()
         rd.update(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  global_step=trainer.state.global_step, ended=now())
+                  global_step=trainer.state.global_step, ended=now(), last_checkpoint=str(last) if last else None)
         raise
     finally:
         for cb in cbs:  # the progress bar and metrics file, also when training did not end normally
             if hasattr(cb, "stack"):
                 cb.stack.close()
     seconds = time.perf_counter() - t0
-    diverged = next((cb.diverged for cb in cbs if getattr(cb, "diverged", None)), None)
-    if diverged:
-        step, loss = diverged
-        last = rd.last_checkpoint()
-        rd.update(status="failed", error=f"training loss became {loss} at step {step}", global_step=step, ended=now(),
-                  last_checkpoint=str(last) if last else None)
-        distributed.leave()
-        raise TrainingError(f"run {name}: training loss became {loss} at step {step}; stopped, no adapter saved",
-                            hint="lower --lr (and check --dtype: float16 overflows where bfloat16 does not)")
 
     # ---- save (the best checkpoint's weights are loaded back when eval is on)
     out = rd.model if cfg.method == "full" else rd.adapter
