@@ -396,3 +396,74 @@ def test_padding_free_batches_never_attend_across_examples(tiny_model):
         loss_packed = model(**packed).loss
         loss_padded = model(**padded).loss
     assert torch.allclose(loss_packed, loss_padded, atol=1e-5)
+
+
+def test_token_batches_group_like_lengths_within_the_budget():
+    import random
+
+    from finetune_cli.train.examples import token_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(50, 600) for _ in range(3000)]
+    groups = token_batches(lengths, 16384)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every example once
+    assert all(len(g) * max(lengths[i] for i in g) <= 16384 for g in groups)  # padded cost within the budget
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    assert sum(lengths) / padded > 0.97  # like lengths: almost no padding
+    assert len(groups) <= padded / 16384 * 1.05 + 1  # and full batches
+    assert token_batches(lengths, 16384) == groups  # deterministic
+    assert token_batches([700, 5], 600) == [[1], [0]]  # an example over the budget still gets a batch
+
+
+@pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
+def test_batch_tokens_trains_every_token_once_per_epoch(tiny_model, tmp_path, packing):
+    """--batch-tokens: micro-batches by token budget; one epoch sees every non-pad token once and the
+    step count is the number of micro-batches (grad accum 1)."""
+    data = write_data(tmp_path / "d.jsonl", 24)
+    train("--model", str(tiny_model), "--data", str(data), "--epochs", "1", "--logging-steps", "1",
+          "--val-split", "0", "--name", "bt", "--batch-tokens", "400", packing, *FAST)
+    resolved = json.loads(Path("runs/bt/config.json").read_text())["resolved"]
+    groups = resolved["micro_batches_per_epoch"]
+    assert 24 / 4 > groups > 1  # more examples per batch than --batch-size 4, fewer steps
+    assert resolved["total_steps"] == groups and run_json("bt")["global_step"] == groups
+    rows = [r for r in metrics("bt") if "loss" in r]
+    assert rows[-1]["tokens_seen"] == json.loads(Path("runs/bt/data.json").read_text())["tokens"]
+    assert resolved["padding_free"] is False  # no varlen kernel on CPU: alike rows padded, not one long row
+
+
+def test_batch_tokens_below_max_len_is_an_error(tiny_model, tmp_path):
+    data = write_data(tmp_path / "d.jsonl", 8)
+    res = train("--model", str(tiny_model), "--data", str(data), "--batch-tokens", "64", *FAST, code=2)
+    assert "--batch-tokens 64 is below --max-len 96" in res.output
+
+
+def test_training_kernels_keep_sdpa_off_cudnn_only_for_varying_lengths_on_cuda():
+    import torch
+
+    from finetune_cli.train.backend_hf import training_kernels
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with training_kernels("cuda", varying_lengths=True):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    for args in (("cuda", False), ("cpu", True)):
+        with training_kernels(*args):
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_collator_flattens_token_batches():
+    from finetune_cli.train.backend_hf import Collator
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    for pf in (True, False):
+        grouped = Collator(pad_id=0, padding_free=pf)([{"group": rows}])
+        plain = Collator(pad_id=0, padding_free=pf)(rows)
+        assert grouped.keys() == plain.keys()
+        assert all(torch_equal(grouped[k], plain[k]) for k in plain)
+    from finetune_cli.train.backend_unsloth import Collator as UnslothCollator
+
+    assert UnslothCollator(pad_id=0, padding_free=True)([{"group": rows}])["packed_seq_lengths"].tolist() == [3, 2]
+
+
+def torch_equal(a, b) -> bool:
+    return a == b if not hasattr(a, "tolist") else a.tolist() == b.tolist()

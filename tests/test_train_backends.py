@@ -51,14 +51,25 @@ def test_unsloth_collator_drops_an_all_ones_mask_only():
 
 
 def test_unsloth_pads_without_a_varlen_kernel(monkeypatch):
-    import importlib.util
+    """Unsloth's own verdict decides, not whether a package is installed (an xformers built for another
+    torch imports, and Unsloth falls back to SDPA)."""
+    import sys
+    import types
 
     from finetune_cli.train import backend_unsloth
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("flash_attn", "xformers") else real(name, *a))
+    ad = types.SimpleNamespace(HAS_FLASH_ATTENTION=False, HAS_XFORMERS=False, _TORCH_VARLEN_ATTN=None,
+                               _NATIVE_BEATS_XFORMERS=False)
+    pkg = types.ModuleType("unsloth")
+    pkg.utils = types.SimpleNamespace(attention_dispatch=ad)
+    monkeypatch.setitem(sys.modules, "unsloth", pkg)
+    monkeypatch.setitem(sys.modules, "unsloth.utils", pkg.utils)
+    monkeypatch.setitem(sys.modules, "unsloth.utils.attention_dispatch", ad)
     ok, why = backend_unsloth.padding_free_supported(model=None)
-    assert not ok and "flash-attn" in why
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "xformers" else None)
+    assert not ok and "flash-attn" in why and not backend_unsloth.varlen_attention(None)
+    ad.HAS_XFORMERS = True
     assert backend_unsloth.padding_free_supported(model=None) == (True, "unsloth + xformers")
+    ad._TORCH_VARLEN_ATTN, ad._NATIVE_BEATS_XFORMERS = object(), True
+    assert backend_unsloth.padding_free_supported(model=None) == (True, "unsloth + torch varlen_attn")
+    ad.HAS_FLASH_ATTENTION = True
+    assert backend_unsloth.varlen_attention(None) and backend_unsloth.varlen_kernel() == "flash-attn"

@@ -103,23 +103,38 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
 
 
 def varlen_kernel() -> str | None:
-    """The varlen attention kernel Unsloth would use for padding-free batches, if any is installed."""
-    import importlib.util
-
-    for name in ("flash_attn", "xformers"):
-        if importlib.util.find_spec(name) is not None:
-            return name
+    """The varlen attention kernel Unsloth uses for padding-free batches, if one works here. Unsloth's own
+    verdict, not whether a package is installed: an xformers built for another torch imports, and
+    Unsloth then falls back to SDPA (seen on the H100 with xformers 0.0.35 and torch 2.11)."""
+    try:
+        from unsloth.utils import attention_dispatch as ad
+    except Exception:  # noqa: BLE001  (not installed, or no GPU to import it on)
+        return None
+    if getattr(ad, "HAS_FLASH_ATTENTION", False):
+        return "flash-attn"
+    if getattr(ad, "_TORCH_VARLEN_ATTN", None) is not None and getattr(ad, "_NATIVE_BEATS_XFORMERS", False):
+        return "torch varlen_attn"
+    if getattr(ad, "HAS_XFORMERS", False):
+        return "xformers"
     return None
 
 
 def padding_free_supported(model) -> tuple[bool, str]:
-    """Padding-free batches pay off on Unsloth only with a varlen kernel. Without flash-attn or xformers
-    Unsloth falls back to SDPA with a dense block-diagonal mask: measured on an H100 (1B shapes, chats of
-    50–600 tokens, 8 per batch) at 0.26x the effective tokens/s of padded batches, so ft pads instead."""
+    """Padding-free batches pay off on Unsloth only with a varlen kernel. Without one (flash-attn, a working
+    xformers, or torch's varlen_attn where Unsloth prefers it) Unsloth runs SDPA once per example of the row:
+    measured on an H100 (1B shapes, chats of 50–600 tokens, 8 per batch) at 0.23x-0.26x the effective
+    tokens/s of padded batches, so ft pads instead."""
     kernel = varlen_kernel()
     if kernel is None:
         return False, "unsloth without flash-attn or xformers (padded batches are faster there)"
     return True, f"unsloth + {kernel}"
+
+
+def varlen_attention(model) -> bool:
+    return varlen_kernel() is not None
+
+
+training_kernels = backend_hf.training_kernels
 
 
 class Collator(backend_hf.Collator):
@@ -130,7 +145,8 @@ class Collator(backend_hf.Collator):
 
         out = super().__call__(batch)
         if self.padding_free:
-            out["packed_seq_lengths"] = torch.tensor([len(ex["input_ids"]) for ex in batch], dtype=torch.int32)
+            out["packed_seq_lengths"] = torch.tensor([len(ex["input_ids"]) for ex in backend_hf.examples(batch)],
+                                                     dtype=torch.int32)
         elif "attention_mask" in out and bool(out["attention_mask"].all()):
             # No padding in this batch (e.g. text chunks of one length): without a mask Unsloth takes its
             # causal fast path; an all-ones mask cost ~8% tokens/s on an H100 (bench/unsloth_overhead.py).

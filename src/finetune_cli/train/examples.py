@@ -127,3 +127,19 @@ def split_val(examples: list[Example], share: float, seed: int) -> tuple[list[Ex
     val_idx = set(order[:n_val])
     return ([e for i, e in enumerate(examples) if i not in val_idx],
             [e for i, e in enumerate(examples) if i in val_idx])
+
+
+def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped into micro-batches of at most ``budget`` tokens counted as padded (rows × the
+    longest row): examples sorted by length, so a group's rows are alike and padding is small whether
+    the batch is padded or padding-free. Deterministic; every index once; the Trainer shuffles the groups.
+    Without varlen attention kernels this is the fast way to batch short chats on a GPU: a step's cost
+    hardly grows from 2k to 16k tokens (measured on an H100, docs/benchmarks.md)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        if cur and (len(cur) + 1) * lengths[i] > budget:  # sorted: the newcomer is the longest
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    return groups + ([cur] if cur else [])

@@ -27,7 +27,7 @@ from . import callbacks as ft_callbacks
 from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
-from .examples import drop_system, masking_stats, split_val, tokenize_inputs
+from .examples import drop_system, masking_stats, split_val, token_batches, tokenize_inputs
 from .records import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
@@ -101,10 +101,13 @@ def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> Path:
     return ckpt
 
 
-def _schedule(cfg: TrainConfig, n_train: int, processes: int = 1) -> tuple[int, int, int]:
+def _schedule(cfg: TrainConfig, n_train: int, processes: int = 1, batch_size: int | None = None
+              ) -> tuple[int, int, int]:
     """(total optimizer steps, eval/checkpoint interval, logging interval). Each process gets every
-    ``processes``-th micro-batch (the Trainer's sharded loader), so an epoch has that many fewer steps."""
-    per_epoch = max(1, math.ceil(math.ceil(math.ceil(n_train / cfg.batch_size) / processes) / cfg.grad_accum))
+    ``processes``-th micro-batch (the Trainer's sharded loader), so an epoch has that many fewer steps.
+    With --batch-tokens an item is a whole micro-batch (``batch_size`` 1)."""
+    batch_size = batch_size or cfg.batch_size
+    per_epoch = max(1, math.ceil(math.ceil(math.ceil(n_train / batch_size) / processes) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
     eval_steps = cfg.eval_steps or max(1, total // 10)
     logging = cfg.logging_steps or max(1, min(10, total // 50))
@@ -118,7 +121,7 @@ def _default_name(cfg: TrainConfig) -> str:
 
 def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, name: str, path: Path, total: int,
                 eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None,
-                processes: int = 1, no_system: int = 0) -> None:
+                processes: int = 1, no_system: int = 0, effective_batch: int = 0) -> None:
     pe = setup.pad_eos
     s = lambda k: "" if _source(cfg, k) == "set" else " (default)"  # noqa: E731
     lines = [
@@ -131,9 +134,12 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         f"  optimizer  {setup.optimizer} · lr {cfg.learning_rate:g}{s('lr')} · {cfg.scheduler}{s('scheduler')} · warmup "
         f"{cfg.warmup_ratio:.0%}{s('warmup_ratio')} · grad checkpointing {'on' if setup.gradient_checkpointing else 'off'}",
         f"  steps      {total} ({'--max-steps' if cfg.max_steps else f'{cfg.epochs:g} epochs'}) · batch "
-        f"{cfg.batch_size} × accum {cfg.grad_accum}" + (f" × {processes} processes" if processes > 1 else "")
-        + f" = {cfg.batch_size * cfg.grad_accum * processes} examples per step{s('batch_size')} · max len "
-          f"{cfg.max_len}{s('max_len')} · seed {cfg.seed}",
+        + (f"≤ {cfg.batch_tokens:,} tokens" if cfg.batch_tokens else f"{cfg.batch_size}")
+        + f" × accum {cfg.grad_accum}" + (f" × {processes} processes" if processes > 1 else "")
+        + (f" = ≤ {cfg.batch_tokens * cfg.grad_accum * processes:,} tokens per step (~{effective_batch} examples)"
+           if cfg.batch_tokens else
+           f" = {cfg.batch_size * cfg.grad_accum * processes} examples per step{s('batch_size')}")
+        + f" · max len {cfg.max_len}{s('max_len')} · seed {cfg.seed}",
         f"  eval       " + (f"{n_val} rows, every {eval_steps} steps · best checkpoint kept"
                             + (f" · early stopping after {cfg.early_stopping}" if cfg.early_stopping else "")
                             if n_val else "off (no validation rows)"),
@@ -146,8 +152,9 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         lines.append(f"  devices    {processes} processes ({dist.get_backend()}) · "
                      + ("FSDP2: weights, gradients and optimizer state sharded, one unit per decoder layer"
                         if cfg.fsdp else "DDP: a full copy each, gradients averaged")
-                     + f" · each process takes its own {cfg.batch_size} of every {cfg.batch_size * processes} "
-                       f"examples per micro-batch")
+                     + (" · each process takes its own micro-batches" if cfg.batch_tokens else
+                        f" · each process takes its own {cfg.batch_size} of every {cfg.batch_size * processes} "
+                        f"examples per micro-batch"))
     lines += [f"  fixed      {c}" for c in pe.changes]
     if setup.added_tokens:
         lines.append(f"  added      {', '.join(setup.added_tokens)} (embeddings resized; train: {cfg.train_embeddings})")
@@ -224,14 +231,23 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         reporter.warn(f"{src}: no trainable tokens (dropped)")
     if not train:
         raise TrainingError("no training examples left after the validation split")
-    total, eval_steps, logging_steps = _schedule(cfg, len(train), processes)
-    effective_batch = cfg.batch_size * cfg.grad_accum * processes
+    groups = token_batches([len(e.input_ids) for e in train], cfg.batch_tokens) if cfg.batch_tokens else None
+    total, eval_steps, logging_steps = _schedule(cfg, len(groups) if groups else len(train), processes,
+                                                 batch_size=1 if groups else cfg.batch_size)
+    per_batch = len(train) / len(groups) if groups else cfg.batch_size
+    effective_batch = round(per_batch * cfg.grad_accum * processes)
     pf_ok, attn = backend.padding_free_supported(model)
     padding_free = cfg.packing and pf_ok
+    if groups and padding_free and not backend.varlen_attention(model):
+        padding_free, pf_ok = False, False
+        attn += " (no varlen kernel: a dense mask over a --batch-tokens row costs more than padding alike rows)"
     pf_text = (f"padding-free (one row per micro-batch, position ids restart per example → block-diagonal "
                f"attention, {attn})" if padding_free else
                "padded to the longest example" + ("" if cfg.packing else " (--no-packing)")
                + ("" if pf_ok or not cfg.packing else f" (padding-free is not supported with attention {attn})"))
+    if groups:
+        pf_text += (f" · --batch-tokens {cfg.batch_tokens}: {len(groups)} micro-batches of examples of like length, "
+                    f"{per_batch:.1f} examples each on average")
     system_prompt = system if system is not None else most_common_system(inputs.conversations)
 
     # ---- records
@@ -242,7 +258,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
                                                "logging_steps": logging_steps, "padding_free": padding_free,
                                                "optimizer": setup.optimizer, "dtype": setup.dtype,
                                                "gradient_checkpointing": setup.gradient_checkpointing,
-                                               "world_size": processes, "effective_batch_size": effective_batch}})
+                                               "world_size": processes, "effective_batch_size": effective_batch,
+                                               "micro_batches_per_epoch": len(groups) if groups else None}})
     rd.write_json("data.json", {"files": inputs.files, "val_files": val_inputs.files, **stats,
                                 "train_rows": len(train), "val_rows": len(val),
                                 "train_rows_without_system": no_system})
@@ -260,12 +277,15 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
               per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch)
     print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
                 n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes,
-                no_system=no_system)
+                no_system=no_system, effective_batch=effective_batch)
 
     # ---- train
     as_rows = lambda xs: [{"input_ids": e.input_ids, "labels": e.labels} for e in xs]  # noqa: E731
+    train_rows = as_rows(train)
+    if groups:
+        train_rows = [{"group": [train_rows[i] for i in g]} for g in groups]
     cbs = ft_callbacks.make(rd, reporter, total)
-    trainer = backend.build_trainer(cfg, setup, model, tok, as_rows(train), as_rows(val),
+    trainer = backend.build_trainer(cfg, setup, model, tok, train_rows, as_rows(val),
                                     output_dir=str(rd.checkpoints), total_steps=total, eval_steps=eval_steps,
                                     logging_steps=logging_steps, padding_free=padding_free, callbacks=cbs)
     if checkpoint is not None:
@@ -274,7 +294,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         reporter.info(f"  resuming   from {checkpoint} (step {step})")
     t0 = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with backend.training_kernels(setup.device, len({len(e.input_ids) for e in train + val}) > 1):
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
         last = rd.last_checkpoint()
         rd.update(status="stopped", global_step=trainer.state.global_step, ended=now(),
