@@ -8,8 +8,8 @@ For random-weight Llama-3.2-1B shapes (batch 4 × 2048) and Llama-3.1-8B shapes 
 on all linear layers, gradient checkpointing, AdamW:
   (a) `ft train --backend unsloth`   (b) a raw Unsloth loop
   (c) a raw transformers+peft loop   (d) `ft train --backend hf`
-and, with --packing, effective (non-pad) tokens/s on chat rows of 50–600 tokens: ft's padding-free
-batches versus padded batches, same batch size; with --scaling N, `ft train --backend hf` on 1 GPU and
+and, with --packing, effective (non-pad) tokens/s on chat rows of 50–600 tokens: ft's padded batches of
+8 rows, padding-free batches of 8 rows, and token-budget batches (--batch-tokens 16384); with --scaling N, `ft train --backend hf` on 1 GPU and
 on N GPUs (`--gpus N`, DDP) at the same per-GPU batch: tokens/s of all GPUs together, the speed-up and
 the scaling efficiency (speed-up / N), NVLink multicast off (NCCL_NVLS_ENABLE=0). Every part runs in
 its own process (fresh CUDA memory statistics; Unsloth imported first where it is used). Writes
@@ -38,6 +38,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant {% endif %}")
 WARMUP = 3  # raw loops: steps before the clock starts
+BATCH_TOKENS = 16384  # --packing: the token budget of the `ft train --batch-tokens` runs
 FT_LOG = 5  # ft runs: log every 5 steps; the clock starts at the log of step 5
 
 
@@ -48,7 +49,7 @@ def make(path: str, preset: str) -> None:
 
     cfg = LlamaConfig(max_position_embeddings=8192, bos_token_id=0, eos_token_id=1, pad_token_id=2,
                       **PRESETS[preset])
-    with torch.device("cuda"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(path)
@@ -139,7 +140,7 @@ def write_chats(path: Path, n: int, vocab: int) -> float:
 
 
 def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, steps: int, packing: bool,
-             name: str, gpus: int = 1) -> dict:
+             name: str, gpus: int = 1, extra: tuple[str, ...] = ()) -> dict:
     """tokens/s: tokens over seconds from the log at step FT_LOG (the warm-up) to the last log, of all
     processes together (ft gathers every rank's token count), logging every FT_LOG steps as a real run
     does (ft's default is every 10) — a log reads the loss back from the GPU, so logging every step would
@@ -151,7 +152,7 @@ def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, 
            str(FT_LOG + steps), "--logging-steps", str(FT_LOG), "--val-split", "0", "--eval-steps", "100000",
            "--optimizer", "adamw_torch", "--gradient-checkpointing", "on", "--lr", "1e-4",
            "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json",
-           "--gpus", str(gpus)]
+           "--gpus", str(gpus), *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     (out / f"{name}.log").write_text(p.stdout[-20000:] + "\n---\n" + p.stderr[-20000:])
     if p.returncode:
@@ -247,16 +248,19 @@ def main() -> None:
     if "--packing" in opts:
         model = work / "1b"
         chats = work / "chats.jsonl"
-        mean = write_chats(chats, 8 * (FT_LOG + 3 * steps), PRESETS["1b"]["vocab_size"])
-        pk = results.setdefault("packing", {"batch": 8, "mean_tokens": round(mean, 1), "lengths": "50-600"})
+        # enough rows for the token-budget runs' steps (about 50 rows each)
+        mean = write_chats(chats, 64 * (FT_LOG + 3 * steps), PRESETS["1b"]["vocab_size"])
+        pk = results.setdefault("packing", {"batch": 8, "batch_tokens": BATCH_TOKENS, "mean_tokens": round(mean, 1),
+                                            "lengths": "50-600"})
         if not (model / "config.json").is_file():
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                             f"import train_throughput as t; t.make({str(model)!r}, '1b')"], check=True)
         for backend in pack_backends:
-            for packing in (True, False):
-                key = f"{backend}_{'padding_free' if packing else 'padded'}"
+            for how in ("padding_free", "padded", "batch_tokens"):
+                key = f"{backend}_{how}"
                 pk[key] = ft_train(backend, str(model), str(chats), out, B=8, L=L, steps=3 * steps,
-                                   packing=packing, name=f"pack-{key}")
+                                   packing=how != "padded", name=f"pack-{key}",
+                                   extra=("--batch-tokens", str(BATCH_TOKENS)) if how == "batch_tokens" else ())
                 res_path.write_text(json.dumps(results, indent=2))
                 (out / "benchmarks.md").write_text(render(results))
                 print(key, pk[key], flush=True)
@@ -325,14 +329,20 @@ def render(results: dict) -> str:
                      f"{f(many, 'tokens_per_s')} | {speedup} | {eff} | {f(one, 'peak_gib')} / {f(many, 'peak_gib')} |")
     pk = results.get("packing")
     if pk:
-        lines += ["", f"Effective (non-pad) tokens/s, 1B shapes, chat rows of {pk['lengths']} tokens "
-                      f"(mean {pk['mean_tokens']}), {pk['batch']} rows per micro-batch:", "",
-                  "| backend | padding-free | padded to the longest row | ratio |", "|---|---|---|---|"]
+        lines += ["", f"Effective (non-pad) tokens/s of `ft train`, 1B shapes, chat rows of {pk['lengths']} tokens "
+                      f"(mean {pk['mean_tokens']}): {pk['batch']} rows per micro-batch padded to the longest or "
+                      f"padding-free, or `--batch-tokens {pk.get('batch_tokens', '?')}`:", "",
+                  "| backend | padded, 8 rows | padding-free, 8 rows | --batch-tokens | padding-free / padded | "
+                  "batch-tokens / padded |", "|---|---|---|---|---|---|"]
         for b in ("unsloth", "hf"):
-            a, p = (pk.get(f"{b}_padding_free") or {}), (pk.get(f"{b}_padded") or {})
-            ratio = (f"{a['tokens_per_s'] / p['tokens_per_s']:.2f}×" if a.get("tokens_per_s") and p.get("tokens_per_s")
-                     else "—")
-            lines.append(f"| {b} | {f(a, 'tokens_per_s')} | {f(p, 'tokens_per_s')} | {ratio} |")
+            a, p, t = (pk.get(f"{b}_padding_free") or {}, pk.get(f"{b}_padded") or {},
+                       pk.get(f"{b}_batch_tokens") or {})
+            if not (a or p or t):
+                continue
+            ratio = lambda x: (f"{x['tokens_per_s'] / p['tokens_per_s']:.2f}×"  # noqa: E731
+                               if x.get("tokens_per_s") and p.get("tokens_per_s") else "—")
+            lines.append(f"| {b} | {f(p, 'tokens_per_s')} | {f(a, 'tokens_per_s')} | {f(t, 'tokens_per_s')} | "
+                         f"{ratio(a)} | {ratio(t)} |")
     return "\n".join(lines) + "\n"
 
 
