@@ -190,3 +190,19 @@ def test_html_and_md_escape_hostile_outputs():
     assert "&lt;i&gt;cand&lt;/i&gt;" in page and 'title="stops &quot;early&quot; &lt;ok&gt;"' in page
     md = render_md(doc, outputs)
     assert "````text\n" + HOSTILE in md  # a fence longer than any backtick run in the text
+
+
+def test_reports_show_the_base_value_of_a_failed_base_gate():
+    doc = {
+        "name": "r", "created": "now", "generation": "greedy", "conditions": ["system"],
+        "candidates": [{"name": "base", "kind": "base", "source": "m"}, {"name": "tuned", "kind": "adapter",
+                                                                         "source": "a"}],
+        "results": {"base": {"system": {"n": 1, "distinct_2": 0.6}}, "tuned": {"system": {"n": 1, "distinct_2": 0.5}}},
+        "definitions": {}, "judge": None, "prompts": [],
+        "gates": {"checked": ["distinct_2<base"], "failed": [
+            {"candidate": "tuned", "condition": "system", "gate": "distinct_2<base", "metric": "distinct_2",
+             "value": 0.5, "base": 0.6}]},
+    }
+    want = "distinct_2&lt;base: measured 0.500 vs base 0.600"
+    assert want in render_html(doc, [])
+    assert want.replace("&lt;", "<") in render_md(doc, [])

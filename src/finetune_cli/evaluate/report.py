@@ -38,6 +38,11 @@ def metric_names(doc: dict) -> list[str]:
     return sorted(seen, key=lambda k: order.index(k) if k in order else len(order))
 
 
+def gate_failure(f: dict) -> str:
+    """``gate: measured V`` (and ``vs base B`` for a gate against the base model)."""
+    return f"{f['gate']}: measured {fmt(f['value'])}" + (f" vs base {fmt(f['base'])}" if "base" in f else "")
+
+
 def print_summary(reporter: Reporter, doc: dict) -> None:
     present = set(metric_names(doc))
     cols = [m for m in TABLE_METRICS if m in present]
@@ -49,8 +54,7 @@ def print_summary(reporter: Reporter, doc: dict) -> None:
         reporter.warn(f"{f['candidate']} [{f['condition']}]: {f['message']}")
     failed = doc["gates"]["failed"]
     for f in failed:
-        ref = f" vs base {fmt(f['base'])}" if "base" in f else ""
-        reporter.warn(f"gate failed: {f['candidate']} [{f['condition']}] {f['gate']} (measured {fmt(f['value'])}{ref})")
+        reporter.warn(f"gate failed: {f['candidate']} [{f['condition']}] {gate_failure(f)}")
     if doc["gates"]["checked"] and not failed:
         reporter.result(f"gates passed: {', '.join(doc['gates']['checked'])}")
 
@@ -121,8 +125,8 @@ def render_html(doc: dict, outputs: list[dict]) -> str:
         status = "all passed" if not g["failed"] else f"{len(g['failed'])} failed"
         parts.append(f"<p><b>Gates</b> ({e(', '.join(g['checked']))}): {e(status)}</p>")
         if g["failed"]:
-            parts.append("<ul>" + "".join(f"<li>{e(f['candidate'])} [{e(f['condition'])}] {e(f['gate'])}: "
-                                          f"measured {e(fmt(f['value']))}</li>" for f in g["failed"]) + "</ul>")
+            parts.append("<ul>" + "".join(f"<li>{e(f['candidate'])} [{e(f['condition'])}] {e(gate_failure(f))}</li>"
+                                          for f in g["failed"]) + "</ul>")
     if doc.get("findings"):
         parts.append("<p><b>Findings</b></p><ul>" + "".join(
             f"<li>{e(f['candidate'])} [{e(f['condition'])}]: {e(f['message'])}</li>" for f in doc["findings"])
@@ -195,7 +199,7 @@ def render_md(doc: dict, outputs: list[dict], *, examples: int = 10) -> str:
     if g["checked"]:
         lines += ["", f"**Gates** ({', '.join(g['checked'])}): "
                   + ("all passed" if not g["failed"] else f"{len(g['failed'])} failed")]
-        lines += [f"- {f['candidate']} [{f['condition']}] {f['gate']}: measured {fmt(f['value'])}" for f in g["failed"]]
+        lines += [f"- {f['candidate']} [{f['condition']}] {gate_failure(f)}" for f in g["failed"]]
     if doc.get("findings"):
         lines += ["", "**Findings**"] + [f"- {f['candidate']} [{f['condition']}]: {f['message']}"
                                           for f in doc["findings"]]

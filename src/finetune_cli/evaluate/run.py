@@ -106,9 +106,13 @@ def by_source(rows: list[dict]) -> dict[str, dict]:
     return {k: M.aggregate([r["text"] for r in v], v) for k, v in groups.items()}
 
 
+def base_candidate(results: dict, kinds: dict[str, str]) -> str | None:
+    return next((c for c in results if kinds[c] == "base"), None)
+
+
 def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[str, Any]:
     gates = parse_gates(cfg.fail_if)
-    base = next((c for c in results if kinds[c] == "base"), None)
+    base = base_candidate(results, kinds)
     targets = [c for c in results if kinds[c] != "base"] or list(results)
     failed = []
     for cand in targets:
@@ -125,7 +129,7 @@ def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[s
 def findings(results: dict, kinds: dict[str, str]) -> list[dict]:
     """What a reader should not miss even without a gate: a tuned model less varied than its base (it
     answers from a narrow training set: the template-answer failure), or reciting its training answers."""
-    base = next((c for c in results if kinds[c] == "base"), None)
+    base = base_candidate(results, kinds)
     out = []
     for cand, conds in results.items():
         if kinds[cand] == "base":
