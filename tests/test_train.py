@@ -467,3 +467,43 @@ def test_collator_flattens_token_batches():
 
 def torch_equal(a, b) -> bool:
     return a == b if not hasattr(a, "tolist") else a.tolist() == b.tolist()
+
+
+def test_the_loop_skips_its_walks_yet_trains_in_training_mode_and_drops_gradients(tiny_model, tmp_path, monkeypatch):
+    """ft's Trainer skips the stock walks over every module and parameter each step (model.train() when
+    already training; clipping and zero_grad over frozen parameters too), yet every step after an
+    evaluation trains with dropout on, and every step's gradients are dropped."""
+    import torch
+    from transformers import TrainerCallback
+
+    from finetune_cli.train import callbacks
+
+    real, seen, calls = callbacks.make, [], {"train": 0}
+    module_train = torch.nn.Module.train
+
+    def counting(self, mode=True):
+        calls["train"] += 1
+        return module_train(self, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counting)
+
+    def recording(run_dir, reporter, total):
+        class Record(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kw):
+                seen.append((state.global_step, all(m.training for m in model.modules()),
+                             all(p.grad is None for p in model.parameters()), calls["train"]))
+
+        return real(run_dir, reporter, total) + [Record()]
+
+    monkeypatch.setattr(callbacks, "make", recording)
+    data = write_data(tmp_path / "d.jsonl", 40)
+    train("--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "3",
+          "--dropout", "0.1", "--name", "walks", *FAST)
+    assert [s for s, *_ in seen] == list(range(1, 9))
+    assert all(training and no_grads for _, training, no_grads, _ in seen), seen
+    evals = [r["step"] for r in metrics("walks") if "eval_loss" in r]
+    assert evals == [3, 6, 8]
+    walks = [n for *_, n in seen]
+    per_walk = walks[0]  # step 1 starts from eval mode: one full walk
+    steps_with_walk = sum(b > a for a, b in zip(walks, walks[1:]))
+    assert steps_with_walk == 2 and walks[-1] <= per_walk * 10  # only the steps after the evaluations at 3 and 6 walk
