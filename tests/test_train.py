@@ -507,3 +507,14 @@ def test_the_loop_skips_its_walks_yet_trains_in_training_mode_and_drops_gradient
     per_walk = walks[0]  # step 1 starts from eval mode: one full walk
     steps_with_walk = sum(b > a for a, b in zip(walks, walks[1:]))
     assert steps_with_walk == 2 and walks[-1] <= per_walk * 10  # only the steps after the evaluations at 3 and 6 walk
+
+
+def test_batching_tip_only_for_small_gpu_batches():
+    from finetune_cli.train.config import TrainConfig
+    from finetune_cli.train.run import batching_tip
+
+    cfg = TrainConfig(model="m", data=["d"], batch_size=8)
+    assert "--batch-tokens 16384" in batching_tip(cfg, "cuda", 330)
+    assert batching_tip(cfg, "cpu", 330) is None  # no GPU to keep busy
+    assert batching_tip(cfg, "cuda", 1024) is None  # 8k-token batches already
+    assert batching_tip(TrainConfig(model="m", data=["d"], batch_tokens=16384), "cuda", 330) is None

@@ -169,12 +169,24 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         k, n = stats["eos_trained_examples"], stats["chat_examples"]
         lines.append(f"  EOS trained: {'yes' if k == n else 'NO'} (id {pe.eos_id} in {k}/{n} examples)")
     lines.append(f"  batching   {padding_free}")
+    tip = batching_tip(cfg, setup.device, stats["length"]["p50"])
+    if tip:
+        lines.append(f"  tip        {tip}")
     lines.append(f"  system     {system!r}" if system else "  system     none")
     if no_system:
         lines.append(f"             left out of {no_system}/{n_train} training conversations (--system-dropout), "
                      "so the voice holds without it")
     for ln in lines:
         reporter.info(ln)
+
+
+def batching_tip(cfg: TrainConfig, device: str, p50: int) -> str | None:
+    """On a GPU, micro-batches of a few thousand tokens leave it waiting on the host: a 1B LoRA step cost
+    about the same for 2.5k or 15k tokens on an H100 (docs/benchmarks.md)."""
+    if device != "cuda" or cfg.batch_tokens or p50 * cfg.batch_size > 4096:
+        return None
+    return (f"micro-batches of ~{p50 * cfg.batch_size:,} tokens keep a GPU waiting: --batch-tokens 16384 groups "
+            "like-length examples (3-4x tokens/s on an H100; fewer, larger steps)")
 
 
 def launch(cfg: TrainConfig, reporter: Reporter) -> None:
