@@ -46,6 +46,7 @@ class FakeLLM:
         self.slow_s = slow_s
         self.port = port
         self.faults: list[tuple[str, list[str]]] = []
+        self.reasoning = False  # answer as OpenAI's reasoning models: max_tokens and temperature refused
         self.topic_replies: dict[str, list[list[str]]] = {}  # group (as in the prompt) -> replies, in order
         self.counts: Counter = Counter()       # (needle, request hash) -> times seen
         self.served: Counter = Counter()       # behaviour -> responses
@@ -153,6 +154,11 @@ class FakeLLM:
             self.served["401"] += 1
             return 401, {}, json.dumps({"type": "error", "error": {"type": "authentication_error",
                                         "message": "invalid x-api-key" if anthropic else "Incorrect API key"}}).encode()
+        if self.reasoning and not anthropic:
+            refused = self._reasoning_refusal(req)
+            if refused:
+                self.served["400 " + refused["param"]] += 1
+                return 400, {}, json.dumps({"error": refused}).encode()
         self.served[behaviour] += 1
         if behaviour == "429":
             return 429, {"retry-after": self.retry_after}, json.dumps(
@@ -191,6 +197,19 @@ class FakeLLM:
                                 "finish_reason": finish}],
                    "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}}
         return 200, {}, json.dumps(out).encode()
+
+    @staticmethod
+    def _reasoning_refusal(req: dict) -> dict | None:
+        """OpenAI's errors for an o-series / gpt-5 model sent max_tokens or a temperature (their wording)."""
+        if "max_tokens" in req:
+            return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                               "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                    "param": "max_tokens", "code": "unsupported_parameter"}
+        if req.get("temperature", 1) != 1:
+            return {"message": f"Unsupported value: 'temperature' does not support {req['temperature']} with this "
+                               "model. Only the default (1) value is supported.", "type": "invalid_request_error",
+                    "param": "temperature", "code": "unsupported_value"}
+        return None
 
     def _text(self, system: str, messages: list[dict], rng: random.Random) -> str:
         last = str(messages[-1].get("content", "")) if messages else ""

@@ -9,6 +9,7 @@ import pytest
 
 from finetune_cli.errors import ProviderError
 from finetune_cli.evaluate.judge import Judge, JudgeItem, parse_pair, parse_rubric, run_judge
+from tests.fake_llm import FakeLLM
 
 TURNS = [{"role": "user", "content": "Fit like?"}]
 
@@ -17,8 +18,9 @@ class FakeJudge:
     """Scores replies that contain "aye" 5, others 2; prefers the reply with "aye".
     ``biased=True``: always answers that reply 1 wins (pure position bias)."""
 
-    def __init__(self, biased=False, fail_first=0, status=200):
+    def __init__(self, biased=False, fail_first=0, status=200, reasoning=False):
         self.biased = biased
+        self.reasoning = reasoning  # refuse max_tokens and temperature as OpenAI's reasoning models do
         self.fail_first = fail_first
         self.status = status
         self.requests = []
@@ -47,6 +49,13 @@ def serve(fake):
             with fake.lock:
                 fake.requests.append((self.path, body))
                 n = len(fake.requests)
+            refusal = FakeLLM._reasoning_refusal(body) if fake.reasoning else None
+            if refusal:
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps({"error": refusal}).encode())
+                return
             if fake.status != 200 or n <= fake.fail_first:
                 status = fake.status if fake.status != 200 else 500
                 self.send_response(status)
@@ -150,6 +159,17 @@ def test_retries_server_errors(fake_server, monkeypatch):
     judge = Judge("openai", "m", base_url=f"http://127.0.0.1:{port}/v1", workers=1)
     res = run_judge(judge, items()[:1], character="c", pairwise=False)
     assert res["scores"]["zeta17"]["system"]["judge_voice"] == 5 and len(fake.requests) == 2
+
+
+def test_a_reasoning_model_as_judge_gets_max_completion_tokens_and_no_temperature(fake_server, monkeypatch):
+    fake, port = fake_server(reasoning=True)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    judge = Judge("openai", "m", base_url=f"http://127.0.0.1:{port}/v1", workers=1)
+    res = run_judge(judge, items()[:2], character="c", pairwise=False)
+    assert res["scores"]["zeta17"]["system"]["judge_voice"] == 5
+    sent = [body for _, body in fake.requests]
+    assert "max_tokens" in sent[0] and "max_completion_tokens" in sent[-1] and "temperature" not in sent[-1]
+    assert len(sent) == 2 + 2  # two refusals, then each item once
 
 
 def test_auth_error_is_a_provider_error_without_the_key(fake_server, monkeypatch):

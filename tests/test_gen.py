@@ -290,6 +290,25 @@ def test_bad_request_detail_is_scrubbed(topics):
     assert "HTTP 400" in text and KEY not in text and "***" in text
 
 
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(topics):
+    """OpenAI's reasoning models refuse max_tokens and any temperature but 1 (HTTP 400 naming the
+    parameter): ft learns it from the first refusals, sends the form the model takes, says so once, and
+    no job fails — also for the requests already in flight when the first refusal came back."""
+    with FakeLLM() as srv:
+        srv.reasoning = True
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        r = gen("--topics-json", topics, "--out", "r.jsonl", "--n-per-topic", 2, "--max-concurrency", 8, env=env)
+        served = dict(srv.served)
+    assert r.exit_code == 0, r.output
+    kept = rows("r.jsonl")
+    rejects = Path("r.jsonl.rejects.jsonl")
+    assert kept and "HTTP 400" not in (rejects.read_text() if rejects.exists() else "")
+    assert "takes max_completion_tokens, not max_tokens" in r.output
+    assert "takes only its default temperature" in r.output
+    assert 1 <= served["400 max_tokens"] <= 8 and 1 <= served["400 temperature"] <= 8  # the first wave only
+    assert served["ok"] >= len(kept)
+
+
 def test_anthropic_sdk_and_multi_turn(topics):
     with FakeLLM(retry_after="0") as srv:
         # the needle is in a meals job's first answer request and in both follow-up requests (the

@@ -190,6 +190,8 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     retries = dict(provider.stats.retries) if hasattr(provider, "stats") else {}
     if retries:
         reporter.info("retried requests: " + ", ".join(f"{k}: {v}" for k, v in sorted(retries.items())))
+    for note in getattr(getattr(provider, "stats", None), "adapted", []):
+        reporter.warn(f"provider: {note}")
     if stats.failed:
         reporter.warn(f"{stats.failed} jobs failed on provider errors (see {rej}); re-run the same "
                       "command to retry them")

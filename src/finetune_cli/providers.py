@@ -68,6 +68,7 @@ class CallStats:
     tokens_out: int = 0
     retries: Counter = field(default_factory=Counter)  # reason -> count
     waited_s: float = 0.0
+    adapted: list = field(default_factory=list)  # request parameters changed for this model, once each
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -104,6 +105,10 @@ class LLMProvider:
         self.persona = persona
         self.stats = CallStats()
         self._rng = random.Random()
+        # OpenAI's reasoning models refuse max_tokens (they take max_completion_tokens) and any temperature
+        # but the default; ft learns that from the first 400 and asks again, instead of failing every job
+        self._limit_key = "max_tokens"
+        self._send_temperature = True
         key = os.environ.get(KEY_VARS[kind])
         self.base_url = base_url or os.environ.get(URL_VARS[kind]) or None
         if not key:
@@ -140,9 +145,12 @@ class LLMProvider:
     async def complete(self, system: str | None, messages: list[dict], *,
                        max_tokens: int | None = None) -> Completion:
         sdk = self._sdk
-        for attempt in range(self.policy.max_retries + 1):
+        attempt = -1
+        while attempt < self.policy.max_retries:
+            attempt += 1
             self.stats.requests += 1
             wait = None
+            form = (self._limit_key, self._send_temperature)
             try:
                 return await self._request(system, messages, max_tokens or self.max_tokens)
             except (sdk.AuthenticationError, sdk.PermissionDeniedError) as e:
@@ -164,6 +172,9 @@ class LLMProvider:
                     reason, wait = f"{status}", retry_after_seconds(e.response.headers)
                 elif status == 408 or status == 409:
                     reason = f"{status}"
+                elif status == 400 and (self._adapt(e) or form != (self._limit_key, self._send_temperature)):
+                    attempt -= 1  # the same request in the form this model takes (learnt here or by a
+                    continue      # request running beside this one): not a retry
                 else:
                     raise JobFailed(f"HTTP {status}: {self._scrub(_short(e))}") from None
             except (sdk.APIResponseValidationError, MalformedResponse, ValueError) as e:
@@ -188,8 +199,10 @@ class LLMProvider:
         # pydantic objects cost ~0.2 ms of CPU a request (~15% of a request at 200 req/s).
         if self.name == "openai":
             msgs = ([{"role": "system", "content": system}] if system else []) + messages
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=self.model, messages=msgs, temperature=self.temperature, max_tokens=max_tokens)
+            kw = {self._limit_key: max_tokens}
+            if self._send_temperature:
+                kw["temperature"] = self.temperature
+            raw = await self._client.chat.completions.with_raw_response.create(model=self.model, messages=msgs, **kw)
             body = raw.content
         else:
             # the installed anthropic SDK (2.x) takes no sampling parameters: no temperature here
@@ -206,11 +219,39 @@ class LLMProvider:
         self.stats.tokens_out += comp.tokens_out
         return comp
 
+    def _adapt(self, err) -> bool:
+        """A 400 that names a parameter this model does not take: change it for every later request.
+        Once per parameter, so a model that refuses the new form too fails the job as any 400 does."""
+        if self.name != "openai":
+            return False
+        param = refused_param(err)
+        if self._limit_key == "max_tokens" and param == "max_tokens":
+            self._limit_key = "max_completion_tokens"
+            self.stats.adapted.append(f"{self.model} takes max_completion_tokens, not max_tokens")
+            return True
+        if self._send_temperature and param == "temperature":
+            self._send_temperature = False
+            self.stats.adapted.append(f"{self.model} takes only its default temperature: --temperature "
+                                      f"{self.temperature:g} not sent")
+            return True
+        return False
+
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def refused_param(err) -> str | None:
+    """``max_tokens`` or ``temperature`` when an OpenAI 400 says this model does not take it (OpenAI's
+    reasoning models: ``param`` with code ``unsupported_parameter`` / ``unsupported_value``)."""
+    param, msg = getattr(err, "param", None), _short(err)
+    if param == "max_tokens" or "max_completion_tokens" in msg:
+        return "max_tokens"
+    if param == "temperature":
+        return "temperature"
+    return None
 
 
 class MalformedResponse(Exception):

@@ -126,6 +126,7 @@ class Judge:
     def __post_init__(self) -> None:
         self.model = self.model or DEFAULT_MODELS[self.provider]
         self._client = None
+        self._limit_key, self._temperature = "max_tokens", True  # until the model refuses them
         self._cache: dict[str, dict] = {}
         if self.cache_path is not None and Path(self.cache_path).is_file():
             for line in Path(self.cache_path).read_bytes().splitlines():
@@ -164,9 +165,27 @@ class Judge:
     def _call(self, system: str, user: str) -> tuple[str, int, int]:
         c = self.client()
         if self.provider == "openai":
-            r = c.chat.completions.create(model=self.model, temperature=0, max_tokens=self.max_tokens,
-                                          messages=[{"role": "system", "content": system},
-                                                    {"role": "user", "content": user}])
+            import openai
+
+            from ..providers import refused_param
+
+            msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            for _ in range(3):  # at most one change per refused parameter
+                kw: dict = {self._limit_key: self.max_tokens}
+                if self._temperature:
+                    kw["temperature"] = 0
+                try:
+                    r = c.chat.completions.create(model=self.model, messages=msgs, **kw)
+                    break
+                except openai.BadRequestError as e:
+                    # OpenAI's reasoning models take max_completion_tokens and only their default temperature
+                    param = refused_param(e)
+                    if param == "max_tokens" and "max_tokens" in kw:
+                        self._limit_key = "max_completion_tokens"
+                    elif param == "temperature" and "temperature" in kw:
+                        self._temperature = False
+                    else:
+                        raise
             u = r.usage
             return (r.choices[0].message.content or "", getattr(u, "prompt_tokens", 0) or 0,
                     getattr(u, "completion_tokens", 0) or 0)
