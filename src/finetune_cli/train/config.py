@@ -76,7 +76,7 @@ class TrainConfig:
     epochs: float = opt(3.0, "Passes over the training data (ignored when --max-steps > 0).", gt=0,
                         panel="Optimization")
     max_steps: int = opt(0, "Optimizer steps to run; 0 = use --epochs.", ge=0, panel="Optimization")
-    batch_size: int = opt(8, "Examples per micro-batch (per device).", ge=1, panel="Optimization")
+    batch_size: int = opt(8, "Examples per micro-batch (per device); see --batch-tokens.", ge=1, panel="Optimization")
     grad_accum: int = opt(2, "Micro-batches per optimizer step.", ge=1, panel="Optimization")
     batch_tokens: int = opt(0, "Token budget per micro-batch (e.g. 16384), instead of --batch-size examples: "
                                "examples of like length are grouped until the batch, padded, would exceed it. Far "
