@@ -43,9 +43,10 @@ def _trim(ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
 
 
 def attention_kernels(device):
-    """On CUDA, keep SDPA off its cuDNN backend while decoding: cuDNN builds a new plan for every new
-    key length, i.e. for every generated token (measured on an H100: ~38 ms per attention call at
-    batch 64 on a tiny model, which made decoding plan-bound, not compute-bound)."""
+    """On CUDA, keep SDPA off its cuDNN backend where sequence lengths change from call to call: cuDNN
+    builds a new plan for every new key length, i.e. for every generated token while decoding (measured
+    on an H100: ~38 ms per attention call at batch 64 on a tiny model, which made decoding plan-bound,
+    not compute-bound), and for every batch of chats while training (train/backend_hf.training_kernels)."""
     if getattr(device, "type", str(device)) != "cuda":
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -216,11 +216,9 @@ def training_kernels(device: str, varying_lengths: bool):
     one length (text chunks) keep SDPA's own choice."""
     from contextlib import nullcontext
 
-    if device != "cuda" or not varying_lengths:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from ..evaluate.generate import attention_kernels
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return attention_kernels(device) if varying_lengths else nullcontext()
 
 
 def _drop_grads(params: list, set_to_none: bool = True) -> None:
