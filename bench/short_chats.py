@@ -26,24 +26,21 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def rows(n: int, vocab: int, seed: int = 0) -> list[int]:
+def rows(n: int, seed: int = 0) -> list[int]:
     rng = random.Random(seed)
     return [rng.randint(50, 600) for _ in range(n)]
 
 
 def batches(kind: str, lengths: list[int], budget: int = 16384) -> list[list[int]]:
+    from finetune_cli.train.examples import token_batches
+
     if kind in ("padded", "padded64", "free"):
         return [lengths[i:i + 8] for i in range(0, len(lengths) - 7, 8)]
-    if kind == "budget":  # length-grouped: sort, then fill while rows × longest fits the budget
-        out, cur = [], []
-        for n in sorted(lengths):
-            if cur and (len(cur) + 1) * n > budget:
-                out.append(cur)
-                cur = []
-            cur.append(n)
-        return out + ([cur] if cur else [])
+    if kind == "budget":  # length-grouped, as `ft train --batch-tokens` groups them
+        return [[lengths[i] for i in g] for g in token_batches(lengths, budget)]
     out, cur = [], []  # budget_free: first fit in order
     for n in lengths:
         if sum(cur) + n > budget:
@@ -87,21 +84,21 @@ def main() -> None:
 
     model, tok = tt.raw_model(stack, path, 2048)
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from finetune_cli.train.backend_hf import training_kernels
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
-    lengths = rows(4000, vocab)
+    lengths = rows(4000)
     results = json.loads(out.read_text()) if out.is_file() else {}
     for kind in ("padded", "padded64", "free", "budget", "budget_free"):
         plan = batches(kind, lengths)
         for cudnn in (True, False):
             key = f"{stack}/{kind}" + ("" if cudnn else "/nocudnn")
-            ctx = (nullcontext() if cudnn or not cuda else
-                   sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+            ctx = nullcontext() if cudnn else training_kernels(device, varying_lengths=True)  # what ft does
             rng = random.Random(1)
             order = list(range(len(plan)))
             rng.shuffle(order)
