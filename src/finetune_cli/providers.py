@@ -17,6 +17,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import orjson
 
@@ -105,10 +106,7 @@ class LLMProvider:
         self.persona = persona
         self.stats = CallStats()
         self._rng = random.Random()
-        # OpenAI's reasoning models refuse max_tokens (they take max_completion_tokens) and any temperature
-        # but the default; ft learns that from the first 400 and asks again, instead of failing every job
-        self._limit_key = "max_tokens"
-        self._send_temperature = True
+        self._params = OpenAIParams()
         key = os.environ.get(KEY_VARS[kind])
         self.base_url = base_url or os.environ.get(URL_VARS[kind]) or None
         if not key:
@@ -150,7 +148,7 @@ class LLMProvider:
             attempt += 1
             self.stats.requests += 1
             wait = None
-            form = (self._limit_key, self._send_temperature)
+            form = self._params.form()
             try:
                 return await self._request(system, messages, max_tokens or self.max_tokens)
             except (sdk.AuthenticationError, sdk.PermissionDeniedError) as e:
@@ -172,7 +170,7 @@ class LLMProvider:
                     reason, wait = f"{status}", retry_after_seconds(e.response.headers)
                 elif status == 408 or status == 409:
                     reason = f"{status}"
-                elif status == 400 and (self._adapt(e) or form != (self._limit_key, self._send_temperature)):
+                elif status == 400 and self.name == "openai" and self._params.retry_after(e, form, self._changed):
                     attempt -= 1  # the same request in the form this model takes (learnt here or by a
                     continue      # request running beside this one): not a retry
                 else:
@@ -199,10 +197,8 @@ class LLMProvider:
         # pydantic objects cost ~0.2 ms of CPU a request (~15% of a request at 200 req/s).
         if self.name == "openai":
             msgs = ([{"role": "system", "content": system}] if system else []) + messages
-            kw = {self._limit_key: max_tokens}
-            if self._send_temperature:
-                kw["temperature"] = self.temperature
-            raw = await self._client.chat.completions.with_raw_response.create(model=self.model, messages=msgs, **kw)
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.model, messages=msgs, **self._params.kwargs(max_tokens, self.temperature))
             body = raw.content
         else:
             # the installed anthropic SDK (2.x) takes no sampling parameters: no temperature here
@@ -219,28 +215,51 @@ class LLMProvider:
         self.stats.tokens_out += comp.tokens_out
         return comp
 
-    def _adapt(self, err) -> bool:
-        """A 400 that names a parameter this model does not take: change it for every later request.
-        Once per parameter, so a model that refuses the new form too fails the job as any 400 does."""
-        if self.name != "openai":
-            return False
-        param = refused_param(err)
-        if self._limit_key == "max_tokens" and param == "max_tokens":
-            self._limit_key = "max_completion_tokens"
-            self.stats.adapted.append(f"{self.model} takes max_completion_tokens, not max_tokens")
-            return True
-        if self._send_temperature and param == "temperature":
-            self._send_temperature = False
-            self.stats.adapted.append(f"{self.model} takes only its default temperature: --temperature "
-                                      f"{self.temperature:g} not sent")
-            return True
-        return False
+    def _changed(self, param: str) -> None:
+        self.stats.adapted.append(
+            f"{self.model} takes max_completion_tokens, not max_tokens" if param == "max_tokens" else
+            f"{self.model} takes only its default temperature: --temperature {self.temperature:g} not sent")
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class OpenAIParams:
+    """The form of an OpenAI chat request that the model takes. OpenAI's reasoning models refuse
+    ``max_tokens`` (they take ``max_completion_tokens``) and any temperature but the default, with a 400
+    that names the parameter; the first refusal changes the form for every later request (``ft gen``,
+    ``ft topics expand`` and the eval judge share this), instead of failing every job."""
+
+    def __init__(self) -> None:
+        self.limit_key = "max_tokens"
+        self.temperature = True
+
+    def form(self) -> tuple[str, bool]:
+        return self.limit_key, self.temperature
+
+    def kwargs(self, max_tokens: int, temperature: float) -> dict:
+        kw: dict = {self.limit_key: max_tokens}
+        if self.temperature:
+            kw["temperature"] = temperature
+        return kw
+
+    def retry_after(self, err, sent: tuple[str, bool], on_change: Callable[[str], None] | None = None) -> bool:
+        """Whether a 400 for a request sent in form ``sent`` is worth sending again in the current form:
+        it named a parameter that is now changed (here, once per parameter: ``on_change(param)``) or that a
+        request running beside it already changed. A model that refuses the new form too fails as any 400."""
+        param = refused_param(err)
+        if param == "max_tokens" and self.limit_key == "max_tokens":
+            self.limit_key = "max_completion_tokens"
+        elif param == "temperature" and self.temperature:
+            self.temperature = False
+        else:
+            return self.form() != sent
+        if on_change:
+            on_change(param)
+        return True
 
 
 def refused_param(err) -> str | None:

@@ -30,6 +30,7 @@ import orjson
 
 from ..errors import ProviderError
 from ..jsonl import AppendWriter
+from ..providers import OpenAIParams
 from ..ui import NULL, Reporter
 
 VERSION = "ft-judge-v1"
@@ -126,7 +127,7 @@ class Judge:
     def __post_init__(self) -> None:
         self.model = self.model or DEFAULT_MODELS[self.provider]
         self._client = None
-        self._limit_key, self._temperature = "max_tokens", True  # until the model refuses them
+        self._params = OpenAIParams()  # the request form the model takes (reasoning models)
         self._cache: dict[str, dict] = {}
         if self.cache_path is not None and Path(self.cache_path).is_file():
             for line in Path(self.cache_path).read_bytes().splitlines():
@@ -167,24 +168,15 @@ class Judge:
         if self.provider == "openai":
             import openai
 
-            from ..providers import refused_param
-
             msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            for _ in range(3):  # at most one change per refused parameter
-                kw: dict = {self._limit_key: self.max_tokens}
-                if self._temperature:
-                    kw["temperature"] = 0
+            while True:  # again only in a form the model takes (OpenAIParams: at most one change per parameter)
+                form = self._params.form()
                 try:
-                    r = c.chat.completions.create(model=self.model, messages=msgs, **kw)
+                    r = c.chat.completions.create(model=self.model, messages=msgs,
+                                                  **self._params.kwargs(self.max_tokens, 0))
                     break
                 except openai.BadRequestError as e:
-                    # OpenAI's reasoning models take max_completion_tokens and only their default temperature
-                    param = refused_param(e)
-                    if param == "max_tokens" and "max_tokens" in kw:
-                        self._limit_key = "max_completion_tokens"
-                    elif param == "temperature" and "temperature" in kw:
-                        self._temperature = False
-                    else:
+                    if not self._params.retry_after(e, form):
                         raise
             u = r.usage
             return (r.choices[0].message.content or "", getattr(u, "prompt_tokens", 0) or 0,
