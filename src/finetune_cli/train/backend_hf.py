@@ -301,15 +301,20 @@ def trainer_class():
                 self._params[id(model)] = [p for p in model.parameters() if p.requires_grad]
             return self._params[id(model)]
 
-        def _clip_grad_norm(self, model):
-            # the stock clip passes model.parameters(), a walk over every parameter each step
+        def _clip_trainable(self, model, max_norm: float):
+            """The stock clip passes model.parameters(), a walk over every parameter each step; None where
+            the stock path must run (FSDP, or gradients on mixed device meshes)."""
             if self.is_fsdp_enabled or self._has_mixed_mesh_grads(model):
-                return super()._clip_grad_norm(model)
-            return self.accelerator.clip_grad_norm_(self._trainable(model), self.args.max_grad_norm)
+                return None
+            return self.accelerator.clip_grad_norm_(self._trainable(model), max_norm)
+
+        def _clip_grad_norm(self, model):
+            norm = self._clip_trainable(model, self.args.max_grad_norm)
+            return super()._clip_grad_norm(model) if norm is None else norm
 
         def _get_grad_norm(self, model, grad_norm=None):
-            if grad_norm is None and not (self.is_fsdp_enabled or self._has_mixed_mesh_grads(model)):
-                grad_norm = self.accelerator.clip_grad_norm_(self._trainable(model), float("inf"))  # --max-grad-norm 0
+            if grad_norm is None:  # --max-grad-norm 0: the norm without clipping
+                grad_norm = self._clip_trainable(model, float("inf"))
             return super()._get_grad_norm(model, grad_norm)
 
         def train(self, *args, **kwargs):
