@@ -143,10 +143,10 @@ class Collator(backend_hf.Collator):
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
+        batch = backend_hf.examples(batch)  # once, here: the base collator takes the flat list as it is
         out = super().__call__(batch)
         if self.padding_free:
-            out["packed_seq_lengths"] = torch.tensor([len(ex["input_ids"]) for ex in backend_hf.examples(batch)],
-                                                     dtype=torch.int32)
+            out["packed_seq_lengths"] = torch.tensor([len(ex["input_ids"]) for ex in batch], dtype=torch.int32)
         elif "attention_mask" in out and bool(out["attention_mask"].all()):
             # No padding in this batch (e.g. text chunks of one length): without a mask Unsloth takes its
             # causal fast path; an all-ones mask cost ~8% tokens/s on an H100 (bench/unsloth_overhead.py).
