@@ -64,8 +64,9 @@ def make(path: str, preset: str) -> None:
     fast.save_pretrained(path)
 
 
-def raw_model(kind: str, path: str, L: int):
-    """(model, tokenizer) as a hand-written loop builds them: Unsloth's LoRA, or transformers + peft with
+def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
+    """(model, tokenizer) as a hand-written loop builds them: Unsloth's LoRA (``gc``: Unsloth's
+    ``use_gradient_checkpointing``, by default its offloading checkpointer), or transformers + peft with
     SDPA and non-reentrant checkpointing (on CPU, for checking a script: float32, no checkpointing)."""
     import torch
 
@@ -76,7 +77,7 @@ def raw_model(kind: str, path: str, L: int):
         model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
                                                        load_in_4bit=False)
         return FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
-                                                target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                                target_modules=TARGETS, use_gradient_checkpointing=gc,
                                                 random_state=0), tok
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
