@@ -59,7 +59,7 @@ def main() -> None:
 
     from finetune_cli import cli
     from finetune_cli.train import callbacks as ft_callbacks
-    from train_throughput import raw_model
+    from train_throughput import ft_argv, raw_model, timed_steps
 
     res: dict = {}
     prof_box: dict = {}
@@ -87,12 +87,8 @@ def main() -> None:
     make = ft_callbacks.make
     ft_callbacks.make = lambda *a, **k: make(*a, **k) + [Probe()]
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["train", "--model", path, "--data", text, "--backend", stack, "--method", "lora", "--r", "16",
-                "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1", "--max-len", str(L), "--chunk-tokens",
-                str(L), "--chunk-overlap", "0", "--max-steps", "30", "--logging-steps", "5", "--val-split", "0",
-                "--eval-steps", "100000", "--optimizer", "adamw_torch", "--gradient-checkpointing", "on" if cuda else "off", "--lr",
-                "1e-4", "--no-packing", "--name", "probe", "--runs-dir", tmp, "--quiet"]
-        sys.argv = ["ft", *argv]
+        sys.argv = ["ft", *ft_argv(stack, path, text, tmp, B=B, L=L, max_steps=30, packing=False, name="probe",
+                                   checkpointing=cuda), "--quiet"]
         try:
             cli.main()
         except SystemExit as e:
@@ -108,25 +104,11 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=1e-4)
     torch.manual_seed(0)
     batches = [torch.randint(4, model.config.vocab_size, (B, L), device="cuda" if cuda else "cpu") for _ in range(4)]
-    for i in range(25):
-        if i in (10, 20):
-            sync()
-            prof_box[i] = time.perf_counter()
-            if i == 20:
-                prof_box["prof"] = profile(activities=acts).__enter__()
-        ids = batches[i % 4]
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i == 19:
-            sync()
-            t = time.perf_counter()
-            res["raw_timed"] = {"ms_per_step": round((t - prof_box[10]) / 10 * 1e3, 2),
-                                "tokens_per_s": round(B * L * 10 / (t - prof_box[10]))}
-    sync()
-    p = prof_box.pop("prof")
-    p.__exit__(None, None, None)
-    res["raw_profiled"] = summarize("raw", p, time.perf_counter() - prof_box[20], 5, tables)
+    dt = timed_steps(model, opt, batches, 10, warmup=10)  # steps 10-20, as in ft's run
+    res["raw_timed"] = {"ms_per_step": round(dt / 10 * 1e3, 2), "tokens_per_s": round(B * L * 10 / dt)}
+    with profile(activities=acts) as p:
+        wall = timed_steps(model, opt, batches, 5)  # steps 20-25
+    res["raw_profiled"] = summarize("raw", p, wall, 5, tables)
     ft_k, raw_k = res["ft_profiled"].pop("kernels"), res["raw_profiled"].pop("kernels")
     diff = {k: (round(ft_k.get(k, (0, 0))[0] - raw_k.get(k, (0, 0))[0], 3),
                 ft_k.get(k, (0, 0))[1], raw_k.get(k, (0, 0))[1]) for k in set(ft_k) | set(raw_k)}

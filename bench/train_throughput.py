@@ -93,6 +93,24 @@ def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def timed_steps(model, opt, batches: list, n: int, *, warmup: int = 0) -> float:
+    """Seconds for ``n`` plain steps (forward with labels, backward, AdamW step, no host sync), timed after
+    ``warmup`` untimed ones, going round ``batches``."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for i in range(warmup + n):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        ids = batches[i % len(batches)]
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync()
+    return time.perf_counter() - t0
+
+
 def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
     """The plain loop users write by hand: forward with labels, backward, AdamW step."""
     import torch
@@ -104,16 +122,7 @@ def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
     torch.manual_seed(0)
     batches = [torch.randint(4, model.config.vocab_size, (B, L), device="cuda") for _ in range(4)]
     torch.cuda.reset_peak_memory_stats()
-    for i in range(WARMUP + steps):
-        if i == WARMUP:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        ids = batches[i % 4]
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt = timed_steps(model, opt, batches, steps, warmup=WARMUP)
     return {"tokens_per_s": round(B * L * steps / dt), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
 
 
@@ -140,6 +149,18 @@ def write_chats(path: Path, n: int, vocab: int) -> float:
     return total / n
 
 
+def ft_argv(backend: str, model: str, data: str, runs_dir: str, *, B: int, L: int, max_steps: int, packing: bool,
+            name: str, checkpointing: bool = True) -> list[str]:
+    """`ft train` as the benchmark times it: LoRA r16 on chunks of L tokens, B a batch, no evaluation, AdamW
+    (torch), logging every FT_LOG steps."""
+    return ["train", "--model", model, "--data", data, "--backend", backend, "--method", "lora", "--r", "16",
+            "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1", "--max-len", str(L), "--chunk-tokens",
+            str(L), "--chunk-overlap", "0", "--max-steps", str(max_steps), "--logging-steps", str(FT_LOG),
+            "--val-split", "0", "--eval-steps", "100000", "--optimizer", "adamw_torch", "--gradient-checkpointing",
+            "on" if checkpointing else "off", "--lr", "1e-4", "--packing" if packing else "--no-packing",
+            "--name", name, "--runs-dir", runs_dir]
+
+
 def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, steps: int, packing: bool,
              name: str, gpus: int = 1, extra: tuple[str, ...] = ()) -> dict:
     """tokens/s: tokens over seconds from the log at step FT_LOG (the warm-up) to the last log, of all
@@ -147,13 +168,9 @@ def ft_train(backend: str, model: str, data: str, out: Path, *, B: int, L: int, 
     does (ft's default is every 10) — a log reads the loss back from the GPU, so logging every step would
     time a host sync per step that no run pays; peak GiB: rank 0's GPU."""
     steps = -(-steps // FT_LOG) * FT_LOG
-    cmd = [sys.executable, "-m", "finetune_cli", "train", "--model", model, "--data", data, "--backend", backend,
-           "--method", "lora", "--r", "16", "--alpha", "16", "--batch-size", str(B), "--grad-accum", "1",
-           "--max-len", str(L), "--chunk-tokens", str(L), "--chunk-overlap", "0", "--max-steps",
-           str(FT_LOG + steps), "--logging-steps", str(FT_LOG), "--val-split", "0", "--eval-steps", "100000",
-           "--optimizer", "adamw_torch", "--gradient-checkpointing", "on", "--lr", "1e-4",
-           "--packing" if packing else "--no-packing", "--name", name, "--runs-dir", str(out / "runs"), "--json",
-           "--gpus", str(gpus), *extra]
+    cmd = [sys.executable, "-m", "finetune_cli", *ft_argv(backend, model, data, str(out / "runs"), B=B, L=L,
+                                                          max_steps=FT_LOG + steps, packing=packing, name=name),
+           "--json", "--gpus", str(gpus), *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     (out / f"{name}.log").write_text(p.stdout[-20000:] + "\n---\n" + p.stderr[-20000:])
     if p.returncode:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +35,7 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from train_throughput import raw_model
+    from train_throughput import raw_model, timed_steps
 
     model, _ = raw_model("unsloth", path, L, gc=gc)
     model.train()
@@ -45,23 +44,11 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     res: dict = {"gc": str(gc), "batch": B, "length": L, "steps": steps}
 
-    def loop(opt, n: int) -> float:
-        for i in range(WARMUP + n):
-            if i == WARMUP:
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            ids = batches[i % 4]
-            model(input_ids=ids, labels=ids).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
     for rep in range(2):
         for name, kw in (("foreach", {}), ("fused", {"fused": True})):
             opt = torch.optim.AdamW(params, lr=1e-4, **kw)
             torch.cuda.reset_peak_memory_stats()
-            dt = loop(opt, steps)
+            dt = timed_steps(model, opt, batches, steps, warmup=WARMUP)
             got = {"tokens_per_s": round(B * L * steps / dt),
                    "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
             res.setdefault(name, []).append(got)
@@ -69,17 +56,9 @@ def main() -> None:
             del opt
             out.write_text(json.dumps(res, indent=1))
     opt = torch.optim.AdamW(params, lr=1e-4)
-    loop(opt, 1)
-    torch.cuda.synchronize()
+    timed_steps(model, opt, batches, 1, warmup=WARMUP)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        t0 = time.perf_counter()
-        for i in range(3):
-            ids = batches[i % 4]
-            model(input_ids=ids, labels=ids).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+        wall = timed_steps(model, opt, batches, 3)
     ka = prof.key_averages()
     kernels = [k for k in ka if getattr(k, "self_device_time_total", 0) > 0]
     busy = sum(k.self_device_time_total for k in kernels) / 1e6
