@@ -41,7 +41,7 @@ class GenConfig:
     provider: str = opt("auto", "Who writes the answers; auto: openai if OPENAI_API_KEY/OPENAI_BASE_URL is "
                         "set, else anthropic if ANTHROPIC_API_KEY is, else the offline template provider.",
                         choices=("auto", "openai", "anthropic", "template"), panel="Provider")
-    model: str | None = opt(None, "Model name (default: gpt-4o-mini / claude-3-5-haiku-latest).",
+    model: str | None = opt(None, "Model name (default: gpt-4o-mini / claude-haiku-4-5).",
                             env=("MODEL",), panel="Provider")
     base_url: str | None = opt(None, "API base URL (default: OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the "
                                "provider's own).", panel="Provider")

@@ -30,12 +30,10 @@ import orjson
 
 from ..errors import ProviderError
 from ..jsonl import AppendWriter
-from ..providers import OpenAIParams
+from ..providers import DEFAULT_MODELS, KEY_VARS, OpenAIParams
 from ..ui import NULL, Reporter
 
 VERSION = "ft-judge-v1"
-DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
-KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 CRITERIA = ("voice", "character", "coherence", "engagement", "length")
 
 RUBRIC_SYSTEM = """You grade replies of a fine-tuned chat model that must speak as a character.
@@ -147,7 +145,7 @@ class Judge:
 
     def client(self):
         if self._client is None:
-            env = KEY_ENV[self.provider]
+            env = KEY_VARS[self.provider]
             key = os.environ.get(env) or ("local" if self.base_url else None)
             if not key:
                 raise ProviderError(f"--judge {self.provider}: {env} is not set",
