@@ -414,6 +414,17 @@ def test_token_batches_group_like_lengths_within_the_budget():
     assert token_batches(lengths, 16384) == groups  # deterministic
     assert token_batches([700, 5], 600) == [[1], [0]]  # an example over the budget still gets a batch
 
+    # shared by N processes: a multiple of N groups (else accelerate repeats groups to even the ranks),
+    # still every example once and within the budget; the largest groups are the ones halved
+    for n in (2, 3, 4, 8):
+        split = token_batches(lengths, 16384, n)
+        assert len(split) % n == 0 and len(groups) <= len(split) < len(groups) + n
+        assert sorted(i for g in split for i in g) == list(range(len(lengths)))
+        assert all(len(g) * max(lengths[i] for i in g) <= 16384 for g in split)
+    odd = token_batches([10, 10, 10, 50], 30)                        # [[0, 1, 2], [3]]
+    assert odd == [[0, 1, 2], [3]] and token_batches([10, 10, 10, 50], 30, 3) == [[0], [1, 2], [3]]
+    assert token_batches([50, 60, 70], 60, 2) == [[0], [1], [2]]     # one row each: nothing to halve
+
 
 @pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
 def test_batch_tokens_trains_every_token_once_per_epoch(tiny_model, tmp_path, packing):

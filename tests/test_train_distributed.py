@@ -282,9 +282,10 @@ def test_gpus_passes_debug_to_the_workers(tiny_model, monkeypatch):
 @pytest.mark.slow
 def test_two_processes_split_token_batches_and_see_every_token_once(tiny_model, tmp_path):
     """--batch-tokens under torchrun: the ranks take different like-length micro-batches; over one epoch
-    the gathered token count is the data's, and the step count is half the micro-batches. (An odd count
-    of micro-batches would make accelerate repeat one, so both ranks step together: 24 rows give 4.)"""
-    data = write_data(tmp_path / "d.jsonl", 24)
+    the gathered token count is the data's, and the step count is half the micro-batches. 20 rows make 3
+    micro-batches in one process: an odd count, which would make accelerate repeat one so that both ranks
+    step together; ft halves the largest into 2 instead, so no token is trained twice."""
+    data = write_data(tmp_path / "d.jsonl", 20)
     p = torchrun(2, "--model", str(tiny_model), "--data", str(data), "--epochs", "1", "--max-len", "96",
                  "--grad-accum", "1", "--batch-tokens", "400", "--val-split", "0", "--logging-steps", "1",
                  "--name", "bt")
@@ -293,6 +294,6 @@ def test_two_processes_split_token_batches_and_see_every_token_once(tiny_model, 
     assert "each process takes its own micro-batches" in p.stderr
     resolved = json.loads(Path("runs/bt/config.json").read_text())["resolved"]
     groups = resolved["micro_batches_per_epoch"]
-    assert groups % 2 == 0 and run_json("bt")["global_step"] == resolved["total_steps"] == groups // 2
+    assert groups == 4 and run_json("bt")["global_step"] == resolved["total_steps"] == 2
     rows = [r for r in metrics("bt") if "loss" in r]
     assert rows[-1]["tokens_seen"] == json.loads(Path("runs/bt/data.json").read_text())["tokens"]

@@ -129,12 +129,17 @@ def split_val(examples: list[Example], share: float, seed: int) -> tuple[list[Ex
             [e for i, e in enumerate(examples) if i in val_idx])
 
 
-def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
+def token_batches(lengths: list[int], budget: int, multiple: int = 1) -> list[list[int]]:
     """Indices grouped into micro-batches of at most ``budget`` tokens counted as padded (rows × the
     longest row): examples sorted by length, so a group's rows are alike and padding is small whether
     the batch is padded or padding-free. Deterministic; every index once; the Trainer shuffles the groups.
     Without varlen attention kernels this is the fast way to batch short chats on a GPU: a step's cost
-    hardly grows from 2k to 16k tokens (measured on an H100, docs/benchmarks.md)."""
+    hardly grows from 2k to 16k tokens (measured on an H100, docs/benchmarks.md).
+
+    ``multiple``: the number of processes sharing the groups. Where the count is not a multiple of it,
+    the groups with the most rows are halved until it is (each half is within the budget), because
+    accelerate would otherwise repeat groups so that every process steps together: some examples
+    trained twice an epoch. Only where no group has two rows left does the count stay as it is."""
     groups: list[list[int]] = []
     cur: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
@@ -142,4 +147,11 @@ def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
             groups.append(cur)
             cur = []
         cur.append(i)
-    return groups + ([cur] if cur else [])
+    groups += [cur] if cur else []
+    while len(groups) % multiple:
+        k = max(range(len(groups)), key=lambda k: (len(groups[k]), -k))  # the first of the largest
+        if len(groups[k]) < 2:
+            break
+        half = len(groups[k]) // 2
+        groups[k:k + 1] = [groups[k][:half], groups[k][half:]]
+    return groups

@@ -243,7 +243,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
         reporter.warn(f"{src}: no trainable tokens (dropped)")
     if not train:
         raise TrainingError("no training examples left after the validation split")
-    groups = token_batches([len(e.input_ids) for e in train], cfg.batch_tokens) if cfg.batch_tokens else None
+    groups = (token_batches([len(e.input_ids) for e in train], cfg.batch_tokens, processes) if cfg.batch_tokens
+              else None)
     total, eval_steps, logging_steps = _schedule(cfg, len(groups) if groups else len(train), processes,
                                                  batch_size=1 if groups else cfg.batch_size)
     per_batch = len(train) / len(groups) if groups else cfg.batch_size
