@@ -121,11 +121,19 @@ def same_on_all(value: Any) -> Any:
 
 
 def leave() -> None:
-    """Leave the process group at the end of a run (torch warns about a group left open at exit)."""
+    """Leave the process group at the end of a run (torch warns about a group left open at exit).
+
+    Garbage is collected first: the DDP wrapper and the Trainer sit in reference cycles that hold the
+    group (DDP's reducer) and gloo's pending work. Left for the interpreter's shutdown, the group is
+    destroyed after the interpreter has begun tearing down, and the process can abort after a completed
+    run ("terminate called without an active exception", seen on rank 1, which leaves first)."""
     if world_size() <= 1:
         return
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
