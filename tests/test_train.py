@@ -289,6 +289,59 @@ def test_tokens_seen_survive_a_checkpoint_between_log_steps(tiny_model, tmp_path
     assert [(r["step"], r["tokens_seen"]) for r in metrics("split") if "loss" in r] == seen
 
 
+def test_a_log_written_a_step_later_equals_the_stock_log(tiny_model, tmp_path, monkeypatch):
+    """A step that only logs does not wait for the device: its row is written at the next step. The rows
+    (step, epoch, loss, grad norm, lr, tokens seen), the evaluations between them, every checkpoint's log
+    history and the run's losses equal those of the stock Trainer, which reads them at once."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from finetune_cli.train import backend_hf, callbacks
+
+    seen = []  # (step, the log's time by the Trainer's clock, the time it was written)
+
+    class Watch(TrainerCallback):
+        clock = None  # set by ft's Trainer, as for ft's own metrics callback
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if "loss" in logs:
+                seen.append((state.global_step, self.clock(), time.perf_counter()))
+
+    make = callbacks.make
+    monkeypatch.setattr(callbacks, "make", lambda *a: make(*a) + [Watch()])
+    data = write_data(tmp_path / "d.jsonl", 30)
+    args = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "9", "--logging-steps", "1",
+            "--eval-steps", "4", "--val-split", "0.2", *FAST]
+    train(*args, "--name", "deferred")
+    # a row written a step later is timed when its step ended (tokens/s not flattered), others when written
+    assert [s for s, _, _ in seen] == list(range(1, 10))
+    assert all(a[1] <= b[1] for a, b in zip(seen, seen[1:]))
+    assert all((done < written - 1e-4) == (step not in (4, 8, 9)) for step, done, written in seen)
+    real = backend_hf.trainer_class
+    monkeypatch.setattr(backend_hf, "trainer_class",
+                        lambda: type("StockLogs", (real(),), {"deferred_log": lambda self: False}))
+    train(*args, "--name", "stock")
+
+    def same(a: list[dict], b: list[dict]) -> None:
+        kept = lambda r: {k: v for k, v in r.items()  # noqa: E731  (timings and memory differ run to run)
+                          if not any(t in k for t in ("per_s", "runtime", "peak_mem"))}
+        assert [sorted(kept(r)) for r in a] == [sorted(kept(r)) for r in b]
+        for x, y in zip(a, b):
+            assert kept(x) == pytest.approx(kept(y), rel=1e-6)
+
+    rows = metrics("deferred")
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 10))  # every step once, in order
+    assert [r["step"] for r in rows if "eval_loss" in r] == [4, 8, 9]
+    same(rows, metrics("stock"))
+    for step in (4, 8):
+        history = [json.loads(Path(f"runs/{n}/checkpoints/checkpoint-{step}/trainer_state.json").read_text())
+                   ["log_history"] for n in ("deferred", "stock")]
+        same(*history)
+    assert [run_json("deferred")[k] for k in ("first_loss", "final_loss", "best_eval_loss")] == pytest.approx(
+        [run_json("stock")[k] for k in ("first_loss", "final_loss", "best_eval_loss")], rel=1e-6)
+
+
 def test_non_finite_loss_stops_the_run_with_a_clear_error(tiny_model, tmp_path, monkeypatch):
     """The stock Trainer hides a NaN loss from its logs (logging_nan_inf_filter) and trains on; ft stops."""
     from finetune_cli.train import callbacks

@@ -35,6 +35,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             self.last_t = self.last_tokens = None
             self.tokens_per_s: float | None = None
             self.fields = {"loss": "-", "eval": "-", "tps": "-"}
+            self.clock = time.perf_counter  # the Trainer sets its own: when the logged step ended
 
         def on_train_begin(self, args, state, control, **kw):
             if not is_main():
@@ -45,7 +46,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
                 template="loss {task.fields[loss]} · eval {task.fields[eval]} · {task.fields[tps]} tok/s"))
             if state.global_step:
                 self.task.advance(state.global_step)
-            self.last_t, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+            self.last_t, self.last_tokens = self.clock(), state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kw):
             if self.task is not None:
@@ -67,7 +68,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             """One metrics.jsonl row and the progress display for a log."""
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             if "loss" in logs:
-                t, tokens = time.perf_counter(), state.num_input_tokens_seen
+                t, tokens = self.clock(), state.num_input_tokens_seen
                 if t > self.last_t and tokens > self.last_tokens:
                     self.tokens_per_s = round((tokens - self.last_tokens) / (t - self.last_t), 1)
                 self.last_t, self.last_tokens = t, tokens
@@ -78,7 +79,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             elif "eval_loss" in logs:
                 row.update(eval_loss=logs["eval_loss"])
                 self.fields["eval"] = f"{logs['eval_loss']:.4f}"
-                self.last_t = time.perf_counter()  # eval time is not training throughput
+                self.last_t = self.clock()  # eval time is not training throughput
             else:
                 return  # the end-of-training summary: run.json has it
             self.writer.write(row)
