@@ -256,8 +256,9 @@ def trainer_class():
     its loss, gradient norm and token count are gathered and copied to the host without blocking, and the
     row is written one step later, once the copy is done, with the step, epoch and token count of the
     step it belongs to, and the time that step ended on the device (a CUDA event's time on the host's
-    clock), so that tokens/s over the logs is not flattered by the host running ahead. The stock log read the loss at once and drained the GPU's queue (~2% of tokens/s
-    at a log every 5 steps on an H200, bench/unsloth_autocast_probe.py).
+    clock), so that tokens/s over the logs is not flattered by the host running ahead. The stock log read
+    the loss at once and drained the GPU's queue (~2% of tokens/s at a log every 5 steps on an H200,
+    bench/unsloth_autocast_probe.py).
     """
     import torch
     from transformers import Trainer, TrainerCallback
@@ -366,7 +367,8 @@ def trainer_class():
         def _defer_log(self, tr_loss, grad_norm, learning_rate) -> None:
             """What the stock log reads at once (the loss over the steps since the last log, the gradient
             norm, the token count), gathered over the processes and copied to the host without blocking."""
-            norm = grad_norm if isinstance(grad_norm, torch.Tensor) else torch.tensor(float("nan"))
+            norm = grad_norm if isinstance(grad_norm, torch.Tensor) else torch.tensor(
+                float("nan") if grad_norm is None else float(grad_norm))
             tokens = torch.as_tensor(self._tokens, device=tr_loss.device)
             values = torch.stack([tr_loss.detach().double(), norm.detach().double().to(tr_loss.device),
                                   tokens.double()])
@@ -384,7 +386,7 @@ def trainer_class():
                 values = host
             self._pending = {"values": values, "event": event, "done": done, "step": self.state.global_step,
                              "epoch": self.state.epoch, "steps": self.state.global_step - self._globalstep_last_logged,
-                             "grad_norm": grad_norm if grad_norm is None or isinstance(grad_norm, float) else "tensor",
+                             "has_grad_norm": grad_norm is not None,
                              "learning_rate": self._get_learning_rate() if learning_rate is None else learning_rate}
             tr_loss -= tr_loss
             self._tokens = 0
@@ -404,8 +406,8 @@ def trainer_class():
             loss = sum(r[0] for r in rows) / len(rows)
             self._total_loss_scalar += loss
             logs = {"loss": loss / p["steps"]}
-            if p["grad_norm"] is not None:
-                logs["grad_norm"] = rows[0][1] if p["grad_norm"] == "tensor" else p["grad_norm"]
+            if p["has_grad_norm"]:
+                logs["grad_norm"] = rows[0][1]
             logs["learning_rate"] = p["learning_rate"]
             self.state.num_input_tokens_seen += int(sum(r[2] for r in rows))
             now = self.state.global_step, self.state.epoch, self.control.should_log
