@@ -121,21 +121,22 @@ def same_on_all(value: Any) -> Any:
 
 
 def leave() -> None:
-    """Leave the process group at the end of a run (torch warns about a group left open at exit).
+    """The end of a run in every process: the run's garbage collected (the model, the Trainer and, under
+    DDP, its wrapper: reference cycles that hold memory and the process group), then the process group
+    left (torch warns about a group left open at exit).
 
     Every process leaves together, once the first has written the run's records: a process that tore
     its group down while another still held the group open has aborted after a completed run ("terminate
     called without an active exception", rank 1, about one 2-process CPU run in ten under pytest), and
-    torchrun then stops the others, rank 0 in the middle of its records. Garbage is collected first, so
-    that the DDP wrapper and the Trainer (reference cycles that hold the group) go before the group."""
-    if world_size() <= 1:
-        return
+    torchrun then stops the others, rank 0 in the middle of its records."""
     import gc
 
+    gc.collect()
+    if world_size() <= 1:
+        return
     import torch
     import torch.distributed as dist
 
-    gc.collect()
     if dist.is_available() and dist.is_initialized():
         nccl = dist.get_backend() == "nccl"
         dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)

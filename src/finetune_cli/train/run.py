@@ -354,9 +354,6 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
 
     # ---- cleanup
     del trainer, model
-    import gc
-
-    gc.collect()
     distributed.leave()
     best_text = f" · best eval loss {final['best_eval_loss']:.4f} ({final['best_checkpoint']})" if best else ""
     reporter.result(f"trained {name}: {state.global_step} steps in {seconds:.1f}s · loss "
