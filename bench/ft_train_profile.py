@@ -57,9 +57,7 @@ def main() -> None:
     acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     from transformers import TrainerCallback
 
-    from finetune_cli import cli
-    from finetune_cli.train import callbacks as ft_callbacks
-    from train_throughput import ft_argv, raw_model, timed_steps
+    from train_throughput import ft_argv, ft_in_process, raw_setup, timed_steps
 
     res: dict = {}
     prof_box: dict = {}
@@ -84,26 +82,14 @@ def main() -> None:
                     p.__exit__(None, None, None)
                     res["ft_profiled"] = summarize("ft", p, t - prof_box[20], 5, tables)
 
-    make = ft_callbacks.make
-    ft_callbacks.make = lambda *a, **k: make(*a, **k) + [Probe()]
     with tempfile.TemporaryDirectory() as tmp:
-        sys.argv = ["ft", *ft_argv(stack, path, text, tmp, B=B, L=L, max_steps=30, packing=False, name="probe",
-                                   checkpointing=cuda), "--quiet"]
-        try:
-            cli.main()
-        except SystemExit as e:
-            if e.code:
-                raise
+        ft_in_process(ft_argv(stack, path, text, tmp, B=B, L=L, max_steps=30, packing=False, name="probe",
+                              checkpointing=cuda), Probe())
     out.write_text(json.dumps(res, indent=1))
     if cuda:
         torch.cuda.empty_cache()
 
-    model, _ = raw_model(stack, path, L)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    torch.manual_seed(0)
-    batches = [torch.randint(4, model.config.vocab_size, (B, L), device="cuda" if cuda else "cpu") for _ in range(4)]
+    model, opt, batches = raw_setup(stack, path, B, L)
     dt = timed_steps(model, opt, batches, 10, warmup=10)  # steps 10-20, as in ft's run
     res["raw_timed"] = {"ms_per_step": round(dt / 10 * 1e3, 2), "tokens_per_s": round(B * L * 10 / dt)}
     with profile(activities=acts) as p:

@@ -93,34 +93,66 @@ def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def timed_steps(model, opt, batches: list, n: int, *, warmup: int = 0) -> float:
+def raw_setup(kind: str, path: str, B: int, L: int):
+    """(model in training mode, AdamW over its trainable parameters, 4 random batches of B × L) for a
+    hand-written loop (on the GPU where there is one)."""
+    import torch
+
+    model, _ = raw_model(kind, path, L)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model, opt, [torch.randint(4, model.config.vocab_size, (B, L), device=device) for _ in range(4)]
+
+
+def timed_steps(model, opt, batches: list, n: int, *, warmup: int = 0, autocast: bool = False) -> float:
     """Seconds for ``n`` plain steps (forward with labels, backward, AdamW step, no host sync), timed after
-    ``warmup`` untimed ones, going round ``batches``."""
+    ``warmup`` untimed ones, going round ``batches``; ``autocast``: the forward under bf16 autocast, as
+    accelerate wraps it in a Trainer."""
+    import contextlib
+
     import torch
 
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for i in range(warmup + n):
         if i == warmup:
             sync()
             t0 = time.perf_counter()
         ids = batches[i % len(batches)]
-        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.autocast(device, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync()
     return time.perf_counter() - t0
 
 
+def ft_in_process(argv: list[str], *callbacks) -> None:
+    """`ft ARGV --quiet` in this process with extra Trainer callbacks (probes that time or profile steps of
+    the real CLI); a non-zero exit raises."""
+    from finetune_cli import cli
+    from finetune_cli.train import callbacks as ft_callbacks
+
+    make = ft_callbacks.make
+    ft_callbacks.make = lambda *a, **k: make(*a, **k) + list(callbacks)
+    sys.argv = ["ft", *argv, "--quiet"]
+    try:
+        cli.main()
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        ft_callbacks.make = make
+
+
 def raw_loop(kind: str, path: str, B: int, L: int, steps: int) -> dict:
     """The plain loop users write by hand: forward with labels, backward, AdamW step."""
     import torch
 
-    model, _ = raw_model(kind, path, L)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    torch.manual_seed(0)
-    batches = [torch.randint(4, model.config.vocab_size, (B, L), device="cuda") for _ in range(4)]
+    model, opt, batches = raw_setup(kind, path, B, L)
     torch.cuda.reset_peak_memory_stats()
     dt = timed_steps(model, opt, batches, steps, warmup=WARMUP)
     return {"tokens_per_s": round(B * L * steps / dt), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}

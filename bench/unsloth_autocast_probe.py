@@ -13,7 +13,6 @@ step over 20 steps (ft: steps 10-30) - a host-bound step has CPU time close to i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import tempfile
@@ -37,10 +36,8 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     from transformers import TrainerCallback
 
-    from finetune_cli import cli
     from finetune_cli.train import backend_hf, backend_unsloth
-    from finetune_cli.train import callbacks as ft_callbacks
-    from train_throughput import ft_argv, raw_model
+    from train_throughput import ft_argv, ft_in_process, raw_setup, timed_steps
 
     res: dict = {"B": B, "L": L, "ft": [], "raw": []}
     box: dict = {}
@@ -56,8 +53,6 @@ def main() -> None:
                 sync()
                 box["wall"], box["cpu"] = time.perf_counter() - box["t"], time.thread_time() - box["cpu"]
 
-    make = ft_callbacks.make
-    ft_callbacks.make = lambda *a, **k: make(*a, **k) + [Clock()]
     backend = backend_unsloth if cuda else backend_hf
     build = backend.build_trainer
 
@@ -69,14 +64,8 @@ def main() -> None:
 
         backend.build_trainer = build if amp else build_without_amp
         with tempfile.TemporaryDirectory() as tmp:
-            sys.argv = ["ft", *ft_argv(stack, path, text, tmp, B=B, L=L, max_steps=31, packing=False, name="probe",
-                                       checkpointing=cuda), "--quiet",
-                        "--logging-steps", str(log_steps)]
-            try:
-                cli.main()
-            except SystemExit as e:
-                if e.code:
-                    raise
+            ft_in_process([*ft_argv(stack, path, text, tmp, B=B, L=L, max_steps=31, packing=False, name="probe",
+                                    checkpointing=cuda), "--logging-steps", str(log_steps)], Clock())
         backend.build_trainer = build
         if cuda:
             torch.cuda.empty_cache()
@@ -89,27 +78,12 @@ def main() -> None:
             print("FT", json.dumps(res["ft"][-1]), flush=True)
             out.write_text(json.dumps(res, indent=1))
 
-    model, _ = raw_model(stack, path, L)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    torch.manual_seed(0)
-    dev = "cuda" if cuda else "cpu"
-    batches = [torch.randint(4, model.config.vocab_size, (B, L), device=dev) for _ in range(4)]
+    model, opt, batches = raw_setup(stack, path, B, L)
 
     def steps(n: int, amp: bool) -> tuple[float, float]:
-        sync()
-        t, c = time.perf_counter(), time.thread_time()
-        for i in range(n):
-            ids = batches[i % len(batches)]
-            ctx = torch.autocast(dev, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-            with ctx:
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sync()
-        return time.perf_counter() - t, time.thread_time() - c
+        c = time.thread_time()
+        wall = timed_steps(model, opt, batches, n, autocast=amp)
+        return wall, time.thread_time() - c
 
     steps(10, False)
     steps(3, True)
