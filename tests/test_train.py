@@ -584,3 +584,39 @@ def test_batching_tip_only_for_small_gpu_batches():
     assert batching_tip(cfg, "cpu", 330) is None  # no GPU to keep busy
     assert batching_tip(cfg, "cuda", 1024) is None  # 8k-token batches already
     assert batching_tip(TrainConfig(model="m", data=["d"], batch_tokens=16384), "cuda", 330) is None
+
+
+def test_a_sharded_gradient_norm_is_logged_like_a_plain_one(tiny_model, tmp_path, monkeypatch):
+    """Under FSDP2 the gradient norm is a DTensor, and c10d refuses to gather a DTensor beside plain tensors:
+    the deferred log makes it a plain tensor first. One gloo process stands in for the group: the norm comes
+    back as a DTensor on its mesh, and the gather is the collective accelerate runs under several processes."""
+    import torch
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from torch.distributed.tensor import DTensor, Partial, init_device_mesh
+
+    data = write_data(tmp_path / "d.jsonl", 30)
+    args = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "6", "--logging-steps", "1",
+            "--eval-steps", "3", "--val-split", "0.2", *FAST]  # steps 1, 2, 4 and 5 only log: deferred
+    train(*args, "--name", "plain")
+    clip, gather = Accelerator.clip_grad_norm_, Accelerator.gather
+
+    def collective(self, t):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return gather(self, t)
+        out = torch.empty((dist.get_world_size() * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        dist.all_gather_into_tensor(out, t.contiguous())  # a plain output, as accelerate makes it
+        return out
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        monkeypatch.setattr(Accelerator, "clip_grad_norm_",
+                            lambda self, *a, **k: DTensor.from_local(clip(self, *a, **k), mesh, [Partial()]))
+        monkeypatch.setattr(Accelerator, "gather", collective)
+        train(*args, "--name", "sharded")
+    finally:
+        dist.destroy_process_group()
+    norms = {name: [r["grad_norm"] for r in metrics(name) if "grad_norm" in r] for name in ("plain", "sharded")}
+    assert len(norms["plain"]) == 6 and all(n > 0 for n in norms["plain"])
+    assert norms["sharded"] == pytest.approx(norms["plain"], rel=1e-6)

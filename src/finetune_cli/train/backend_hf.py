@@ -369,6 +369,8 @@ def trainer_class():
             norm, the token count), gathered over the processes and copied to the host without blocking."""
             norm = grad_norm if isinstance(grad_norm, torch.Tensor) else torch.tensor(
                 float("nan") if grad_norm is None else float(grad_norm))
+            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor, which a collective takes only with its kind
+                norm = norm.full_tensor()
             tokens = torch.as_tensor(self._tokens, device=tr_loss.device)
             values = torch.stack([tr_loss.detach().double(), norm.detach().double().to(tr_loss.device),
                                   tokens.double()])
