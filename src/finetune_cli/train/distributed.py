@@ -88,7 +88,10 @@ def join() -> None:
         # accelerate names the device "cpu:0" under several CPU processes, and the Trainer's resume loads the
         # optimizer with that as map_location, which torch.load refuses: name it plain "cpu"
         os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
-    PartialState(cpu=cpu)  # gloo on CPU, nccl on CUDA (this process's GPU = LOCAL_RANK)
+    # gloo on CPU, nccl on CUDA (this process's GPU = LOCAL_RANK), the group bound to that GPU: a barrier
+    # without device_ids (the Trainer's at each checkpoint) then needs no guess, and torch no warning
+    bound = {} if cpu else {"device_id": torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))}
+    PartialState(cpu=cpu, **bound)
     from .records import is_main
 
     if not is_main():
