@@ -245,6 +245,51 @@ def test_schedule_counts_each_process_share():
     assert _schedule(cfg, 36, 2)[0] == 3                             # 9 micro-batches: 5 on rank 0, 4 on rank 1
 
 
+@pytest.mark.slow
+def test_bad_data_under_two_processes_is_one_clear_line_a_process(tiny_model, tmp_path):
+    """Every process finds the bad row after joining its group and says so on one whole line naming the
+    file and line (unbuffered, as under some launchers: a line written in pieces interleaved with the other
+    process's), leaves its group without a traceback, and the launching command says the run failed."""
+    data = write_data(tmp_path / "d.jsonl", 8)
+    with open(data, "a") as f:
+        f.write('{"messages": "not a list"}\n')
+    p = subprocess.run([sys.executable, "-m", "finetune_cli", "train", "--model", str(tiny_model), "--data",
+                        str(data), "--max-len", "96", "--batch-size", "2", "--gpus", "2"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert p.returncode == 1, p.stderr[-3000:]
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    bad = f"error: {data}:9: conversation must be a non-empty list of turns"
+    # each process that got to say it (the launcher stops the others once one has failed), then the launcher
+    assert errors[-1] == "error: training in 2 processes failed (exit code 1; the error is above)", p.stderr
+    assert errors[:-1] and set(errors[:-1]) == {bad}, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_a_failed_run_leaves_its_group_without_waiting(monkeypatch):
+    """An error after joining the group destroys it in this process (no barrier: the others may be gone)."""
+    import torch.distributed as dist
+
+    from finetune_cli.errors import TrainingError
+    from finetune_cli.train import distributed, run
+    from finetune_cli.train.config import TrainConfig
+    from finetune_cli.ui import Reporter
+
+    def fail(*a):
+        raise TrainingError("boom")
+
+    monkeypatch.setattr(distributed, "join", lambda: dist.init_process_group(
+        "gloo", store=dist.HashStore(), rank=0, world_size=1))
+    monkeypatch.setattr(run, "_run_joined", fail)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as launched; check() only compares --gpus with it
+    try:
+        with pytest.raises(TrainingError, match="boom"):
+            run.run(TrainConfig(model="m", data=["d"]), Reporter(quiet=True))
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_other_ranks_report_nothing(capsys):
     from finetune_cli.train.distributed import Silent
 

@@ -97,21 +97,24 @@ def print_resolved(reporter: Reporter, section: str, resolved: C.Resolved) -> No
                     for k, v in data.items()])
 
 
+def _say(*lines: str) -> None:
+    """Lines to stderr in one write: the processes of a multi-GPU run share it, and a line written in
+    pieces (text, then newline, as print does when unbuffered) interleaves with another process's."""
+    sys.stderr.write("".join(line + "\n" for line in lines))
+    sys.stderr.flush()
+
+
 def fail(err: BaseException, debug: bool) -> typing.NoReturn:
     if debug:
         traceback.print_exception(err, file=sys.stderr)  # plain traceback: no locals, ever
     if isinstance(err, KeyboardInterrupt):
-        print("ft: interrupted", file=sys.stderr)
+        _say("ft: interrupted")
         raise typer.Exit(130)
     if isinstance(err, FtError):
-        lines = str(err).splitlines() or [type(err).__name__]
-        print(f"error: {lines[0]}", file=sys.stderr)
-        for extra in lines[1:]:
-            print(f"error: {extra}", file=sys.stderr)
+        _say(*(f"error: {line}" for line in str(err).splitlines() or [type(err).__name__]))
         raise typer.Exit(err.exit_code)
     msg = str(err).splitlines()[0] if str(err) else ""
-    print(f"error: unexpected {type(err).__name__}: {msg} (run again with --debug for the traceback)",
-          file=sys.stderr)
+    _say(f"error: unexpected {type(err).__name__}: {msg} (run again with --debug for the traceback)")
     raise typer.Exit(1)
 
 

@@ -146,6 +146,18 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+def abandon() -> None:
+    """The end of a run that failed in this process: its group is left without waiting for the others
+    (they may have failed too, or be waiting in a collective until the launcher stops them); left open,
+    torch warns at exit under NCCL that the group was never destroyed, after ft's one-line error."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def every_trainable_in_graph(model) -> bool:
     """True where every trainable tensor gets a gradient through the autograd graph at every step."""
     config = getattr(model, "config", None)

@@ -210,6 +210,15 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     distributed.check(cfg, processes=processes)
     backend = _backend(pick_backend(cfg.backend))  # before anything imports transformers (Unsloth)
     distributed.join()
+    try:
+        return _run_joined(cfg, reporter, processes, backend)
+    except BaseException:
+        distributed.abandon()
+        raise
+
+
+def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -> dict | None:
+    """The run once this process is in its group (one process: no group)."""
     if not is_main():
         reporter = distributed.Silent()
     name = distributed.same_on_all(cfg.name or _default_name(cfg))
