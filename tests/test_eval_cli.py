@@ -166,7 +166,7 @@ def test_bad_prompt_file_names_file_and_line(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n'
                                       '{"messages": [{"role": "wizard", "content": "x"}]}\n')
     r = invoke(["--base", "nowhere-model-dir/", "--prompts", "p.jsonl"])
-    assert r.exit_code == 1 and "p.jsonl:2" in r.output and "unknown role" in r.output
+    assert r.exit_code == 1 and "p.jsonl:2: messages: turn 0: unknown role 'wizard'" in r.output, r.output
 
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)></pre>```'

@@ -65,7 +65,7 @@ BAD = [
     (msgs(("user", "q"), ("user", "q2"), ("assistant", "a")), "turns 0 and 1: two user turns in a row"),
     (msgs(("user", "q"), ("assistant", "a"), ("user", "q2")), "does not end with an assistant turn"),
     ({"conversations": [{"from": "human", "value": "q"}]}, "missing 'messages'"),
-    ({"messages": []}, "non-empty list"),
+    ({"messages": []}, "messages: conversation must be a non-empty list"),
     (msgs(("user", "q"), ("system", "s"), ("assistant", "a")), "a system turn must come first"),
 ]
 

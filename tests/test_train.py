@@ -388,7 +388,7 @@ def test_dry_run_prints_config_and_writes_nothing(tiny_model):
 @pytest.mark.parametrize("args,code,message", [
     (["--data", "d.jsonl"], 2, "missing required option --model"),
     (["--model", "MODEL", "--data", "missing.jsonl"], 1, "missing.jsonl: no such file"),
-    (["--model", "MODEL", "--data", "bad.jsonl"], 1, "bad.jsonl:2: turn 1 (assistant): empty content"),
+    (["--model", "MODEL", "--data", "bad.jsonl"], 1, "bad.jsonl:2: messages: turn 1 (assistant): empty content"),
     (["--model", "MODEL", "--data", "d.jsonl", "--method", "qlora"], 2, "QLoRA needs a CUDA GPU"),
     (["--model", "MODEL", "--data", "d.jsonl", "--backend", "unsloth"], 2, "Unsloth needs a CUDA GPU"),
     (["--model", "nowhere/x/y", "--data", "d.jsonl"], 2, "not a model directory"),

@@ -38,7 +38,7 @@ def test_messages_sharegpt_json_parquet_and_text_load(tmp_path):
 
 
 @pytest.mark.parametrize("content,reason", [
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "a.jsonl:2: conversation does not end with an assistant"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "a.jsonl:2: messages: conversation does not end with an assistant"),
     ('{"prompt": "x"}', "a.jsonl:2: no 'messages', 'conversations' or 'text' field (keys: prompt)"),
     ('{"messages": [', "a.jsonl:2:"),
     ('{"text": ""}', "a.jsonl:2: 'text' must be a non-empty string"),

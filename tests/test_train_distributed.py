@@ -258,7 +258,7 @@ def test_bad_data_under_two_processes_is_one_clear_line_a_process(tiny_model, tm
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert p.returncode == 1, p.stderr[-3000:]
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
-    bad = f"error: {data}:9: conversation must be a non-empty list of turns"
+    bad = f"error: {data}:9: messages: conversation must be a non-empty list of turns"
     # each process that got to say it (the launcher stops the others once one has failed), then the launcher
     assert errors[-1] == "error: training in 2 processes failed (exit code 1; the error is above)", p.stderr
     assert errors[:-1] and set(errors[:-1]) == {bad}, p.stderr

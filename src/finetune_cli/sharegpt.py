@@ -90,7 +90,10 @@ def convert_row(row: dict, *, reverse: bool, drop_meta: bool, system: str | None
                 " (it has 'messages': drop --reverse?)"
             raise ValueError(f"missing {src_key!r}{hint}")
         raise ValueError(f"missing {src_key!r}")
-    turns = with_system(normalize_turns(turns), system)
+    try:
+        turns = with_system(normalize_turns(turns), system)
+    except ValueError as e:
+        raise ValueError(f"{src_key}: {e}") from None
     if reverse:
         conv = [{"role": r, "content": c} for r, c in turns]
     else:

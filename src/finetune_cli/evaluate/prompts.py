@@ -59,20 +59,25 @@ def probe_prompts() -> list[Prompt]:
 
 def _turns_of(row: dict) -> list[tuple[str, str]]:
     """Validated (role, content) turns; a row may end on the user turn (no reference)."""
-    turns = row.get("messages", row.get("conversations"))
+    key = "messages" if "messages" in row else "conversations"
+    turns = row.get(key)
     if turns is None and isinstance(row.get("prompt"), str):
+        key = "prompt"
         turns = [{"role": "user", "content": row["prompt"]}]
         if isinstance(row.get("response"), str):
             turns.append({"role": "assistant", "content": row["response"]})
     if turns is None:
         raise ValueError("expected 'messages', 'conversations' or 'prompt'")
     try:
-        return normalize_turns(turns)
+        try:
+            return normalize_turns(turns)
+        except ValueError as e:
+            if "does not end with an assistant turn" not in str(e):
+                raise
+            # a prompt without its answer: validate it as if answered, then drop the stand-in
+            return normalize_turns(list(turns) + [{"role": "assistant", "content": "-"}])[:-1]
     except ValueError as e:
-        if "does not end with an assistant turn" not in str(e):
-            raise
-        # a prompt without its answer: validate it as if answered, then drop the stand-in
-        return normalize_turns(list(turns) + [{"role": "assistant", "content": "-"}])[:-1]
+        raise ValueError(f"{key}: {e}") from None  # the caller adds file:line
 
 
 def prompt_from_row(row: dict, *, pid: str, source: str) -> Prompt:

@@ -58,12 +58,13 @@ def _sha256(path: Path) -> str:
 def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None) -> None:
     if not isinstance(row, dict):
         raise DataError("expected an object with 'messages', 'conversations' or 'text'", path=path, line=line)
-    turns = row.get("messages", row.get("conversations"))
+    key = "messages" if "messages" in row else "conversations"
+    turns = row.get(key)
     if turns is not None:
         try:
             pairs = with_system(normalize_turns(turns), system)
         except ValueError as e:
-            raise DataError(str(e), path=path, line=line) from None
+            raise DataError(f"{key}: {e}", path=path, line=line) from None
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         out.conversations.append(Conversation([{"role": r, "content": c} for r, c in pairs],
                                               f"{path}:{line}", meta))
