@@ -586,6 +586,7 @@ def test_batching_tip_only_for_small_gpu_batches():
     assert batching_tip(TrainConfig(model="m", data=["d"], batch_tokens=16384), "cuda", 330) is None
 
 
+@pytest.mark.filterwarnings("ignore:`torch.distributed.all_gather_into_tensor` is deprecated:FutureWarning")
 def test_a_sharded_gradient_norm_is_logged_like_a_plain_one(tiny_model, tmp_path, monkeypatch):
     """Under FSDP2 the gradient norm is a DTensor, and c10d refuses to gather a DTensor beside plain tensors:
     the deferred log makes it a plain tensor first. One gloo process stands in for the group: the norm comes
@@ -605,7 +606,7 @@ def test_a_sharded_gradient_norm_is_logged_like_a_plain_one(tiny_model, tmp_path
         if not isinstance(t, torch.Tensor) or t.dim() == 0:
             return gather(self, t)
         out = torch.empty((dist.get_world_size() * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
-        dist.all_gather_into_tensor(out, t.contiguous())  # a plain output, as accelerate makes it
+        dist.all_gather_into_tensor(out, t.contiguous())  # accelerate's call, with a plain output as it makes
         return out
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
