@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..models import default_dtype, quiet_hf, resolve_model
 from . import distributed
 from .config import TrainConfig
-from .template import PadEos, choose_template, setup_pad_eos
+from .template import PadEos, prepare_model_and_tokenizer
 
 
 @dataclass
@@ -101,16 +101,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     from transformers import set_seed
 
     set_seed(cfg.seed)  # before resizing and LoRA init: both draw random numbers
-    template, added = choose_template(tok, cfg.chat_template)
-    pad_eos = setup_pad_eos(tok)
-    added = added + pad_eos.added_tokens
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok), mean_resizing=True)
-    model.config.pad_token_id = tok.pad_token_id
-    model.config.eos_token_id = tok.eos_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = [tok.eos_token_id]
+    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template)
 
     gc = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device == "cuda")
     if cfg.method != "full":

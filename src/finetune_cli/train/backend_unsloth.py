@@ -23,7 +23,7 @@ from ..models import resolve_model
 from . import backend_hf
 from .backend_hf import Setup
 from .config import TrainConfig
-from .template import choose_template, setup_pad_eos
+from .template import prepare_model_and_tokenizer
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -69,16 +69,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
         raise ConfigError(f"model {cfg.model!r}: Unsloth could not load it ({msg})") from None
     tok = getattr(tok, "tokenizer", tok)  # a processor for multimodal models: ft trains text
 
-    template, added = choose_template(tok, cfg.chat_template)
-    pad_eos = setup_pad_eos(tok)
-    added = added + pad_eos.added_tokens
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tok), mean_resizing=True)
-    model.config.pad_token_id = tok.pad_token_id
-    model.config.eos_token_id = tok.eos_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = [tok.eos_token_id]
+    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template)
 
     if cfg.method != "full":
         targets = LLAMA_LINEAR if cfg.target_modules == ["all-linear"] else cfg.target_modules

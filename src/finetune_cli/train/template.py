@@ -129,6 +129,24 @@ class PadEos:
     added_tokens: list[str] = field(default_factory=list)
 
 
+def prepare_model_and_tokenizer(model, tok, choice: str = "auto") -> tuple[str, list[str], PadEos]:
+    """What both backends do to a model they loaded: the chat template and pad ≠ eos set on the
+    tokenizer, the embeddings grown for the tokens that added (new rows at the mean of the old), and
+    the model's config and generation config told the pad and EOS ids. Returns (template, tokens
+    added, pad/EOS)."""
+    template, added = choose_template(tok, choice)
+    pad_eos = setup_pad_eos(tok)
+    added = added + pad_eos.added_tokens
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok), mean_resizing=True)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = [tok.eos_token_id]
+    return template, added, pad_eos
+
+
 def _free_reserved_token(tok, taken: set[int]) -> tuple[str, int] | None:
     """An existing special token the template never emits, preferably one named like a pad."""
     specials = [(t.content, i) for i, t in sorted(tok.added_tokens_decoder.items()) if t.special]
