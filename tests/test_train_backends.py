@@ -1,4 +1,5 @@
-"""Backend choice: auto picks hf without CUDA/Unsloth; unsloth refuses to run unpatched or without a GPU."""
+"""Backend choice: auto picks hf without CUDA/Unsloth; unsloth refuses to run unpatched or without a GPU; what
+ft asks of Unsloth when it loads (a stand-in on the CPU)."""
 
 import sys
 
@@ -73,3 +74,52 @@ def test_unsloth_pads_without_a_varlen_kernel(monkeypatch):
     assert backend_unsloth.padding_free_supported(model=None) == (True, "unsloth + torch varlen_attn")
     ad.HAS_FLASH_ATTENTION = True
     assert backend_unsloth.varlen_attention(None) and backend_unsloth.varlen_kernel() == "flash-attn"
+
+
+def test_unsloth_load_asks_unsloth_for_ft_recipe_and_keeps_ft_checks(monkeypatch, tiny_base):
+    """ft's side of the Unsloth backend, on the CPU: a stand-in for Unsloth's FastLanguageModel loads and
+    wraps through transformers + peft and records what ft asked of it (the GPU check, gpu/check_unsloth.py,
+    runs the real one). A base model without a template, trained with Llama 3's: ft installs it, adds its
+    tokens, sets EOS to its end of turn and a pad ≠ EOS, grows the embeddings, and makes only the new rows
+    trainable."""
+    import types
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_cli.train import backend_unsloth
+    from finetune_cli.train.config import TrainConfig
+    from finetune_cli.ui import Reporter
+
+    asked: dict = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(model_name, **kw):
+            asked["load"] = kw
+            return AutoModelForCausalLM.from_pretrained(model_name), AutoTokenizer.from_pretrained(model_name)
+
+        @staticmethod
+        def get_peft_model(model, *, use_gradient_checkpointing, random_state, **kw):
+            asked["peft"] = {**kw, "use_gradient_checkpointing": use_gradient_checkpointing}
+            return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **kw))
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    model, tok, setup = backend_unsloth.load(TrainConfig(model=str(tiny_base), data=["d"], method="dora", chat_template="llama3"),
+                                             Reporter(quiet=True))
+    load, peft = asked["load"], asked["peft"]
+    assert load["dtype"] == torch.bfloat16 and load["load_in_4bit"] is False and not load["full_finetuning"]
+    assert load["use_gradient_checkpointing"] == peft["use_gradient_checkpointing"] == "unsloth"
+    assert peft["use_dora"] and not peft["use_rslora"] and peft["target_modules"] == backend_unsloth.LLAMA_LINEAR
+    header = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    assert setup.added_tokens == header  # the tiny vocabulary has ChatML's tokens, not Llama 3's
+    new = sorted(tok.convert_tokens_to_ids(header))
+    assert peft["trainable_token_indices"] == {"embed_tokens": new, "lm_head": new}
+    assert setup.template == "llama3" and "<|start_header_id|>" in tok.chat_template
+    assert tok.eos_token == "<|eot_id|>" and tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id and model.config.eos_token_id == tok.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok)
+    assert setup.optimizer == "adamw_8bit" and setup.attn == "unsloth" and setup.gradient_checkpointing
+    assert 0 < setup.trainable_params < setup.total_params
