@@ -38,11 +38,21 @@ class ToShareGPTConfig:
                         choices=("fail", "skip"))
 
 
-def normalize_turns(turns: Any) -> list[tuple[str, str]]:
+def normalize_turns(turns: Any, field: str | None = None) -> list[tuple[str, str]]:
     """``[(role, content), ...]`` with canonical roles (system/user/assistant), validated.
 
-    Raises ValueError with the reason (the caller adds file:line).
+    Raises ValueError with the reason, after ``field`` (the row's key the turns came from) where given;
+    the caller adds file:line.
     """
+    try:
+        return _normalize_turns(turns)
+    except ValueError as e:
+        if field is None:
+            raise
+        raise ValueError(f"{field}: {e}") from None
+
+
+def _normalize_turns(turns: Any) -> list[tuple[str, str]]:
     if not isinstance(turns, list) or not turns:
         raise ValueError("conversation must be a non-empty list of turns")
     out: list[tuple[str, str]] = []
@@ -90,10 +100,7 @@ def convert_row(row: dict, *, reverse: bool, drop_meta: bool, system: str | None
                 " (it has 'messages': drop --reverse?)"
             raise ValueError(f"missing {src_key!r}{hint}")
         raise ValueError(f"missing {src_key!r}")
-    try:
-        turns = with_system(normalize_turns(turns), system)
-    except ValueError as e:
-        raise ValueError(f"{src_key}: {e}") from None
+    turns = with_system(normalize_turns(turns, src_key), system)
     if reverse:
         conv = [{"role": r, "content": c} for r, c in turns]
     else:

@@ -69,15 +69,12 @@ def _turns_of(row: dict) -> list[tuple[str, str]]:
     if turns is None:
         raise ValueError("expected 'messages', 'conversations' or 'prompt'")
     try:
-        try:
-            return normalize_turns(turns)
-        except ValueError as e:
-            if "does not end with an assistant turn" not in str(e):
-                raise
-            # a prompt without its answer: validate it as if answered, then drop the stand-in
-            return normalize_turns(list(turns) + [{"role": "assistant", "content": "-"}])[:-1]
+        return normalize_turns(turns, key)
     except ValueError as e:
-        raise ValueError(f"{key}: {e}") from None  # the caller adds file:line
+        if "does not end with an assistant turn" not in str(e):
+            raise
+        # a prompt without its answer: validate it as if answered, then drop the stand-in
+        return normalize_turns(list(turns) + [{"role": "assistant", "content": "-"}], key)[:-1]
 
 
 def prompt_from_row(row: dict, *, pid: str, source: str) -> Prompt:

@@ -62,9 +62,9 @@ def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None)
     turns = row.get(key)
     if turns is not None:
         try:
-            pairs = with_system(normalize_turns(turns), system)
+            pairs = with_system(normalize_turns(turns, key), system)
         except ValueError as e:
-            raise DataError(f"{key}: {e}", path=path, line=line) from None
+            raise DataError(str(e), path=path, line=line) from None
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         out.conversations.append(Conversation([{"role": r, "content": c} for r, c in pairs],
                                               f"{path}:{line}", meta))
