@@ -135,14 +135,11 @@ def leave() -> None:
     import gc
 
     gc.collect()
-    if world_size() <= 1:
-        return
-    import torch
-    import torch.distributed as dist
+    dist = _open_group()
+    if dist is not None:
+        import torch
 
-    if dist.is_available() and dist.is_initialized():
-        nccl = dist.get_backend() == "nccl"
-        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
         dist.destroy_process_group()
 
 
@@ -150,12 +147,18 @@ def abandon() -> None:
     """The end of a run that failed in this process: its group is left without waiting for the others
     (they may have failed too, or be waiting in a collective until the launcher stops them); left open,
     torch warns at exit under NCCL that the group was never destroyed, after ft's one-line error."""
+    dist = _open_group()
+    if dist is not None:
+        dist.destroy_process_group()
+
+
+def _open_group():
+    """``torch.distributed`` where this process is in an open group of a several-process run, else None."""
     if world_size() <= 1:
-        return
+        return None
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 def every_trainable_in_graph(model) -> bool:
