@@ -64,10 +64,11 @@ def make(path: str, preset: str) -> None:
     fast.save_pretrained(path)
 
 
-def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
+def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth", **load):
     """(model, tokenizer) as a hand-written loop builds them: Unsloth's LoRA (``gc``: Unsloth's
-    ``use_gradient_checkpointing``, by default its offloading checkpointer), or transformers + peft with
-    SDPA and non-reentrant checkpointing (on CPU, for checking a script: float32, no checkpointing)."""
+    ``use_gradient_checkpointing``, by default its offloading checkpointer; ``load``: more arguments for
+    its ``from_pretrained``), or transformers + peft with SDPA and non-reentrant checkpointing (on CPU, for
+    checking a script: float32, no checkpointing)."""
     import torch
 
     if kind == "unsloth":
@@ -75,7 +76,7 @@ def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
         from unsloth import FastLanguageModel
 
         model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=L, dtype=torch.bfloat16,
-                                                       load_in_4bit=False)
+                                                       load_in_4bit=False, **load)
         return FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
                                                 target_modules=TARGETS, use_gradient_checkpointing=gc,
                                                 random_state=0), tok
@@ -93,12 +94,12 @@ def raw_model(kind: str, path: str, L: int, gc: str | bool = "unsloth"):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def raw_setup(kind: str, path: str, B: int, L: int):
+def raw_setup(kind: str, path: str, B: int, L: int, **model_args):
     """(model in training mode, AdamW over its trainable parameters, 4 random batches of B × L) for a
-    hand-written loop (on the GPU where there is one)."""
+    hand-written loop (on the GPU where there is one); ``model_args`` go to raw_model."""
     import torch
 
-    model, _ = raw_model(kind, path, L)
+    model, _ = raw_model(kind, path, L, **model_args)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.manual_seed(0)

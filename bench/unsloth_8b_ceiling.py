@@ -13,10 +13,10 @@ one, summed over a step (forward, checkpoint recompute, input gradient).
 ``step``: the raw loop of bench/train_throughput.py (forward with labels, backward, AdamW) on MODEL_DIR from
 ``train_throughput.make``, two windows of 10 steps after 3 warm-up steps, tokens/s and peak memory, appended to
 OUT.jsonl. ``--gc``: Unsloth's offloading checkpointer (``unsloth``, what ft uses), Unsloth without offloading
-(``true``) or the transformers+peft loop (``hf``). ``--fp8``: Unsloth's ``load_in_fp8=True``, reporting the base
-weights' dtype and whether the first loss differs from the bf16 load's. ``--profile``: 2 more steps under
-torch.profiler, device time per kernel family (GEMM, attention, copies, Triton, other) and the top kernels.
-Run the step variants as separate processes, alternating, to see the machine's spread.
+(``true``) or the transformers+peft loop (``hf``). ``--fp8`` (Unsloth only): ``load_in_fp8=True``, reporting the
+base weights' dtype and whether the first loss differs from the bf16 load's. ``--profile``: 2 more steps under
+torch.profiler, device time per kernel family (GEMM, attention, copies, Triton, other) and the top kernels. Run
+the step variants as separate processes, alternating, to see the machine's spread.
 """
 
 from __future__ import annotations
@@ -98,29 +98,18 @@ def step(path: str, B: int, out: Path, gc: str, fp8: bool, prof: bool) -> dict:
         import unsloth  # noqa: F401  (before transformers)
     import torch
 
-    from train_throughput import TARGETS, raw_model, timed_steps
+    from train_throughput import raw_setup, timed_steps
 
+    unsloth = {} if gc == "hf" else {"gc": True if gc == "true" else "unsloth"}
     if fp8:
-        from unsloth import FastLanguageModel
-
-        model, _ = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=2048, dtype=torch.bfloat16,
-                                                     load_in_4bit=False, load_in_fp8=True)
-        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
-                                                 target_modules=TARGETS, use_gradient_checkpointing="unsloth",
-                                                 random_state=0)
-    else:
-        model, _ = raw_model("hf" if gc == "hf" else "unsloth", path, 2048,
-                             **({} if gc == "hf" else {"gc": True if gc == "true" else "unsloth"}))
-    model.train()
+        unsloth["load_in_fp8"] = True
+    model, opt, batches = raw_setup("hf" if gc == "hf" else "unsloth", path, B, 2048, **unsloth)
     res: dict = {"gc": gc, "fp8": fp8, "batch": B, "device": torch.cuda.get_device_name()}
     if fp8:
         base = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
         res["base_weight"] = f"{type(base.weight).__name__} {base.weight.dtype}"
-    torch.manual_seed(0)
-    batches = [torch.randint(4, model.config.vocab_size, (B, 2048), device="cuda") for _ in range(4)]
     with torch.no_grad():
         res["first_loss"] = model(input_ids=batches[0], labels=batches[0]).loss.item()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.cuda.reset_peak_memory_stats()
     res["tokens_per_s"] = [round(B * 2048 * 10 / timed_steps(model, opt, batches, 10, warmup=3 if w == 0 else 0))
                            for w in range(2)]
@@ -156,7 +145,7 @@ def main() -> None:
         i = argv.index("--gc")
         gc = argv[i + 1]
         del argv[i:i + 2]
-    assert argv[0] == "step" and gc in ("unsloth", "true", "hf"), __doc__
+    assert argv[0] == "step" and gc in ("unsloth", "true", "hf") and not ("--fp8" in flags and gc == "hf"), __doc__
     res = step(argv[1], int(argv[2]), Path(argv[3]), gc, "--fp8" in flags, "--profile" in flags)
     print("RESULT", json.dumps(res), flush=True)
 
