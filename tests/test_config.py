@@ -107,6 +107,47 @@ def test_bad_env_value_names_variable():
         load_config(Demo, "demo", environ={"FT_DEMO_STEPS": "many"})
 
 
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf"])
+def test_non_finite_floats_are_refused_naming_the_source(tmp_path, raw):
+    """NaN compares False with every bound: it must not pass a range check (nor inf)."""
+    with pytest.raises(ConfigError, match=f"environment FT_DEMO_LR: '{raw}' is not a finite number"):
+        load_config(Demo, "demo", environ={"FT_DEMO_LR": raw})
+    with pytest.raises(ConfigError, match="is not a finite number"):
+        load_config(Demo, "demo", config_file=write(tmp_path, f"[demo]\nlr = {raw.lower()}\n"), environ={})
+    with pytest.raises(ConfigError, match="option --lr: .* is not a finite number"):
+        load_config(Demo, "demo", environ={}, flags={"lr": float(raw)})
+
+
+def test_cli_nan_is_exit_2_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_GEN_ADV_RATIO", "nan")
+    r = CliRunner().invoke(app, ["gen", "--topics-json", "t.json", "-o", "o.jsonl"])
+    assert r.exit_code == 2
+    assert "environment FT_GEN_ADV_RATIO: 'nan' is not a finite number" in r.stderr
+
+
+def test_unknown_section_env_variable_warns_with_the_nearest(tmp_path):
+    r = load_config(Demo, "demo", environ={"FT_DEMO_STPES": "3", "FT_HOME": "x", "FT_DEMOS": "1"})
+    assert r.config.steps == 10
+    assert r.warnings == ["environment FT_DEMO_STPES: no [demo] key reads it, ignored "
+                          "(did you mean FT_DEMO_STEPS?)"]
+
+
+def test_cli_warns_of_an_unknown_env_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FT_TO_SHAREGPT_DORP_META", "1")
+    monkeypatch.setenv("FT_TOPICS_EXPAND_BATCH", "3")  # another command's: not this one's business
+    r = CliRunner().invoke(app, ["to-sharegpt", "-i", "in.jsonl", "-o", "x.jsonl", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "warning: environment FT_TO_SHAREGPT_DORP_META: no [to_sharegpt] key reads it, ignored " \
+        "(did you mean FT_TO_SHAREGPT_DROP_META?)" in r.stderr
+    assert "FT_TOPICS_EXPAND" not in r.stderr
+
+
+def test_a_utf8_bom_in_a_config_file_is_accepted(tmp_path):
+    p = tmp_path / "ft.toml"
+    p.write_bytes(b"\xef\xbb\xbf[demo]\nsteps = 3\n")
+    assert load_config(Demo, "demo", config_file=p, environ={}).config.steps == 3
+
+
 def test_all_errors_reported_at_once(tmp_path):
     p = write(tmp_path, "[demo]\nsteps = 0\nlr = -1\nbogus = 1\n")
     with pytest.raises(ConfigError) as e:

@@ -148,3 +148,12 @@ def test_dumps_keeps_unicode(tmp_path):
     assert "你好".encode() in p.read_bytes()
     assert orjson.loads(p.read_bytes())["t"].endswith("你好")
     assert not os.listdir(tmp_path) == []
+
+
+def test_a_utf8_bom_at_the_start_is_accepted(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')
+    assert [row for _, row in read_rows(p)] == [{"a": 1}, {"a": 2}]
+    j = tmp_path / "bom.json"
+    j.write_bytes(b'\xef\xbb\xbf["t"]')
+    assert read_json(j) == ["t"]

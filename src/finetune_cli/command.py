@@ -3,13 +3,16 @@
 Each command is a config dataclass plus a plain ``run(cfg, reporter)``; this module gives it
 ``--config``, ``--dry-run``, ``--quiet``, ``--json`` and ``--debug``, one flag per config field
 (help, default, range and env names from the field), and one error policy:
-one line on stderr, exit 2 for usage/config errors, 1 for data/runtime errors, 130 on Ctrl-C.
+one line on stderr, exit 2 for usage/config errors, 1 for data/runtime errors, 130 on Ctrl-C, and
+141 (128 + SIGPIPE, what the shell reports for ``cat`` in the same place) without a word when the
+reader of stdout went away: ``ft to-sharegpt -o - | head -1`` behaves like a Unix filter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import sys
 import traceback
 import typing
@@ -118,6 +121,17 @@ def fail(err: BaseException, debug: bool) -> typing.NoReturn:
     raise typer.Exit(1)
 
 
+def _stdout_closed() -> typing.NoReturn:
+    """The reader of stdout is gone (``| head``): no message, no traceback, exit 141. stdout is pointed
+    at /dev/null first, else Python's own flush at exit fails again and prints "Exception ignored"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test runner's stdout)
+        pass
+    raise typer.Exit(141)
+
+
 def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
              run: Callable[[Any, Reporter], Any], *, help: str) -> None:
     """Add ``ft NAME`` to ``app``: flags from ``cfg_cls``, then ``run(cfg, reporter)``.
@@ -135,6 +149,8 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
                             debug=common["debug"])
         try:
             resolved = C.load_config(cfg_cls, section, config_file=common["config"], flags=kwargs)
+            for line in resolved.warnings:
+                reporter.warn(line)
             if common["dry_run"]:
                 print_resolved(reporter, section, resolved)
                 return
@@ -144,14 +160,19 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
                     result = run(resolved.config, reporter)
             else:
                 result = run(resolved.config, reporter)
+        except BrokenPipeError:
+            _stdout_closed()
         except (FtError, KeyboardInterrupt, Exception) as err:  # noqa: BLE001 - the edge
             fail(err, common["debug"])
         code = 0
-        if isinstance(result, dict):
-            code = int(result.pop("exit_code", 0) or 0)
-            reporter.emit_json(result)
-        elif result is not None:
-            reporter.emit_json(result)
+        try:
+            if isinstance(result, dict):
+                code = int(result.pop("exit_code", 0) or 0)
+                reporter.emit_json(result)
+            elif result is not None:
+                reporter.emit_json(result)
+        except BrokenPipeError:
+            _stdout_closed()
         if code:
             raise typer.Exit(code)
 

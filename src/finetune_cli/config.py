@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .jsonl import UTF8_BOM
 
 # section name -> config class; filled by the CLI as it registers commands, so a config file's
 # unknown sections and keys are caught whichever command reads it.
@@ -64,6 +66,7 @@ class Resolved:
 
     config: Any
     sources: dict[str, str]
+    warnings: list[str] = field(default_factory=list)  # e.g. an unknown FT_<SECTION>_* variable
 
 
 def env_names(section: str, f: dataclasses.Field) -> tuple[str, ...]:
@@ -130,10 +133,16 @@ def _coerce(value: Any, tp: Any, *, from_env: bool, where: str, errors: list[str
             if isinstance(value, bool):
                 raise TypeError
             if isinstance(value, (int, float)):
-                return float(value)
-            if from_env and isinstance(value, str):
-                return float(value.strip())
-            raise TypeError
+                number = float(value)
+            elif from_env and isinstance(value, str):
+                number = float(value.strip())
+            else:
+                raise TypeError
+            if not math.isfinite(number):
+                # NaN compares False with every bound, so it would pass any range check: refuse it here
+                errors.append(f"{where}: {value!r} is not a finite number")
+                return None
+            return number
         if tp is str:
             if isinstance(value, str):
                 return value
@@ -229,8 +238,8 @@ def load_toml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
     try:
-        with open(p, "rb") as fh:
-            return tomllib.load(fh)
+        # a UTF-8 BOM (Windows editors write one) is not part of the document
+        return tomllib.loads(p.read_bytes().removeprefix(UTF8_BOM).decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
     except UnicodeDecodeError as e:
@@ -265,6 +274,23 @@ def check_file_sections(data: dict, path: str) -> list[str]:
             if key.replace("-", "_") not in valid:
                 errors.append(_unknown_key(key, valid, f"{path} [{section}]"))
     return errors
+
+
+def unknown_env_vars(cls: type, section: str, environ: dict[str, str]) -> list[str]:
+    """A line for each ``FT_<SECTION>_*`` variable that no field reads (a typo is otherwise silently
+    ignored), with the closest variable that would have been read."""
+    prefix = f"FT_{section.upper()}_"
+    known = [n for f in fields(cls) for n in env_names(section, f)]
+    # FT_MODEL_TINY_SEED belongs to [model_tiny], not to a section named [model]
+    longer = [f"FT_{s.upper()}_" for s in SECTIONS if s.startswith(section + "_")]
+    out = []
+    for var in sorted(environ):
+        if not var.startswith(prefix) or var in known or any(var.startswith(p) for p in longer):
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"environment {var}: no [{section}] key reads it, ignored{hint}")
+    return out
 
 
 def load_config(cls: type, section: str, *, config_file: str | Path | None = None,
@@ -309,6 +335,7 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
                                          where=f"environment {var}", errors=errors)
                 sources[f.name] = f"env:{var}"
                 break
+    warnings = unknown_env_vars(cls, section, environ)
 
     for name, raw in flags.items():
         if raw is None or (isinstance(raw, (list, tuple)) and not raw):
@@ -337,7 +364,7 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
     validate = getattr(cfg, "validate", None)
     if validate is not None:
         validate()
-    return Resolved(cfg, sources)
+    return Resolved(cfg, sources, warnings)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

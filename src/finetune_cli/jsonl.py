@@ -25,6 +25,7 @@ import orjson
 from .errors import DataError
 
 OnError = Literal["fail", "skip"]
+UTF8_BOM = b"\xef\xbb\xbf"  # Windows editors start files with one; ft reads past it
 _DUMP_OPTS = orjson.OPT_APPEND_NEWLINE
 
 
@@ -83,6 +84,8 @@ def read_rows(path: str | Path, *, on_error: OnError = "fail",
     f = _open_read(path)
     try:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # a BOM (Windows editors write one) is not part of the first row
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
@@ -118,7 +121,7 @@ def read_json(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise DataError("no such file", path=str(p))
-    data = p.read_bytes()
+    data = p.read_bytes().removeprefix(UTF8_BOM)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -146,15 +149,16 @@ class AtomicWriter:
     target. On any exception (Ctrl-C included) the temp file is removed and the target untouched.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, stdout: IO[bytes] | None = None):
         self.path = Path(path)
         self.count = 0
         self._stdout = str(path) == "-"
+        self._stream = stdout  # where ``-`` writes (default: sys.stdout's buffer when entered)
 
     def __enter__(self) -> AtomicWriter:
         if self._stdout:
             self._raw = None
-            self._f = sys.stdout.buffer
+            self._f = self._stream or sys.stdout.buffer
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -172,7 +176,8 @@ class AtomicWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._stdout:
-            self._f.flush()
+            if exc_type is None:  # after a BrokenPipeError, flushing would only raise it again
+                self._f.flush()
             return
         try:
             if self._f is not self._raw:
