@@ -124,3 +124,34 @@ def test_missing_system_file_is_config_error(tmp_path):
     write(tmp_path / "in.jsonl", [msgs(("user", "q"), ("assistant", "a"))])
     r = runner.invoke(app, ["to-sharegpt", "-i", "in.jsonl", "-o", "o.jsonl", "--system", "@nope.txt"])
     assert r.exit_code == 2 and "no such file 'nope.txt'" in r.stderr
+
+
+def test_stdout_reader_gone_is_a_quiet_exit_141(tmp_path):
+    """`ft to-sharegpt -o - | head -1`: a Unix filter whose reader left exits 141 (as cat does), no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    write(tmp_path / "in.jsonl", [msgs(("user", f"q{i} " + "x" * 200), ("assistant", "a")) for i in range(3000)])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "finetune_cli", "to-sharegpt", "-i", "in.jsonl", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    assert orjson.loads(proc.stdout.readline())["conversations"][0]["from"] == "human"
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141, err
+    assert err == ""
+
+
+def test_json_with_stdout_output_rows_on_stdout_summary_on_stderr(tmp_path):
+    write(tmp_path / "in.jsonl", [msgs(("user", "q"), ("assistant", "a"))])
+    r = runner.invoke(app, ["to-sharegpt", "-i", "in.jsonl", "-o", "-", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [orjson.loads(line)["conversations"][1]["value"] for line in r.stdout.splitlines()] == ["a"]
+    assert orjson.loads(r.stderr)["written"] == 1
+
+
+def test_one_row_is_one_row(tmp_path):
+    write(tmp_path / "in.jsonl", [msgs(("user", "q"), ("assistant", "a"))])
+    r = runner.invoke(app, ["to-sharegpt", "-i", "in.jsonl", "-o", "o.jsonl"])
+    assert r.exit_code == 0 and "wrote 1 row to o.jsonl" in r.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 from .config import opt
 from .errors import ConfigError
 from .jsonl import read_rows, repair_tail
-from .ui import Reporter
+from .ui import Reporter, count
 
 if TYPE_CHECKING:
     from .persona import Persona
@@ -184,7 +184,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)
     elapsed = time.perf_counter() - t0
     rows = summary_rows(stats, final["kept_by_bucket"])
-    reporter.table(f"ft gen: {out} ({final['kept']} rows; {elapsed:.1f} s)",
+    reporter.table(f"ft gen: {out} ({count(final['kept'], 'row')}; {elapsed:.1f} s)",
                    ["bucket", "accepted", "rejected", "by reason", "failed", "tokens in", "tokens out", "req/s"],
                    rows)
     retries = dict(provider.stats.retries) if hasattr(provider, "stats") else {}

@@ -17,7 +17,7 @@ from typing import Any
 from .config import opt, text_or_file
 from .errors import DataError
 from .jsonl import AtomicWriter, ReadStats, read_rows
-from .ui import Reporter
+from .ui import Reporter, count
 
 ROLE_ALIASES = {
     "system": "system",
@@ -117,7 +117,9 @@ def run(cfg: ToShareGPTConfig, reporter: Reporter) -> dict:
     system = text_or_file(cfg.system)
     stats = ReadStats()
     name = "<stdin>" if cfg.input == "-" else cfg.input
-    with reporter.progress("converting", total=None) as task, AtomicWriter(cfg.output) as w:
+    # -o -: rows on stdout (with --json, the summary then goes to stderr)
+    stdout = reporter.data_stdout() if cfg.output == "-" else None
+    with reporter.progress("converting", total=None) as task, AtomicWriter(cfg.output, stdout=stdout) as w:
         for lineno, row in read_rows(cfg.input, on_error=cfg.on_error, stats=stats):
             try:
                 out = convert_row(row, reverse=cfg.reverse, drop_meta=cfg.drop_meta, system=system)
@@ -131,7 +133,7 @@ def run(cfg: ToShareGPTConfig, reporter: Reporter) -> dict:
             if not lineno % 4096:
                 task.advance(4096)
     direction = "ShareGPT → messages" if cfg.reverse else "messages → ShareGPT"
-    reporter.info(f"{direction}: wrote {w.count} rows to {cfg.output}"
+    reporter.info(f"{direction}: wrote {count(w.count, 'row')} to {cfg.output}"
                   + (f", skipped {stats.skipped}" if stats.skipped else ""))
     for ex in stats.examples:
         reporter.warn(f"skipped {ex}")

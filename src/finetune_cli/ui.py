@@ -38,6 +38,13 @@ class Reporter:
         self._force_progress = force_progress
         self._err = None
         self._out = None
+        self._stdout = sys.stdout  # the real one: --json sends what libraries print to stderr
+        self.stdout_taken = False  # a command's rows went to stdout (``-o -``): the --json summary goes to stderr
+
+    def data_stdout(self):
+        """The binary stdout for a command's data rows (``-o -``); the --json summary then goes to stderr."""
+        self.stdout_taken = True
+        return self._stdout.buffer
 
     @property
     def err(self):
@@ -90,10 +97,12 @@ class Reporter:
         if self.json_mode:
             import orjson
 
-            sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-                                                 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
-                                                 default=str))
-            sys.stdout.flush()
+            stream = sys.stderr if self.stdout_taken else sys.stdout
+            stream.flush()
+            stream.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+                                             | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+                                             default=str))
+            stream.flush()
 
     @contextmanager
     def progress(self, description: str, total: float | None = None,
@@ -112,6 +121,11 @@ class Reporter:
         with Progress(*columns, console=self.err, transient=False, refresh_per_second=4) as p:
             tid = p.add_task(description, total=total, **(fields or {}))
             yield Task(p, tid)
+
+
+def count(n: int, noun: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 NULL = Reporter(quiet=True)
