@@ -206,3 +206,69 @@ def test_reports_show_the_base_value_of_a_failed_base_gate():
     want = "distinct_2&lt;base: measured 0.500 vs base 0.600"
     assert want in render_html(doc, [])
     assert want.replace("&lt;", "<") in render_md(doc, [])
+
+
+def test_adapter_runs_on_the_base_given_even_when_it_records_another(tiny_model, tmp_path):
+    from finetune_cli.tiny import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "other", seed=7)
+    _adapter(tiny_model, tmp_path / "ad", 1)  # adapter_config names tiny_model
+    (tmp_path / "p.txt").write_text("Fit like?\n")
+    args = ["--base", str(other), "--adapter", "ad", "--prompts", "p.txt", "--no-probes", "--conditions",
+            "no_system", "--json"]
+    r = invoke(args + ["-o", "o1"])
+    assert r.exit_code == 0, r.output
+    cands = {c["name"]: c for c in json.loads((tmp_path / "o1" / "results.json").read_text())["candidates"]}
+    assert cands["ad"]["base_model"] == str(other)
+    texts = json.loads(r.stdout)["results"]
+    # moved: the base the adapter records is gone; --base is enough
+    cfg_path = tmp_path / "ad" / "adapter_config.json"
+    acfg = json.loads(cfg_path.read_text())
+    acfg["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    cfg_path.write_text(json.dumps(acfg))
+    r = invoke(args + ["-o", "o2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"] == texts  # the same model: the same scores
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model, tmp_path_factory):
+    from finetune_cli.export.gguf_write import write_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    write_gguf(tiny_model, path, "f16")
+    return path
+
+
+def _varied_base_repetitive_tuned(monkeypatch):
+    """Generation stand-in: the base answers every prompt differently, the tuned model (a peft model) with
+    the same few words; loading, scoring and gating stay real."""
+    import finetune_cli.evaluate.generate as G
+
+    def fake(model, tok, prompts, **kw):
+        tuned = hasattr(model, "peft_config")
+        return [G.Generation(text="aye aye aye aye aye aye" if tuned else f"answer {i} says word{i} then w{i * 7}",
+                             n_tokens=6, stopped_on_eos=True) for i in range(len(prompts))]
+
+    monkeypatch.setattr(G, "generate", fake)
+
+
+@pytest.mark.parametrize("base", ["gguf", "alias"])
+def test_a_gguf_or_alias_base_is_the_base_for_gates_and_findings(base, tiny_model, tiny_gguf, tmp_path,
+                                                                 monkeypatch):
+    _varied_base_repetitive_tuned(monkeypatch)
+    if base == "alias":  # smollm2-135m, the default real model, is a GGUF too: here the tiny one stands in
+        monkeypatch.setenv("FT_SMOLLM2_GGUF", str(tiny_gguf))
+    name = str(tiny_gguf) if base == "gguf" else "smollm2-135m"
+    _adapter(tiny_model, tmp_path / "ad", 1)
+    (tmp_path / "p.txt").write_text("Fit like?\nFit's the news?\nAye?\n")
+    args = ["--base", name, "--adapter", "ad", "--prompts", "p.txt", "--no-probes", "--conditions", "no_system"]
+    r = invoke(args + ["-o", "worse", "--fail-if", "distinct_2<base"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads((tmp_path / "worse" / "results.json").read_text())
+    assert doc["candidates"][0]["kind"] == "base"
+    [failed] = doc["gates"]["failed"]
+    assert failed["candidate"] == "ad" and failed["value"] < failed["base"]
+    assert [f["candidate"] for f in doc["findings"] if f["metric"] == "distinct_2"] == ["ad"]
+    r = invoke(args + ["-o", "fine", "--fail-if", "distinct_2<base-1"])  # the gate can pass, too
+    assert r.exit_code == 0, r.output

@@ -26,7 +26,8 @@ C, G, M, J, O = "Candidates", "Generation", "Metrics", "Judge", "Output"
 @dataclass
 class EvalConfig:
     base: str | None = opt(None, "Base model: a directory, .gguf file, alias (tiny, smollm2-135m) or hub id. "
-                                 "Evaluated as a candidate, and the base for adapters.", panel=C)
+                                 "Evaluated as a candidate, and the base every adapter runs on (as in ft merge), "
+                                 "whatever base the adapter records.", panel=C)
     adapter: list[str] = opt([], "An adapter directory, run directory or checkpoint (repeat the option for "
                                  "more).", panel=C)
     merged: list[str] = opt([], "A merged/full model directory or a .gguf file (repeat for more).", panel=C)

@@ -66,12 +66,10 @@ def load_candidate(c: Candidate, cfg: EvalConfig):
     from ..models import load_for_inference
 
     device = None if cfg.device == "auto" else cfg.device
-    try:
-        return load_for_inference(c.source, device=device)
-    except ConfigError as e:
-        if cfg.base and "does not say which base model" in str(e):
-            return load_for_inference(c.source, base=cfg.base, device=device)
-        raise
+    # --base is the base every adapter runs on (as in ft merge), whatever base the adapter records: the
+    # comparison is against the model that was evaluated as "base", and a moved adapter still loads
+    base = cfg.base if c.kind in ("adapter", "checkpoint") else None
+    return load_for_inference(c.source, base=base, device=device)
 
 
 def score_condition(texts_gens, prompts: list[Prompt], *, cfg: EvalConfig, leak_system: str | None, persona,
@@ -199,7 +197,9 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     with reporter.progress("generating", total=total) as task:
         for c in cands:
             loaded = load_candidate(c, cfg)
-            kind = c.kind if c.kind == "checkpoint" else loaded.kind
+            # --base is the base whatever its format (a .gguf file, an alias, a merged folder): a base typed
+            # by its format would leave findings and `<base` gates with nothing to compare against
+            kind = c.kind if c.kind in ("checkpoint", "base") else loaded.kind
             system = forced or loaded.system_prompt or shared
             index = None
             if cfg.near_copy and c.run_dir is not None:
