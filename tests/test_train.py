@@ -259,6 +259,7 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
     lb = [r["loss"] for r in metrics("split") if "loss" in r]
     assert lb == pytest.approx(la, abs=1e-5) and len(lb) == len(la)  # the interrupted tail was trimmed
     assert run_json("split")["status"] == "completed" and run_json("split")["global_step"] == 8
+    assert run_json("split")["train_loss"] == pytest.approx(run_json("whole")["train_loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
@@ -287,6 +288,8 @@ def test_tokens_seen_survive_a_checkpoint_between_log_steps(tiny_model, tmp_path
     seen = [(r["step"], r["tokens_seen"]) for r in metrics("whole") if "loss" in r]
     assert [s for s, _ in seen] == [1, 3, 6]
     assert [(r["step"], r["tokens_seen"]) for r in metrics("split") if "loss" in r] == seen
+    # the mean loss over all 8 steps, step 4's (saved, never logged) included
+    assert run_json("split")["train_loss"] == pytest.approx(run_json("whole")["train_loss"], rel=1e-6)
 
 
 def test_a_log_written_a_step_later_equals_the_stock_log(tiny_model, tmp_path, monkeypatch):

@@ -15,6 +15,8 @@ carry ``use_cache=False``: with a cache object, transformers skips that detectio
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +228,26 @@ def _still_training(model, mode: bool = True):
     return model if mode else type(model).train(model, mode)
 
 
+LOSS_FILE = "ft_loss.json"
+
+
+def loss_before(checkpoint: str) -> float:
+    """The summed step losses up to ``checkpoint``: what ft saved there, else (a checkpoint from before ft
+    kept it) an estimate from the logged losses, the steps after the last log taken at its loss."""
+    path = os.path.join(checkpoint, LOSS_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return float(json.load(f)["loss_sum"])
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        state = json.load(f)
+    total, last_step, last_loss = 0.0, 0, 0.0
+    for h in state.get("log_history", []):
+        if "loss" in h:
+            total += h["loss"] * (h["step"] - last_step)
+            last_step, last_loss = h["step"], h["loss"]
+    return total + last_loss * (state.get("global_step", last_step) - last_step)
+
+
 @functools.cache
 def trainer_class():
     """``transformers.Trainer`` without its host syncs per step.
@@ -279,6 +301,7 @@ def trainer_class():
             self._pending: dict | None = None  # a log on its way to the host (see deferred_log)
             self._anchor: tuple | None = None  # (host time, CUDA event) taken together, for log times
             self._log_time: float | None = None
+            self._loss_before = 0.0  # the summed step losses of the steps before a resumed checkpoint
             self.add_callback(_FlushTokens(self))
             for cb in self.callback_handler.callbacks:
                 if hasattr(cb, "clock"):  # ft's metrics callback times its logs with log_clock
@@ -326,16 +349,32 @@ def trainer_class():
                 grad_norm = self._clip_trainable(model, float("inf"))
             return super()._get_grad_norm(model, grad_norm)
 
-        def train(self, *args, **kwargs):
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
             self._modes_set = False
             self._pending, self._anchor = None, None
+            self._loss_before = loss_before(resume_from_checkpoint) if resume_from_checkpoint else 0.0
             try:
-                return super().train(*args, **kwargs)
+                return super().train(resume_from_checkpoint, *args, **kwargs)
             finally:
                 for m in (self.model, self.model_wrapped):
                     if m is not None and "zero_grad" in vars(m):
                         del m.zero_grad
                 self._params.clear()
+
+        def _save_checkpoint(self, model, trial):
+            # the stock train_loss after a resume sums only the resumed steps' losses (divided by every
+            # step): each checkpoint keeps the sum so far, logged and not yet logged, for the resumed run
+            loss_sum = self._total_loss_scalar + self.accelerator.gather(self._tr_loss.detach()[None]).mean().item()
+            if self.args.should_save:
+                folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, LOSS_FILE), "w") as f:
+                    json.dump({"global_step": self.state.global_step, "loss_sum": loss_sum}, f)
+            return super()._save_checkpoint(model, trial)
+
+        def _finalize_training(self, *args, **kwargs):
+            self._total_loss_scalar += self._loss_before
+            return super()._finalize_training(*args, **kwargs)
 
         def flush_tokens(self) -> None:
             n = torch.as_tensor(self._tokens, dtype=torch.int64, device=self.args.device)
