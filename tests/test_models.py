@@ -10,9 +10,79 @@ from finetune_cli.errors import ConfigError
 from finetune_cli.models import load_for_inference, load_model, resolve_model
 
 
-def test_resolve_local_dir_and_hub_id(tiny_model):
+def _fake_hub_cache(root, repo_id):
+    """A Hugging Face cache holding ``repo_id``'s config.json, laid out as huggingface_hub writes it."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+
+
+def _no_network(monkeypatch):
+    import socket
+
+    import transformers
+
+    def refuse(*a, **k):
+        raise AssertionError("the hub was asked")
+
+    def unreachable(*a, **k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_resolve_local_dir_and_hub_id(tiny_model, tmp_path, monkeypatch):
+    import huggingface_hub
+
     assert resolve_model(str(tiny_model)) == str(tiny_model)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _fake_hub_cache(tmp_path / "hub", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # offline (the tests' setting), a cached hub id still resolves
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_mistyped_name_offline_fails_at_once_with_the_nearest_name(tmp_path, monkeypatch):
+    import time
+
+    from typer.testing import CliRunner
+
+    from finetune_cli.cli import app
+
+    _no_network(monkeypatch)
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE") as e:
+        resolve_model("smollm2-13m")
+    assert "did you mean 'smollm2-135m'" in str(e.value)
+    with pytest.raises(ConfigError, match="did you mean 'tiny'"):
+        resolve_model("tiyn")
+    (tmp_path / "doric-model").mkdir()
+    (tmp_path / "doric-model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="did you mean 'doric-model'"):
+        resolve_model("doric-modle")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
+        resolve_model("SomeOrg/not-cached")
+    # no HF_HUB_OFFLINE, but no route to the hub: the same, without a minute of retries
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setattr(huggingface_hub_constants(), "HF_HUB_OFFLINE", False)
+    with pytest.raises(ConfigError, match="unreachable.*did you mean 'smollm2-135m'"):
+        resolve_model("smollm2-13m")
+    # through a command: one line, exit 2, fast
+    (tmp_path / "p.txt").write_text("Fit like?\n")
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["eval", "--base", "smollm2-13m", "--prompts", "p.txt", "--system", "Hi.", "-q"])
+    assert r.exit_code == 2, r.output
+    assert "smollm2-13m" in r.output and "did you mean 'smollm2-135m'" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and time.perf_counter() - t0 < 10
+
+
+def huggingface_hub_constants():
+    import huggingface_hub.constants
+
+    return huggingface_hub.constants
 
 
 def test_resolve_errors_are_one_clear_line(tmp_path, monkeypatch):

