@@ -376,3 +376,38 @@ def test_sigkill_then_rerun_equals_uninterrupted(topics, tmp_path):
         (tmp_path / "full" / "k.jsonl.rejects.jsonl").read_bytes()
     ids = [r["meta"]["id"] for r in rows(tmp_path / "full" / "k.jsonl")]
     assert len(ids) == len(set(ids))
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_every_request_failing_is_exit_1_naming_host_and_error_class(topics):
+    port = _dead_port()
+    env = {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": KEY}
+    r = gen("--topics-json", topics, "--out", "d.jsonl", "--n-per-topic", 1, "--max-retries", 1,
+            "--retry-base", 0.01, env=env)
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "wrote no rows" in errors[0] and "6 of 6 jobs failed" in errors[0]
+    assert f"127.0.0.1:{port}" in errors[0] and "ConnectError" in errors[0], errors
+    assert KEY not in r.output
+
+
+def test_every_answer_rejected_is_exit_1_without_the_echoed_key(topics):
+    with FakeLLM() as srv:
+        srv.faults = [(t, ["400"]) for group in TOPICS.values() for t in group]
+        env = {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+        r = gen("--topics-json", topics, "--out", "e.jsonl", "--n-per-topic", 1, env=env)
+    assert r.exit_code == 1 and "HTTP 400 from 127.0.0.1" in r.stderr, r.output
+    assert KEY not in r.output and KEY not in Path("e.jsonl.rejects.jsonl").read_text()
+
+
+def test_a_huge_job_count_is_a_config_error_before_allocating(topics):
+    r = gen("--topics-json", topics, "--out", "h.jsonl", "--n-per-topic", 1_000_000_000)
+    assert r.exit_code == 2 and "6,000,000,000 jobs" in r.stderr and "at most 1,000,000" in r.stderr
+    assert not Path("h.jsonl").exists()

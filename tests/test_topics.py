@@ -113,12 +113,40 @@ def test_validation_and_fuzzy_dedup_against_existing_and_new(llm):
 
 def test_short_of_per_group_warns(llm):
     srv, env = llm
-    srv.topic_replies["work"] = [["too short"]] * 2
+    srv.topic_replies["work"] = [["too short"], ["choosing a quiet bicycle for the daily commute"]]
     Path("in.json").write_text(json.dumps({"work": GROUPED["work"]}))
     r = expand("--input", "in.json", "--output", "out.json", "--per-group", 2, "--max-rounds", 2, env=env)
     assert r.exit_code == 0, r.output
-    assert "fewer than 2 new topics" in r.output and "invalid 2" in r.output
-    assert json.loads(Path("out.json").read_text()) == {"work": GROUPED["work"]}
+    assert "fewer than 2 new topics" in r.output and "invalid 1" in r.output
+    assert json.loads(Path("out.json").read_text()) == {
+        "work": GROUPED["work"] + ["choosing a quiet bicycle for the daily commute"]}
+
+
+def test_no_valid_topic_at_all_is_exit_1_and_writes_nothing(llm):
+    srv, env = llm
+    srv.topic_replies["work"] = [["too short"]] * 2
+    Path("in.json").write_text(json.dumps({"work": GROUPED["work"]}))
+    r = expand("--input", "in.json", "--output", "out.json", "--per-group", 2, "--max-rounds", 2, env=env)
+    assert r.exit_code == 1 and "no new topic passed the checks (invalid 2" in r.stderr, r.output
+    assert not Path("out.json").exists()
+
+
+def test_every_request_failing_is_exit_1_naming_host_and_error_class():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Path("topics.json").write_text(json.dumps(GROUPED))
+    before = Path("topics.json").read_bytes()
+    env = {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": KEY}
+    r = expand("--input", "topics.json", "--in-place", "--per-group", 2, "--max-rounds", 1, "--max-retries", 0,
+               env=env)
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "added no topics: 2 requests failed" in errors[0]
+    assert f"127.0.0.1:{port}" in errors[0] and "ConnectError" in errors[0] and KEY not in r.output
+    assert Path("topics.json").read_bytes() == before
 
 
 def test_in_place_replaces_the_file_atomically(llm, tmp_path):

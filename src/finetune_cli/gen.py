@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING
 from pathlib import Path
 
 from .config import opt
-from .errors import ConfigError
+from .errors import ConfigError, DataError, ProviderError
 from .jsonl import read_rows, repair_tail
 from .ui import Reporter, count
 
 if TYPE_CHECKING:
     from .persona import Persona
+
+
+MAX_JOBS = 1_000_000  # conversations one `ft gen` plans; each job is held in memory with its prompt
 
 
 @dataclass
@@ -96,6 +99,9 @@ def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -
     from .template_voice import topic_phrase, topic_things
 
     total = len(topics) * cfg.n_per_topic
+    if total > MAX_JOBS:  # checked before any list of that size is built (a typo is not a MemoryError)
+        raise ConfigError(f"option --n-per-topic: {cfg.n_per_topic:,} × {len(topics):,} topics = {total:,} jobs; "
+                          f"one run plans at most {MAX_JOBS:,}", hint="lower --n-per-topic or split the topics file")
     counts = {b: round(total * r) for b, r in (("adv", cfg.adv_ratio), ("safety", cfg.safety_ratio),
                                                ("multi", cfg.multi_ratio))}
     if counts["multi"] and not persona.multi_languages:
@@ -155,6 +161,17 @@ def finished_ids(out: Path, rejects: Path) -> tuple[set[str], set[str]]:
     return done, rejected
 
 
+def nothing_usable(stats, n_jobs: int, out: Path, rej: Path) -> ProviderError | DataError:
+    """The error of a run that wrote no row: the provider's most common failure (host and error class,
+    never the key), or the gates that rejected every answer."""
+    if stats.errors:
+        error, n = stats.errors.most_common(1)[0]
+        return ProviderError(f"ft gen wrote no rows to {out}: {stats.failed} of {n_jobs} jobs failed on provider "
+                             f"errors ({n} × {error})", hint=f"details in {rej}")
+    return DataError(f"no rows written: every answer of {n_jobs} jobs was rejected", path=str(out),
+                     hint=f"reasons in {rej}")
+
+
 def run(cfg: GenConfig, reporter: Reporter) -> dict:
     from .gen_run import finalize, generate, summary_rows
     from .topics import load_topics
@@ -195,6 +212,8 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     if stats.failed:
         reporter.warn(f"{stats.failed} jobs failed on provider errors (see {rej}); re-run the same "
                       "command to retry them")
+    if jobs and not final["kept"]:
+        raise nothing_usable(stats, len(jobs), out, rej)
     requests = provider.stats.requests if hasattr(provider, "stats") else stats.requests  # HTTP, retries included
     return {"out": str(out), "rejects": str(rej), "rows": final["kept"], "duplicates": final["duplicates"],
             "jobs": len(jobs), "skipped_finished": len(jobs) - len(todo),

@@ -27,6 +27,7 @@ class GenStats:
     tokens_out: Counter = field(default_factory=Counter)
     requests_by: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)                         # provider error -> jobs
     gen_s: float = 0.0
 
     @property
@@ -55,6 +56,7 @@ async def _follow_up(job, provider, messages: list[dict], turn: int, cfg, stats:
             user = await provider.user_turn(job, messages, turn, attempt)
         except JobFailed as e:
             stats.failed_by[job.bucket] += 1
+            stats.errors[str(e)] += 1
             rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason="error", detail=str(e), text=None,
                                       final=True, role="user"))
             return None
@@ -87,6 +89,7 @@ async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, reject
                 comp = await provider.answer(job, messages, turn, attempt)
             except JobFailed as e:
                 stats.failed_by[job.bucket] += 1
+                stats.errors[str(e)] += 1
                 rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason="error", detail=str(e),
                                           text=None, final=True))
                 return None

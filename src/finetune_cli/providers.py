@@ -159,11 +159,17 @@ class LLMProvider:
                 raise ProviderError(f"{self.name}: model {self.model!r} not found (HTTP 404) at "
                                     f"{self.base_url or 'the default endpoint'}", hint="check --model") from None
             except sdk.APITimeoutError:
-                reason = "timeout"
-            except sdk.APIConnectionError:
+                reason, last = "timeout", "timeout"
+            except sdk.APIConnectionError as e:
+                # the cause (httpx's ConnectError: "Connection refused", a DNS failure...) says what broke
+                cause = e.__cause__ or e
+                text = self._scrub(str(cause)).splitlines()[0][:120] if str(cause) else ""
                 reason = "connection"
+                last = f"connection failed ({type(cause).__name__}: {text})" if text else \
+                    f"connection failed ({type(cause).__name__})"
             except sdk.APIStatusError as e:
                 status = e.status_code
+                last = f"HTTP {status}"
                 if status == 429:
                     reason, wait = "429", retry_after_seconds(e.response.headers)
                 elif status >= 500:
@@ -174,7 +180,7 @@ class LLMProvider:
                     attempt -= 1  # the same request in the form this model takes (learnt here or by a
                     continue      # request running beside this one): not a retry
                 else:
-                    raise JobFailed(f"HTTP {status}: {self._scrub(_short(e))}") from None
+                    raise JobFailed(f"HTTP {status} from {self.host}: {_short(e, self._secret)}") from None
             except (sdk.APIResponseValidationError, MalformedResponse, ValueError) as e:
                 # a body that is not a chat completion; a TypeError from the call itself is a bug
                 # (a keyword this SDK version lacks): it propagates, never retried
@@ -184,8 +190,7 @@ class LLMProvider:
                 continue
             self.stats.retries[reason] += 1
             if attempt == self.policy.max_retries:
-                detail = last if reason == "malformed" else reason
-                raise JobFailed(f"{detail} after {attempt + 1} attempts")
+                raise JobFailed(self._scrub(f"{last} after {attempt + 1} attempts to {self.host}"))
             delay = wait if wait is not None else self.policy.backoff(attempt, self._rng)
             delay = min(delay, self.policy.cap)
             self.stats.waited_s += delay
@@ -220,8 +225,15 @@ class LLMProvider:
             f"{self.model} takes max_completion_tokens, not max_tokens" if param == "max_tokens" else
             f"{self.model} takes only its default temperature: --temperature {self.temperature:g} not sent")
 
+    @property
+    def host(self) -> str:
+        """Where requests go, for messages: ``127.0.0.1:8000``, ``api.openai.com``."""
+        from urllib.parse import urlsplit
+
+        return urlsplit(str(self._client.base_url)).netloc or str(self._client.base_url)
+
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return redact(text, self._secret)
 
     async def close(self) -> None:
         await self._client.close()
@@ -296,6 +308,16 @@ def _parse_anthropic(data: dict) -> Completion:
     return Completion(text, "length" if data.get("stop_reason") == "max_tokens" else "stop", tin, tout)
 
 
-def _short(err: Exception) -> str:
-    msg = getattr(err, "message", None) or str(err)
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every secret replaced by ``***``: what a provider's error says goes to the
+    terminal and to files, and some servers echo the key they were sent."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _short(err: Exception, secret: str | None = None) -> str:
+    """The first line of a provider's error, at most 200 characters, ``secret`` redacted before the cut."""
+    msg = redact(getattr(err, "message", None) or str(err), secret)
     return msg.splitlines()[0][:200] if msg else type(err).__name__

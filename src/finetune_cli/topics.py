@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from .config import opt
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ProviderError
 from .jsonl import read_json, write_json_atomic
 from .ui import Reporter
 
@@ -166,7 +166,7 @@ Reply with a JSON array of strings only."""
 
 
 async def _expand_group(provider, group: str, existing: list[str], everything: list[str], cfg: ExpandConfig,
-                        stats: Counter) -> list[str]:
+                        stats: Counter, failures: Counter) -> list[str]:
     from rapidfuzz import fuzz, process
     from rapidfuzz.utils import default_process
 
@@ -183,8 +183,13 @@ async def _expand_group(provider, group: str, existing: list[str], everything: l
                                existing="\n".join(f"- {t}" for t in shown) or "(none yet)")
         try:
             comp = await provider.complete(None, [{"role": "user", "content": prompt}], max_tokens=60 * k + 100)
+        except JobFailed as e:
+            stats["failed"] += 1
+            failures[str(e)] += 1
+            continue
+        try:
             candidates = parse_topic_list(comp.text)
-        except (JobFailed, ValueError, orjson.JSONDecodeError):
+        except (ValueError, orjson.JSONDecodeError):
             stats["bad_reply"] += 1
             continue
         for t in candidates:
@@ -209,13 +214,14 @@ async def _expand(provider, grouped: dict[str, list[str]], cfg: ExpandConfig, re
 
     everything = [t for items in grouped.values() for t in items]
     stats: Counter = Counter()
+    failures: Counter = Counter()  # provider error -> requests
     sem = asyncio.Semaphore(cfg.max_concurrency)
     targets = [g for g in grouped if not cfg.groups or g in cfg.groups]
 
     with reporter.progress("expanding topics", total=len(targets)) as task:
         async def one(g: str) -> tuple[str, list[str]]:
             async with sem:
-                got = await _expand_group(provider, g, grouped[g], everything, cfg, stats)
+                got = await _expand_group(provider, g, grouped[g], everything, cfg, stats, failures)
                 task.advance(1)
                 return g, got
 
@@ -223,7 +229,7 @@ async def _expand(provider, grouped: dict[str, list[str]], cfg: ExpandConfig, re
             results = await asyncio.gather(*(one(g) for g in targets))
         finally:
             await provider.close()
-    return dict(results), stats
+    return dict(results), stats, failures
 
 
 def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
@@ -244,7 +250,16 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
                            temperature=cfg.temperature)
     import asyncio
 
-    new, stats = asyncio.run(_expand(provider, grouped, cfg, reporter))
+    new, stats, failures = asyncio.run(_expand(provider, grouped, cfg, reporter))
+    if not any(new.values()):  # nothing usable: the input stays as it is, and the run fails
+        counts = (f"invalid {stats['invalid']}, duplicates {stats['duplicate']}, bad replies {stats['bad_reply']}, "
+                  f"failed requests {stats['failed']}")
+        if failures:
+            error, n = failures.most_common(1)[0]
+            raise ProviderError(f"ft topics expand added no topics: {stats['failed']} requests failed "
+                                f"({n} × {error}); {counts}")
+        raise DataError(f"no new topic passed the checks ({counts})", path=cfg.input,
+                        hint="run again, or try another --model")
     out = {g: items + new.get(g, []) for g, items in grouped.items()}
     target = cfg.input if cfg.in_place else cfg.output
     if shape == "records":  # the records as they were (their order across groups, any extra keys), then the new
@@ -258,6 +273,6 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     if short:
         reporter.warn(f"{len(short)} groups got fewer than {cfg.per_group} new topics "
                       f"(invalid {stats['invalid']}, duplicates {stats['duplicate']}, bad replies "
-                      f"{stats['bad_reply']}); run again to add more")
+                      f"{stats['bad_reply']}, failed requests {stats['failed']}); run again to add more")
     return {"output": str(target), "added": {g: len(v) for g, v in new.items()}, "stats": dict(stats),
             "requests": provider.stats.requests, "provider": kind, "model": provider.model}
