@@ -192,3 +192,75 @@ def test_parsers():
     assert parse_rubric("no json here") is None
     assert parse_pair('Sure. {"winner": "Reply 2"}')["winner"] == "2"
     assert parse_pair('{"winner": "both"}') is None
+
+
+ECHOED = "sk-echo-SECRET-0123456789abcdef"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_provider_error_that_echoes_the_key_is_redacted(provider, monkeypatch):
+    with FakeLLM() as srv:
+        srv.faults = [("", ["400"])]  # "bad request for key <the key sent>"
+        monkeypatch.setenv(f"{provider.upper()}_API_KEY", ECHOED)
+        url = srv.openai_url if provider == "openai" else srv.anthropic_url
+        judge = Judge(provider, "m", base_url=url, workers=1)
+        with pytest.raises(ProviderError) as e:
+            run_judge(judge, items()[:1], character="c", pairwise=False)
+    assert ECHOED not in str(e.value) and "bad request for key ***" in str(e.value)
+
+
+def _eval(tiny_model, *args):
+    from typer.testing import CliRunner
+
+    from finetune_cli.cli import app
+
+    with open("p.txt", "w") as f:
+        f.write("Fit like?\n")
+    return CliRunner().invoke(app, ["eval", "--base", str(tiny_model), "--prompts", "p.txt", "--no-probes",
+                                    "--conditions", "no_system", "--temperature", "0", "--max-new-tokens", "4",
+                                    "--no-judge-pairwise", "-o", "out", *args])
+
+
+def _files_holding(root, secret):
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_eval_with_a_judge_that_fails_exits_1_and_never_writes_the_key(provider, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", ECHOED)
+    with FakeLLM() as srv:
+        srv.faults = [("", ["400"] * 100)]
+        url = srv.openai_url if provider == "openai" else srv.anthropic_url
+        r = _eval(tiny_model, "--judge", provider, "--judge-base-url", url)
+        assert r.exit_code == 1, r.output
+        assert f"--judge {provider} did not run" in r.stderr and "--judge-optional" in r.stderr
+        results = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert "bad request for key ***" in results["judge_error"]
+
+        r2 = _eval(tiny_model, "--judge", provider, "--judge-base-url", url, "--judge-optional", "--json")
+        assert r2.exit_code == 0, r2.output
+        assert "warning: judge skipped" in r2.stderr
+    for out in (r, r2):
+        assert ECHOED not in out.stdout and ECHOED not in out.stderr
+    assert _files_holding(tmp_path, ECHOED) == []
+
+
+def test_eval_with_a_judge_without_its_key_fails_before_generating_unless_optional(tiny_model, tmp_path):
+    r = _eval(tiny_model, "--judge", "anthropic")
+    assert r.exit_code == 1 and "ANTHROPIC_API_KEY is not set" in r.stderr, r.output
+    assert not (tmp_path / "out").exists()  # stopped before generating
+    r = _eval(tiny_model, "--judge", "anthropic", "--judge-optional")
+    assert r.exit_code == 0, r.output
+    assert "warning: judge skipped" in r.stderr and "ANTHROPIC_API_KEY" in r.stderr
+    assert "ANTHROPIC_API_KEY" in json.loads((tmp_path / "out" / "results.json").read_text())["judge_error"]
+
+
+def test_no_probes_and_no_prompts_is_one_clear_error(tiny_model):
+    from typer.testing import CliRunner
+
+    from finetune_cli.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "--base", str(tiny_model), "--no-probes"])
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == ["error: ft eval: no prompts: --no-probes, no --prompts and no run with "
+                                     "heldout.jsonl (pass --prompts FILE or drop --no-probes)"]

@@ -83,6 +83,9 @@ class EvalConfig:
                              panel=J)
     judge_pairwise: bool = opt(True, "Blind pairwise A/B between candidates, both orders.", panel=J)
     judge_workers: int = opt(4, "Judge requests in flight.", ge=1, le=64, panel=J)
+    judge_optional: bool = opt(False, "Go on without the judge when it cannot run (no key, provider errors): "
+                                      "a warning and judge_error in results.json, exit 0. Default: exit 1.",
+                               panel=J)
 
     fail_if: str | None = opt(None, "Gates: comma-separated failure conditions such as "
                                     "\"eos_rate<0.9,loop_rate>0.05\"; any that holds for a candidate × "

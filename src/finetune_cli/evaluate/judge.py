@@ -30,7 +30,7 @@ import orjson
 
 from ..errors import ProviderError
 from ..jsonl import AppendWriter
-from ..providers import DEFAULT_MODELS, KEY_VARS, OpenAIParams
+from ..providers import DEFAULT_MODELS, KEY_VARS, OpenAIParams, redact
 from ..ui import NULL, Reporter
 
 VERSION = "ft-judge-v1"
@@ -125,6 +125,7 @@ class Judge:
     def __post_init__(self) -> None:
         self.model = self.model or DEFAULT_MODELS[self.provider]
         self._client = None
+        self._key: str | None = None  # redacted from every provider error ft shows or writes
         self._params = OpenAIParams()  # the request form the model takes (reasoning models)
         self._cache: dict[str, dict] = {}
         if self.cache_path is not None and Path(self.cache_path).is_file():
@@ -150,6 +151,7 @@ class Judge:
             if not key:
                 raise ProviderError(f"--judge {self.provider}: {env} is not set",
                                     hint=f"export {env}=... or put it in .env")
+            self._key = key
             if self.provider == "openai":
                 import openai
 
@@ -212,7 +214,8 @@ class Judge:
                     if self._fatal(e):
                         for f in futures:
                             f.cancel()
-                        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                        # redacted before it is cut: a cut could leave a part of the key that no longer matches
+                        msg = redact(str(e), self._key).splitlines()[0][:200] if str(e) else type(e).__name__
                         raise ProviderError(f"judge {self.provider}/{self.model}: {type(e).__name__}: {msg}") from None
                     self.usage.failed += 1
                     continue

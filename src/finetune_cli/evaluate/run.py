@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import text_or_file, to_dict
-from ..errors import ConfigError, FtError
+from ..errors import ConfigError, FtError, ProviderError
 from ..jsonl import read_json, write_rows_atomic
 from ..ui import Reporter
 from . import metrics as M
@@ -37,11 +37,14 @@ def gather_prompts(cfg: EvalConfig, cands: list[Candidate], reporter: Reporter) 
         held = run_dir / "heldout.jsonl" if run_dir else None
         if held is not None and held.is_file():
             prompts = load_prompts(held, source="heldout", limit=cfg.max_prompts)
+        elif not cfg.probes:
+            raise ConfigError("ft eval: no prompts: --no-probes, no --prompts and no run with heldout.jsonl",
+                              hint="pass --prompts FILE or drop --no-probes")
         else:
             reporter.warn("no --prompts and no run with heldout.jsonl: using the built-in probes only")
     if cfg.probes:
         prompts += probe_prompts()
-    if not prompts:
+    if not prompts:  # a prompt file or held-out file with no prompts in it, and --no-probes
         raise ConfigError("ft eval: no prompts (pass --prompts FILE or keep --probes on)")
     return prompts
 
@@ -157,6 +160,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
 
     cands = plan(cfg)
     prompts = gather_prompts(cfg, cands, reporter)
+    judge, judge_error = _judge_or_skip(cfg, reporter)  # before generating: a missing key fails in seconds
     persona = pick_persona(cfg, prompts, reporter)
     regex = re.compile(cfg.format_regex, re.S) if cfg.format_regex else None
     schema = None
@@ -241,9 +245,9 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
             gc.collect()
             _empty_cuda_cache()
 
-    judge_doc, judge_error = None, None
-    if cfg.judge != "none":
-        judge_doc, judge_error = _judge(cfg, prompts, outputs, conditions, persona, shared, out_dir, reporter)
+    judge_doc = None
+    if judge is not None:
+        judge_doc, judge_error = _judge(judge, cfg, prompts, outputs, persona, shared, reporter)
         if judge_doc:
             for cand, conds in judge_doc["scores"].items():
                 for cond, vals in conds.items():
@@ -270,6 +274,9 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
         paths["outputs"] = str(out_dir / "outputs.jsonl")
     print_summary(reporter, doc)
     reporter.result(f"report: {paths['html']}")
+    if judge_error and not cfg.judge_optional:
+        raise ProviderError(f"--judge {cfg.judge} did not run: {judge_error}",
+                            hint=f"results without it in {paths['html']}; --judge-optional to accept that")
     return {"out": str(out_dir), "files": paths, "results": results, "gates": gates, "findings": noted,
             "judge_usage": judge_doc["usage"] if judge_doc else None, "timing": timing,
             "exit_code": 1 if gates["failed"] else 0}
@@ -284,25 +291,46 @@ def _judge_definitions() -> dict[str, str]:
     return d
 
 
-def _judge(cfg, prompts, outputs, conditions, persona, shared, out_dir, reporter):
+def _judge_or_skip(cfg, reporter):
+    """``(judge, None)``, ``(None, None)`` without --judge, or ``(None, why)`` when --judge-optional lets a
+    judge that cannot start (no key) be skipped; without that flag the error stops the run."""
+    if cfg.judge == "none":
+        return None, None
     from ..config import ft_home
-    from .judge import Judge, JudgeItem, run_judge
+    from .judge import Judge
+
+    judge = Judge(cfg.judge, cfg.judge_model, base_url=cfg.judge_base_url,
+                  cache_path=ft_home() / "judge" / "cache.jsonl", workers=cfg.judge_workers)
+    try:
+        judge.client()
+    except ProviderError as e:
+        if not cfg.judge_optional:
+            raise
+        reporter.warn(f"judge skipped: {e}")
+        return None, str(e)
+    return judge, None
+
+
+def _judge(judge, cfg, prompts, outputs, persona, shared, reporter):
+    from .judge import JudgeItem, run_judge
 
     chosen = {p.id: p for p in prompts[: cfg.judge_prompts]}
     items = [JudgeItem(o["candidate"], o["condition"], o["prompt_id"], chosen[o["prompt_id"]].turns, o["text"])
              for o in outputs if o["prompt_id"] in chosen]
     character = (persona.instructions if persona else None) or shared or \
         "No character description was given: judge general quality."
-    judge = Judge(cfg.judge, cfg.judge_model, base_url=cfg.judge_base_url,
-                  cache_path=ft_home() / "judge" / "cache.jsonl", workers=cfg.judge_workers)
     try:
         doc = run_judge(judge, items, character=character, pairwise=cfg.judge_pairwise, reporter=reporter)
-    except FtError as e:
+    except FtError as e:  # its provider's text is redacted (judge.py)
         reporter.warn(f"judge skipped: {e}")
         return None, str(e)
     u = doc["usage"]
     reporter.info(f"judge {doc['provider']}/{doc['model']}: {u['requests']} requests, {u['cached']} cached, "
                   f"{u['failed']} failed; {u['input_tokens']} input + {u['output_tokens']} output tokens")
+    if items and not doc["scores"] and not doc["pairs"]:
+        why = f"judge {doc['provider']}/{doc['model']}: none of {u['failed']} judgments succeeded"
+        reporter.warn(f"judge skipped: {why}")
+        return None, why
     return doc, None
 
 
