@@ -243,3 +243,47 @@ def test_merge_a_real_ft_train_run_with_added_tokens(tiny_llama3, tmp_path):
     assert g["eos_token"] == "<|im_end|>" and g["generated_tokens"] == 8 and not g["flagged"]
     modelfile = (tmp_path / "merged" / "gguf" / "Modelfile").read_text()
     assert "<|im_start|>{{ .Role }}" in modelfile and 'SYSTEM """Speak Doric."""' in modelfile
+
+
+def is_pickle(path) -> bool:
+    """A pickle by name or by content (torch.save's zip, or a bare pickle's protocol byte)."""
+    head = path.read_bytes()[:4]
+    return path.suffix in {".bin", ".pt", ".pth", ".pkl"} or head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_a_bin_adapter_is_exported_as_safetensors_and_a_code_pickle_is_refused(tiny_model, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    torch.save(tensors, adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    res = invoke("--adapter", adapter, "--base", tiny_model, "--out", tmp_path / "clean", "--adapter-only")
+    assert res.exit_code == 0, res.output
+    files = [p for p in (tmp_path / "clean").rglob("*") if p.is_file()]
+    assert not [p.name for p in files if is_pickle(p)]
+    again = load_file(tmp_path / "clean" / "adapter_model.safetensors")
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+    torch.save({**tensors, "x": RunsCode()}, adapter / "adapter_model.bin")
+    res = invoke("--adapter", adapter, "--base", tiny_model, "--out", tmp_path / "bad", "--adapter-only")
+    assert res.exit_code == 2 and "adapter_model.bin: refused" in one_line(res)
+    assert "unpickled code ran" not in res.output + capsys.readouterr().out
+    assert not (tmp_path / "bad").exists()
+
+
+def test_exported_files_are_readable_like_their_neighbours(tiny_model, tmp_path):
+    """safetensors writes 0600; a merged model must not be unreadable to the server that reads its config."""
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    for flag, out in (("--adapter-only", "a"), ("--dtype", "m")):
+        args = [flag] if flag == "--adapter-only" else [flag, "bf16"]
+        res = invoke("--adapter", adapter, "--base", tiny_model, "--out", tmp_path / out, *args)
+        assert res.exit_code == 0, res.output
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / out).iterdir() if p.is_file()}
+        assert len(set(modes.values())) == 1, modes

@@ -93,6 +93,11 @@ def test_loss_falls_and_run_records_are_complete(tiny_model, tmp_path):
     assert 0 < data_json["train_rows_without_system"] < 36         # --system-dropout 0.25 by default
     assert all(r["tokens_per_s"] and r["lr"] is not None for r in rows if "loss" in r)
     assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    from tests.test_merge import is_pickle
+
+    adapter = [p for p in (d / "adapter").rglob("*") if p.is_file()]
+    assert not [p.name for p in adapter if is_pickle(p)]             # training_args.bin stays in checkpoints/
+    assert len({p.stat().st_mode & 0o777 for p in adapter}) == 1     # safetensors' 0600 fixed
 
 
 @pytest.mark.slow

@@ -103,10 +103,28 @@ def _adapter_tensors(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
 
         with safe_open(str(st), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    sd = load_adapter_bin(adapter_dir / "adapter_model.bin")
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def load_adapter_bin(path: Path) -> dict:
+    """A pickled adapter's tensors, through torch's ``weights_only`` unpickler (tensors and plain
+    containers; a pickle that would build anything else, run code included, is refused)."""
+    import pickle
+
     import torch
 
-    sd = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu", weights_only=True)
-    return {k: tuple(v.shape) for k, v in sd.items()}
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(f"{path}: refused: the pickle holds more than tensors, and unpickling it could run code",
+                          hint="use an adapter saved as adapter_model.safetensors") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: unreadable adapter weights ({why})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError(f"{path}: refused: not a dict of tensors")
+    return sd
 
 
 def check_adapter_fits(adapter_dir: Path, model: Any, base: str) -> int:
@@ -246,10 +264,13 @@ def save_adapter_only(src: Source, tok: Any, out: Path, reporter: Reporter = NUL
         raise ConfigError("--adapter-only: this run is a full fine-tune, it has no adapter",
                           hint="drop --adapter-only to export the model")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter_model.safetensors", "adapter_model.bin"):
-        if (src.path / name).is_file():
-            shutil.copy2(src.path / name, out / name)
-            break
+    if (src.path / "adapter_model.safetensors").is_file():
+        shutil.copy2(src.path / "adapter_model.safetensors", out / "adapter_model.safetensors")
+    else:  # outputs hold no pickles: a .bin adapter is written as safetensors
+        from safetensors.torch import save_file
+
+        sd = load_adapter_bin(src.path / "adapter_model.bin")
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     acfg = dict(src.adapter_config)
     acfg["base_model_name_or_path"] = src.base
     acfg["inference_mode"] = True

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import text_or_file, to_dict
 from ..errors import ConfigError, TrainingError
+from ..files import umask_modes
 from ..ui import Reporter
 from . import callbacks as ft_callbacks
 from . import distributed
@@ -344,6 +345,8 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
         distributed.leave()
         return None  # rank 0 writes the records and prints the result
     tok.save_pretrained(str(out))
+    (out / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickle: config.json has the options
+    umask_modes(out)  # safetensors writes 0600
     state = trainer.state
     best = state.best_model_checkpoint
     metrics = rd.metrics()
