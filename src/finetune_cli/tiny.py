@@ -94,4 +94,7 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     (path / "ft_tiny.json").write_text(json.dumps({"template": template, "arch": arch, "seed": seed}))
+    from .files import umask_modes
+
+    umask_modes(path)
     return path

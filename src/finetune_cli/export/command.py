@@ -71,6 +71,9 @@ def _prepare_out(out: Path, force: bool) -> Path:
 
 
 def _publish(tmp: Path, out: Path) -> None:
+    from ..files import umask_modes
+
+    umask_modes(tmp)  # safetensors writes 0600
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     os.replace(tmp, out)
