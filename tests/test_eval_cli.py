@@ -272,3 +272,13 @@ def test_a_gguf_or_alias_base_is_the_base_for_gates_and_findings(base, tiny_mode
     assert [f["candidate"] for f in doc["findings"] if f["metric"] == "distinct_2"] == ["ad"]
     r = invoke(args + ["-o", "fine", "--fail-if", "distinct_2<base-1"])  # the gate can pass, too
     assert r.exit_code == 0, r.output
+
+
+def test_a_prompt_past_the_context_is_cut_and_said(tiny_model, tmp_path):
+    (tmp_path / "p.txt").write_text("Fit like?\n" + "boat " * 400_000 + "Fit's the news?\n")  # 2 MB on one line
+    r = runner.invoke(app, ["eval", "--base", str(tiny_model), "--prompts", "p.txt", "--no-probes", "--system", "Hi.",
+                            "--temperature", "0", "--max-new-tokens", "4", "--conditions", "no_system", "-o", "o"])
+    assert r.exit_code == 0, r.output
+    assert "1 prompt(s) longer than the model's context" in r.output
+    outs = [json.loads(x) for x in (tmp_path / "o" / "outputs.jsonl").read_text().splitlines()]
+    assert [o.get("prompt_truncated", False) for o in outs] == [False, True]

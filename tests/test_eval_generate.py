@@ -93,3 +93,26 @@ def test_heldout_loss_is_mean_over_assistant_tokens(chatml):
     assert loss == pytest.approx(sum(lo * k for lo, k in parts) / n, rel=1e-4)
     # random weights: about log(vocab) nats per token
     assert abs(loss - math.log(len(tok))) < 1.5
+
+
+def test_a_prompt_past_the_context_is_cut_at_its_start_and_finishes_fast(chatml):
+    import time
+
+    from finetune_cli.errors import ConfigError
+    from finetune_cli.evaluate.generate import fit_prompt
+
+    model, tok = chatml
+    ctx = model.config.max_position_embeddings
+    huge = [{"role": "user", "content": "boat " * 2_000_000 + "Fit like?"}]  # 10 MB
+    t0 = time.perf_counter()
+    gens = generate(model, tok, [huge, PROMPTS[0]], eos_ids=[tok.eos_token_id], max_new_tokens=8, batch_size=2)
+    assert time.perf_counter() - t0 < 30
+    assert gens[0].prompt_truncated and gens[0].n_tokens == 8
+    assert not gens[1].prompt_truncated
+    assert gens[1] == generate(model, tok, [PROMPTS[0]], eos_ids=[tok.eos_token_id], max_new_tokens=8)[0]
+    # the end is kept: the question and the assistant header the reply follows
+    ids, cut = fit_prompt(tok, render_prompt(tok, huge), ctx - 8)
+    assert cut and len(ids) == ctx - 8
+    assert tok.decode(ids).endswith("boat Fit like?<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(ConfigError, match="--max-new-tokens"):
+        generate(model, tok, [PROMPTS[0]], eos_ids=[tok.eos_token_id], max_new_tokens=ctx)

@@ -17,12 +17,36 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import ConfigError
+
 
 @dataclass
 class Generation:
     text: str
     n_tokens: int         # generated tokens, the end-of-turn token included
     stopped_on_eos: bool  # ended on an end-of-turn/EOS token before max_new_tokens
+    prompt_truncated: bool = False  # the prompt's start was cut to fit the model's context
+
+
+def context_length(model) -> int | None:
+    """The positions the model was built for (max_position_embeddings), when its config says."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def fit_prompt(tok, text: str, budget: int) -> tuple[list[int], bool]:
+    """The prompt's token ids, cut at the start to at most ``budget`` tokens (the end holds the question and
+    the assistant header the reply follows); True when cut. Only the text's tail is tokenized, growing until
+    it covers the budget, so a 10 MB prompt costs what a budget-sized one does."""
+    window = budget * 8
+    while True:
+        part = text[-window:] if window < len(text) else text
+        ids = tok(part, add_special_tokens=False)["input_ids"]
+        if part is text:
+            return (ids[-budget:], True) if len(ids) > budget else (ids, False)
+        if len(ids) > budget:  # the first token may be a piece of a word cut by the window: dropped here
+            return ids[-budget:], True
+        window *= 4
 
 
 def render_prompt(tok, messages: list[dict]) -> str:
@@ -66,9 +90,14 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
         raise ValueError("eos_ids is empty: generation would never stop before max_new_tokens")
     tok.padding_side = "left"
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-    texts = [render_prompt(tok, m) for m in prompts]
-    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    ctx = context_length(model)
+    if ctx is not None and max_new_tokens >= ctx:
+        raise ConfigError(f"option --max-new-tokens {max_new_tokens}: the model's context is {ctx} tokens, "
+                          "which leaves no room for the prompt", hint=f"pass --max-new-tokens below {ctx}")
+    # a prompt past the context would make the model allocate for all of it (25 TB for a 10 MB prompt)
+    budget = ctx - max_new_tokens if ctx is not None else 1 << 62
+    fitted = [fit_prompt(tok, render_prompt(tok, m), budget) for m in prompts]
+    order = sorted(range(len(fitted)), key=lambda i: -len(fitted[i][0]))
     sample = temperature > 0
     gcfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
@@ -76,11 +105,11 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
         eos_token_id=list(eos_ids), pad_token_id=pad_id, bos_token_id=tok.bos_token_id)
     device = next(model.parameters()).device
     stop = set(eos_ids)
-    results: list[Generation | None] = [None] * len(texts)
+    results: list[Generation | None] = [None] * len(fitted)
     torch.manual_seed(seed)
     for b in range(0, len(order), batch_size):
         idx = order[b: b + batch_size]
-        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok.pad({"input_ids": [fitted[i][0] for i in idx]}, return_tensors="pt", padding=True)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), attention_kernels(device):
             out = model.generate(**enc, generation_config=gcfg)
@@ -89,7 +118,7 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
             ids, stopped = _trim(ids, stop)
             body = ids[:-1] if stopped else ids
             results[i] = Generation(text=tok.decode(body, skip_special_tokens=True).strip(),
-                                    n_tokens=len(ids), stopped_on_eos=stopped)
+                                    n_tokens=len(ids), stopped_on_eos=stopped, prompt_truncated=fitted[i][1])
         if on_batch is not None:
             on_batch(len(idx))
     return results  # type: ignore[return-value]
@@ -110,6 +139,7 @@ def heldout_loss(model, tok, conversations: list[list[dict]], *, max_len: int = 
         return None, 0
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    max_len = min(max_len, context_length(model) or max_len)
     encoded = [assistant_only_labels(tok, conv, max_len=max_len) for conv in conversations]
     total, count = 0.0, 0
     for b in range(0, len(encoded), batch_size):

@@ -223,6 +223,10 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
                                 eos_ids=loaded.eos_token_ids, on_batch=task.advance, **gen_kw)
                 n_tok += sum(g.n_tokens for g in gens)
+                cut = sum(g.prompt_truncated for g in gens)
+                if cut:
+                    reporter.warn(f"{c.name} ({cond}): {cut} prompt(s) longer than the model's context less "
+                                  f"--max-new-tokens: their start was cut (prompt_truncated in outputs.jsonl)")
                 rows = score_condition(gens, prompts, cfg=cfg, leak_system=system, persona=persona, regex=regex,
                                        schema=schema, index=index)
                 agg = M.aggregate([r["text"] for r in rows], rows)
@@ -237,7 +241,8 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 sources[c.name][cond] = by_source(rows)
                 for p, g, r in zip(prompts, gens, rows):
                     outputs.append({"candidate": c.name, "condition": cond, **r, "stopped_on_eos": g.stopped_on_eos,
-                                    "n_tokens": g.n_tokens})
+                                    "n_tokens": g.n_tokens, **({"prompt_truncated": True} if g.prompt_truncated
+                                                               else {})})
             secs = time.perf_counter() - t0
             timing[c.name] = {"seconds": round(secs, 2), "generated_tokens": n_tok,
                               "tokens_per_s": round(n_tok / secs, 1) if secs else None}
