@@ -287,3 +287,29 @@ def test_exported_files_are_readable_like_their_neighbours(tiny_model, tmp_path)
         assert res.exit_code == 0, res.output
         modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / out).iterdir() if p.is_file()}
         assert len(set(modes.values())) == 1, modes
+
+
+def test_damaged_files_are_named_in_one_line(tiny_model, tmp_path):
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    run = write_run(tmp_path, tiny_model, adapter)
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    res = invoke("--run", run, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and f"{weights}: damaged file" in one_line(res)
+    (run / "run.json").write_text('{"name": "a", "status": ')
+    res = invoke("--run", run, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and f"{run / 'run.json'}: unreadable run record" in one_line(res)
+
+    from finetune_cli.tiny import make_tiny_model
+
+    full = make_tiny_model(tmp_path / "full")
+    (full / "adapter_model.safetensors").unlink(missing_ok=True)
+    (full / "model.safetensors").write_bytes(b"\x10\x00")
+    run.joinpath("run.json").write_text(json.dumps({"name": "a", "status": "completed", "method": "full"}))
+    import shutil
+
+    shutil.rmtree(run / "adapter")
+    shutil.copytree(full, run / "model")
+    res = invoke("--run", run, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and f"{run / 'model' / 'model.safetensors'}: damaged file" in one_line(res)
+    assert not (tmp_path / "o").exists()

@@ -267,6 +267,54 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path, monkeypatch):
     assert run_json("split")["train_loss"] == pytest.approx(run_json("whole")["train_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_resume_passes_over_a_damaged_last_checkpoint(tiny_model, tmp_path, monkeypatch):
+    """The newest checkpoint's trainer_state.json was cut short: --resume says so, resumes from the one
+    before, and ends where an uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    data = write_data(tmp_path / "d.jsonl", 20)
+    common = ["--model", str(tiny_model), "--data", str(data), "--max-steps", "8", "--eval-steps", "2",
+              "--lr", "1e-2", "--val-split", "0", *FAST]
+    train(*common, "--name", "whole")
+    undo = interrupt_after_checkpoint(monkeypatch, 6)
+    train(*common, "--name", "split", code=130)
+    undo()
+    state = Path("runs/split/checkpoints/checkpoint-6/trainer_state.json")
+    state.write_text(state.read_text()[:40])
+    res = train(*common, "--name", "split", "--resume")
+    assert "checkpoint-6 is damaged (trainer_state.json" in res.output
+    assert "resuming from checkpoint-4 instead" in res.output
+    a = load_file("runs/whole/adapter/adapter_model.safetensors")
+    b = load_file("runs/split/adapter/adapter_model.safetensors")
+    assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    assert run_json("split")["train_loss"] == pytest.approx(run_json("whole")["train_loss"], rel=1e-6)
+
+
+def test_intact_checkpoint_passes_over_truncated_weights_and_state(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from finetune_cli.train.records import RunDir
+
+    rd = RunDir(tmp_path / "r")
+    for step in (2, 4, 6):
+        cp = rd.checkpoints / f"checkpoint-{step}"
+        cp.mkdir(parents=True)
+        save_file({"w": torch.ones(64)}, cp / "adapter_model.safetensors")
+        torch.save({"state": torch.ones(64)}, cp / "optimizer.pt")
+        (cp / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert rd.intact_checkpoint() == (rd.checkpoints / "checkpoint-6", [])
+    opt = rd.checkpoints / "checkpoint-6" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:-100])
+    w = rd.checkpoints / "checkpoint-4" / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8])
+    cp, passed = rd.intact_checkpoint()
+    assert cp == rd.checkpoints / "checkpoint-2"
+    assert [p.split(" (")[0] for p in passed] == ["checkpoint-6 is damaged", "checkpoint-4 is damaged"]
+    assert "optimizer.pt" in passed[0] and "adapter_model.safetensors" in passed[1]
+
+
 @pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
 def test_tokens_seen_counts_every_non_pad_token_once(tiny_model, tmp_path, packing):
     """ft counts tokens on the device and reads the count only when it logs: one epoch, logged every 2

@@ -27,3 +27,38 @@ def umask_modes(directory: str | Path) -> None:
     for p in Path(directory).rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600:
             p.chmod(mode)
+
+
+def unreadable(path: str | Path) -> str | None:
+    """Why a file does not read back (JSON, safetensors, or torch's zip format: a truncated or corrupt
+    write), else None. Reads only what tells: a safetensors header, a zip's checksums."""
+    import json
+    import zipfile
+
+    p = Path(path)
+    try:
+        if p.suffix == ".json":
+            json.loads(p.read_bytes())
+        elif p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt"):  # checks the header and that the data covers the whole file
+                pass
+        elif p.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(p) as z:
+                bad = z.testzip()
+            if bad:
+                return f"{bad} in it fails its checksum"
+    except Exception as e:  # noqa: BLE001 - JSON, zip, OS and safetensors' own error: all mean "damaged"
+        return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:200]
+    return None
+
+
+def check_readable(path: str | Path) -> None:
+    """Raise a DataError that names ``path`` when it does not read back."""
+    from .errors import DataError
+
+    problem = unreadable(path)
+    if problem is not None:
+        raise DataError(f"damaged file ({problem})", path=str(path),
+                        hint="write it again (re-run the step that made it)")

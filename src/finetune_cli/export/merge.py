@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, DataError, ExportError
+from ..files import check_readable
 from ..ui import NULL, Reporter
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -57,7 +58,7 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable {what} ({e})") from None
+        raise DataError(f"unreadable {what} ({e})", path=str(path)) from None
 
 
 def find_source(*, run: str | None = None, adapter: str | None = None, base: str | None = None) -> Source:
@@ -101,6 +102,7 @@ def _adapter_tensors(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
     if st.is_file():
         from safetensors import safe_open
 
+        check_readable(st)
         with safe_open(str(st), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     sd = load_adapter_bin(adapter_dir / "adapter_model.bin")
@@ -121,7 +123,7 @@ def load_adapter_bin(path: Path) -> dict:
                           hint="use an adapter saved as adapter_model.safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: unreadable adapter weights ({why})") from None
+        raise DataError(f"damaged file ({why})", path=str(path)) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ConfigError(f"{path}: refused: not a dict of tensors")
     return sd
@@ -164,17 +166,20 @@ def check_adapter_fits(adapter_dir: Path, model: Any, base: str) -> int:
     return len(lora_modules)
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False, name: str | None = None):
     """The tokenizer saved with the adapter/model: it carries the chat template used in training."""
     from transformers import AutoTokenizer
 
+    from ..models import refuse_remote_code
+
+    refuse_remote_code(path, name or str(path), trust_remote_code)
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: no usable tokenizer saved with it ({str(e).splitlines()[0]})") from None
 
 
-def load_reference(src: Source, *, device: str = "cpu", reporter: Reporter = NULL):
+def load_reference(src: Source, *, device: str = "cpu", reporter: Reporter = NULL, trust_remote_code: bool = False):
     """``(model, tokenizer)``: fp32 base with the adapter applied but not merged (or the full model)."""
     import torch
 
@@ -184,18 +189,22 @@ def load_reference(src: Source, *, device: str = "cpu", reporter: Reporter = NUL
         from ..models import resolve_model
 
         reporter.warn(f"{src.path} has no tokenizer saved with it: using the base's (and its chat template)")
-        tok = load_tokenizer(Path(resolve_model(src.base, reporter)))
+        tok = load_tokenizer(Path(resolve_model(src.base, reporter)), trust_remote_code=trust_remote_code,
+                             name=src.base)
     else:
-        tok = load_tokenizer(src.path)
+        tok = load_tokenizer(src.path, trust_remote_code=trust_remote_code)
     if src.kind == "full":
-        model, _ = load_model(str(src.path), dtype=torch.float32, device=device)
+        for weights in sorted(src.path.glob("*.safetensors")):
+            check_readable(weights)
+        model, _ = load_model(str(src.path), dtype=torch.float32, device=device, trust_remote_code=trust_remote_code)
         return model.eval(), tok
     from peft import PeftModel
 
     if src.adapter_config.get("base_model_name_or_path") and src.base != src.adapter_config["base_model_name_or_path"]:
         reporter.info(f"base: {src.base} (the adapter was saved against "
                       f"{src.adapter_config['base_model_name_or_path']})")
-    model, _ = load_model(src.base, dtype=torch.float32, device=device, reporter=reporter)
+    model, _ = load_model(src.base, dtype=torch.float32, device=device, reporter=reporter,
+                          trust_remote_code=trust_remote_code)
     if len(tok) > model.get_input_embeddings().weight.shape[0]:  # tokens added in training
         model.resize_token_embeddings(len(tok), mean_resizing=False)
     check_adapter_fits(src.path, model, src.base)

@@ -67,10 +67,26 @@ class RunDir:
             raise ConfigError(f"run {str(path)!r} already exists", hint="pick another --name, or add --resume")
         return cls(path)  # created by the first record written: a run that fails to start leaves nothing
 
-    def last_checkpoint(self) -> Path | None:
+    def _checkpoints(self) -> list[Path]:
         cps = sorted(self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        cps = [p for p in cps if (p / "trainer_state.json").is_file()]
+        return [p for p in cps if (p / "trainer_state.json").is_file()]  # written last by the Trainer
+
+    def last_checkpoint(self) -> Path | None:
+        cps = self._checkpoints()
         return cps[-1] if cps else None
+
+    def intact_checkpoint(self) -> tuple[Path | None, list[str]]:
+        """The newest checkpoint whose files all read back, and why each newer one was passed over (a
+        disk that filled up or a copy cut short damages the newest first)."""
+        from ..files import unreadable
+
+        passed = []
+        for cp in reversed(self._checkpoints()):
+            problems = [(f.name, why) for f in sorted(cp.iterdir()) if f.is_file() and (why := unreadable(f))]
+            if not problems:
+                return cp, passed
+            passed.append(f"{cp.name} is damaged ({problems[0][0]}: {problems[0][1]})")
+        return None, passed
 
     def read(self) -> dict:
         return read_json(self.run_json) if self.run_json.is_file() else {}

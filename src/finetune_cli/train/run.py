@@ -79,7 +79,8 @@ def _source(cfg: TrainConfig, name: str) -> str:
     return "default" if getattr(cfg, name) == default else "set"
 
 
-def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> Path:
+def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> tuple[Path, list[str]]:
+    """The checkpoint to resume from, and a line for each newer, damaged one passed over."""
     saved = (rd.path / "config.json")
     if saved.is_file():
         from ..jsonl import read_json
@@ -96,10 +97,13 @@ def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> Path:
         raise ConfigError(f"option --resume: run {rd.path.name!r} trained in {before} process(es), this is "
                           f"{processes}: the data order, batch and per-process RNG states would not match",
                           hint=f"resume with --gpus {before}, or launch {before} processes")
-    ckpt = rd.last_checkpoint()
+    ckpt, damaged = rd.intact_checkpoint()
+    if ckpt is None and damaged:
+        raise TrainingError(f"option --resume: run {rd.path.name!r} has no intact checkpoint: " + "; ".join(damaged),
+                            hint="start it again")
     if ckpt is None:
         raise ConfigError(f"option --resume: run {rd.path.name!r} has no checkpoint yet", hint="start it again")
-    return ckpt
+    return ckpt, damaged
 
 
 def _schedule(cfg: TrainConfig, n_train: int, processes: int = 1, batch_size: int | None = None
@@ -224,7 +228,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
         reporter = distributed.Silent()
     name = distributed.same_on_all(cfg.name or _default_name(cfg))
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
-    checkpoint = _check_resume(cfg, rd, processes) if cfg.resume else None
+    checkpoint, damaged = _check_resume(cfg, rd, processes) if cfg.resume else (None, [])
     system = text_or_file(cfg.system)
     inputs = load_inputs(cfg.data, system=system)
     val_inputs = load_inputs([cfg.val_file], system=system) if cfg.val_file else Inputs()
@@ -290,7 +294,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
         rd.write_heldout([e.row for e in val])
     pe = setup.pad_eos
     rd.update(name=name, status="running", created=created, started=now(), base_model=setup.base_model,
-              base_model_arg=cfg.model, method=cfg.method, backend=backend.__name__.rsplit("_", 1)[-1],
+              base_model_arg=cfg.model, trust_remote_code=cfg.trust_remote_code, method=cfg.method, backend=backend.__name__.rsplit("_", 1)[-1],
               chat_template=setup.template, system_prompt=system_prompt, eos_token=pe.eos_token,
               pad_token=pe.pad_token, end_of_turn=pe.end_of_turn, added_tokens=setup.added_tokens,
               learning_rate=cfg.learning_rate, lora_alpha=None if cfg.method == "full" else cfg.lora_alpha,
@@ -314,6 +318,8 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
     if checkpoint is not None:
         step = int(checkpoint.name.split("-")[-1])
         rd.trim_metrics(step)
+        for line in damaged:
+            reporter.warn(f"{line}: resuming from {checkpoint.name} instead")
         reporter.info(f"  resuming   from {checkpoint} (step {step})")
     t0 = time.perf_counter()
     try:
