@@ -57,3 +57,21 @@ def test_runs_survives_a_broken_record_and_reports_missing_dir():
                                                                                 "broken": "unreadable"}
     res = CliRunner().invoke(app, ["runs", "--runs-dir", "nowhere"])
     assert res.exit_code == 2 and "error: option --runs-dir: no such directory 'nowhere'" in res.output
+
+
+def test_runs_points_at_the_makefiles_runs_when_it_finds_none():
+    """make train writes out/runs/; ft runs looks in runs/ by default and says where to look instead."""
+    res = CliRunner().invoke(app, ["runs"])
+    assert res.exit_code == 2 and "no such directory 'runs'" in res.output and "out/runs" not in res.output
+    make_run("doric", created="2026-11-20T10:00:00Z", best=2.0)
+    Path("runs").rename("out-runs")
+    Path("out").mkdir()
+    Path("out-runs").rename("out/runs")
+    res = CliRunner().invoke(app, ["runs"])
+    assert res.exit_code == 2 and "ft runs --runs-dir out/runs" in res.output
+    Path("runs").mkdir()
+    res = CliRunner().invoke(app, ["runs"])
+    assert res.exit_code == 0 and f"no runs in {Path('runs').resolve()}/" in res.output
+    assert "ft runs --runs-dir out/runs" in res.output
+    res = CliRunner().invoke(app, ["runs", "--runs-dir", "out/runs", "--json"])
+    assert [r["name"] for r in json.loads(res.stdout)["runs"]] == ["doric"]

@@ -199,15 +199,29 @@ def list_runs(runs_dir: str, sort: str = "created") -> list[dict]:
     return rows
 
 
+# where the Makefile's pipeline writes its runs (make OUT=out): a user of `make train` looks for them here
+MAKE_RUNS = "out/runs"
+
+
+def _runs_elsewhere(runs_dir: str) -> str | None:
+    other = Path(MAKE_RUNS)
+    if other.is_dir() and other.resolve() != Path(runs_dir).resolve() and any(other.glob("*/run.json")):
+        return f"make writes its runs to {MAKE_RUNS}/: ft runs --runs-dir {MAKE_RUNS}"
+    return None
+
+
 def run_runs(cfg: RunsConfig, reporter: Reporter) -> dict:
+    where = Path(cfg.runs_dir).resolve()
     if not Path(cfg.runs_dir).is_dir():
-        raise ConfigError(f"option --runs-dir: no such directory {cfg.runs_dir!r}",
-                          hint="train one with `ft train`, or point --runs-dir at your runs")
+        raise ConfigError(f"option --runs-dir: no such directory {cfg.runs_dir!r} ({where})",
+                          hint=_runs_elsewhere(cfg.runs_dir)
+                          or "train one with `ft train`, or point --runs-dir at your runs")
     rows = list_runs(cfg.runs_dir, cfg.sort)
     cols = ["name", "status", "model", "method", "r_alpha", "lr", "scheduler", "train_rows", "steps",
             "best_eval_loss", "tokens_per_s"]
     heads = ["run", "status", "model", "method", "r/α", "lr", "sched", "rows", "steps", "best eval", "tok/s"]
     reporter.table(f"runs in {cfg.runs_dir}/", heads, [[r.get(c) for c in cols] for r in rows])
     if not rows:
-        reporter.info(f"no runs in {cfg.runs_dir}/")
+        elsewhere = _runs_elsewhere(cfg.runs_dir)
+        reporter.warn(f"no runs in {where}/" + (f" ({elsewhere})" if elsewhere else ""))
     return {"runs": rows}
