@@ -152,3 +152,100 @@ def test_llama3_without_pad_gets_one_for_inference(tiny_llama3):
     loaded = load_for_inference(str(tiny_llama3), device="cpu")
     assert loaded.tokenizer.pad_token_id is not None
     assert loaded.eos_token_ids[0] == loaded.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+
+
+CUSTOM_CONFIG = '''
+from transformers import LlamaConfig
+
+
+class FtCustomConfig(LlamaConfig):
+    model_type = "ftcustom"
+'''
+CUSTOM_MODELING = '''
+import os
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+from .configuration_ftcustom import FtCustomConfig
+
+Path(os.environ["FT_TEST_REMOTE_CODE_RAN"]).write_text("ran")
+
+
+class FtCustomForCausalLM(LlamaForCausalLM):
+    config_class = FtCustomConfig
+'''
+
+
+@pytest.fixture
+def custom_code_model(tiny_model, tmp_path, monkeypatch):
+    """The tiny model as a hub repo with its own code (auto_map): importing the code leaves a file behind."""
+    import shutil
+
+    import transformers.dynamic_module_utils as dmu
+
+    d = tmp_path / "custom"
+    shutil.copytree(tiny_model, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="ftcustom", architectures=["FtCustomForCausalLM"],
+               auto_map={"AutoConfig": "configuration_ftcustom.FtCustomConfig",
+                         "AutoModelForCausalLM": "modeling_ftcustom.FtCustomForCausalLM"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "configuration_ftcustom.py").write_text(CUSTOM_CONFIG)
+    (d / "modeling_ftcustom.py").write_text(CUSTOM_MODELING)
+    ran = tmp_path / "remote-code-ran"
+    monkeypatch.setenv("FT_TEST_REMOTE_CODE_RAN", str(ran))
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"), raising=False)
+    return d, ran
+
+
+def _data(tmp_path):
+    row = {"messages": [{"role": "user", "content": "Fit like?"}, {"role": "assistant", "content": "Nae bad."}]}
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(row) + "\n" for _ in range(4)))
+    (tmp_path / "p.txt").write_text("Fit like?\n")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "merge"])
+def test_custom_code_is_refused_without_the_flag_and_never_prompts(command, custom_code_model, tiny_model, tmp_path,
+                                                                   monkeypatch):
+    import time
+
+    from typer.testing import CliRunner
+
+    from finetune_cli.cli import app
+
+    model, ran = custom_code_model
+    _data(tmp_path)
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("ft prompted"))
+    if command == "merge":
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                              LoraConfig(r=2, target_modules=["q_proj"]))
+        peft.save_pretrained(tmp_path / "ad")
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "ad")
+    args = {"train": ["train", "--model", str(model), "--data", "d.jsonl", "--max-steps", "1", "--name", "r"],
+            "eval": ["eval", "--base", str(model), "--prompts", "p.txt", "--no-probes", "--system", "Hi."],
+            "merge": ["merge", "--adapter", "ad", "--base", str(model), "--out", "m"]}[command]
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, [*args, "-q"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    [line] = r.output.strip().splitlines()
+    assert str(model) in line and "--trust-remote-code" in line
+    assert not ran.exists() and time.perf_counter() - t0 < 15
+
+
+def test_custom_code_runs_with_the_flag_and_the_run_records_it(custom_code_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune_cli.cli import app
+
+    model, ran = custom_code_model
+    _data(tmp_path)
+    r = CliRunner().invoke(app, ["train", "--model", str(model), "--data", "d.jsonl", "--max-steps", "1",
+                                 "--val-split", "0", "--name", "r", "--trust-remote-code", "-q"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert ran.exists()
+    assert json.loads((tmp_path / "runs" / "r" / "run.json").read_text())["trust_remote_code"] is True
+    assert json.loads((tmp_path / "runs" / "r" / "config.json").read_text())["config"]["trust_remote_code"] is True

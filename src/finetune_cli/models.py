@@ -91,8 +91,9 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
 
     reporter.info(f"converting {gguf.name} to safetensors once (later loads take seconds) → {out}")
     quiet_gguf()
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                               trust_remote_code=False)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -102,7 +103,7 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a tied lm_head
         fresh.tie_weights()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     # transformers rebuilds the tokenizer with a plain ByteLevel pre-tokenizer whatever the GGUF says (SmolLM's
     # digit splitting was lost): put back the one tokenizer.ggml.pre names, and keep the name for a GGUF export.
     from gguf import GGUFReader
@@ -267,24 +268,46 @@ def default_dtype(device: str):
     return torch.float32
 
 
+def refuse_remote_code(path: str | Path, name: str, trust_remote_code: bool) -> None:
+    """Custom code (``auto_map`` in config.json or tokenizer_config.json) runs only with --trust-remote-code.
+
+    ft never leaves the question to transformers: its prompt runs the code after a "y", and with a pipe on
+    stdin blocks the command for a minute."""
+    if trust_remote_code:
+        return
+    for f in ("config.json", "tokenizer_config.json"):
+        try:
+            doc = json.loads((Path(path) / f).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("auto_map"):
+            raise ConfigError(f"model {name!r}: it ships its own Python code (auto_map in its {f}), which ft "
+                              "runs only when asked", hint="pass --trust-remote-code if you trust its source")
+
+
 def _load_error(name: str, err: Exception) -> ConfigError:
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "trust_remote_code" in str(err):  # a hub model with its own code
+        return ConfigError(f"model {name!r}: it ships its own Python code, which ft runs only when asked",
+                           hint="pass --trust-remote-code if you trust its source")
     return ConfigError(f"model {name!r}: could not load it ({msg})",
                        hint="offline? pass a local directory, a .gguf file or `tiny`")
 
 
 def load_model(name_or_path: str, *, dtype=None, device: str | None = None, reporter: Reporter | None = None,
-               **kwargs: Any):
+               trust_remote_code: bool = False, **kwargs: Any):
     """``(model, tokenizer)`` for a causal LM from anything ``resolve_model`` accepts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_hf()
     path = resolve_model(name_or_path, reporter)
+    refuse_remote_code(path, str(name_or_path), trust_remote_code)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(str(name_or_path), e) from None
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
@@ -324,7 +347,7 @@ def _prepare_tokenizer(tok) -> list[int]:
 
 
 def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None,
-                       device: str | None = None) -> Loaded:
+                       device: str | None = None, trust_remote_code: bool = False) -> Loaded:
     """Load a run dir, checkpoint, adapter, merged/full model dir, .gguf, alias or hub id for generation."""
     from transformers import AutoTokenizer
 
@@ -353,8 +376,9 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
         if not base_name:
             raise ConfigError(f"{name}: the adapter does not say which base model it belongs to",
                               hint="pass the base model")
-        model, _ = load_model(base_name, dtype=dtype, device=device)
-        tok = AutoTokenizer.from_pretrained(str(target))
+        model, _ = load_model(base_name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        refuse_remote_code(target, str(target), trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=trust_remote_code)
         if len(tok) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tok), mean_resizing=False)
         try:
@@ -370,7 +394,8 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
                                 or (target / "merge.json").is_file()):
             kind = "merged"
         base_name = run.get("base_model") if run_dir else None
-        model, tok = load_model(str(target) if target.is_dir() else name, dtype=dtype, device=device)
+        model, tok = load_model(str(target) if target.is_dir() else name, dtype=dtype, device=device,
+                                trust_remote_code=trust_remote_code)
         adapter_dir = None
     model.eval()
     ids = _prepare_tokenizer(tok)

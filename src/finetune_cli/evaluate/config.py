@@ -30,6 +30,9 @@ class EvalConfig:
                                  "whatever base the adapter records.", panel=C)
     adapter: list[str] = opt([], "An adapter directory, run directory or checkpoint (repeat the option for "
                                  "more).", panel=C)
+    trust_remote_code: bool = opt(False, "Run a model's own Python code (auto_map in its config.json), for a "
+                                         "source you trust; without it ft refuses such a model (it never "
+                                         "prompts).", panel=C)
     merged: list[str] = opt([], "A merged/full model directory or a .gguf file (repeat for more).", panel=C)
     run: str | None = opt(None, "A run directory to sweep with --checkpoints.", panel=C)
     checkpoints: str = opt("all", "With --run: all (every checkpoint-N plus the final adapter), final, or "

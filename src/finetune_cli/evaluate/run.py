@@ -72,7 +72,7 @@ def load_candidate(c: Candidate, cfg: EvalConfig):
     # --base is the base every adapter runs on (as in ft merge), whatever base the adapter records: the
     # comparison is against the model that was evaluated as "base", and a moved adapter still loads
     base = cfg.base if c.kind in ("adapter", "checkpoint") else None
-    return load_for_inference(c.source, base=base, device=device)
+    return load_for_inference(c.source, base=base, device=device, trust_remote_code=cfg.trust_remote_code)
 
 
 def score_condition(texts_gens, prompts: list[Prompt], *, cfg: EvalConfig, leak_system: str | None, persona,

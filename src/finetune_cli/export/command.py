@@ -7,10 +7,12 @@
 
 Verification is on by default: logits of the export against base+adapter on sample conversations
 (the run's held-out rows, else built-in chats), max and mean |Δ| printed; past the dtype's tolerance
-ft exits 1 and writes nothing. Each GGUF is written offline by ft's own converter, loaded back by a
-real GGUF reader (transformers' gguf-py loader; llama-cpp-python too when installed), made to
-generate, and compared with the 16-bit model on held-out text; a file whose drift passes --max-kl
-is flagged ("this q4_k_m differs badly: do not ship it"), left out of the Modelfile, and ft exits 1.
+ft exits 1 and writes nothing. Each GGUF is written offline by ft's own converter, loaded back by
+transformers' gguf-py reader and by llama.cpp itself (llama-cpp-python, the `llama` extra; without it
+ft says the llama.cpp check was skipped and why), made to generate, and compared with the 16-bit model
+on held-out text (tokenization, KL, perplexity, greedy tokens, stopping); a file llama.cpp refuses or
+tokenizes differently, or whose drift passes --max-kl, is flagged ("this q4_k_m differs badly: do not
+ship it"), left out of the Modelfile, and ft exits 1.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class MergeConfig:
     max_kl: float = opt(0.1, "Drift threshold, nats/token: a GGUF whose mean KL divergence from the 16-bit model "
                              "on held-out text is above this is flagged 'do not ship it' and ft exits 1.",
                         gt=0, panel="GGUF")
+    trust_remote_code: bool = opt(False, "Run the base model's own Python code (auto_map in its config.json), for "
+                                         "a source you trust; without it ft refuses such a model (it never "
+                                         "prompts).", panel="Source")
     device: str = opt("auto", "Where to merge and verify (auto = cuda when available).", choices=("auto", "cpu", "cuda"))
     force: bool = opt(False, "Replace an existing --out directory.")
 
@@ -146,7 +151,7 @@ def _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device) -> dict:
         gc.collect()
         task.advance(1)
         if cfg.verify:  # the files as a user loads them: plain transformers, the saved dtype
-            again = AutoModelForCausalLM.from_pretrained(str(tmp)).eval()
+            again = AutoModelForCausalLM.from_pretrained(str(tmp), trust_remote_code=cfg.trust_remote_code).eval()
             if again.dtype != getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[cfg.dtype]):
                 raise ExportError(f"the saved model reloads as {again.dtype}, not {cfg.dtype}")
             if device == "cpu":  # CPU half-precision matmuls are slow: upcast, so only the files' rounding is measured
@@ -164,6 +169,22 @@ def _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device) -> dict:
     return result
 
 
+def _source_pre(src) -> str | None:
+    """The pre-tokenizer name of the GGUF the base model was dequantized from, if it was (kept as it was)."""
+    import json
+
+    from ..models import resolve_model
+
+    base = resolve_model(src.base) if src.kind == "adapter" and src.base else str(src.path)
+    record = Path(base) / "ft_source.json"
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("tokenizer_pre")
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{record}: unreadable ({e})") from None
+
+
 def run(cfg: MergeConfig, reporter: Reporter) -> dict:
     from ..models import default_device
     from .merge import find_source, load_reference
@@ -178,7 +199,7 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
         reporter.info("QLoRA adapter: merged into the 16-bit base weights (never into 4-bit ones)")
     tmp = _prepare_out(out, cfg.force)
     try:
-        ref, tok = load_reference(src, device=device, reporter=reporter)
+        ref, tok = load_reference(src, device=device, reporter=reporter, trust_remote_code=cfg.trust_remote_code)
         texts = sample_texts(tok, run_dir=src.run_dir, n=cfg.samples, system=src.run.get("system_prompt"))
         if cfg.adapter_only:
             result = _export_adapter(cfg, src, ref, tok, tmp, texts, reporter)
@@ -188,7 +209,8 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
                 from .gguf_check import export_gguf
 
                 result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf, texts=texts, max_kl=cfg.max_kl,
-                                             system=src.run.get("system_prompt"), reporter=reporter)
+                                             system=src.run.get("system_prompt"), reporter=reporter,
+                                             name=src.run.get("name") or out.name, keep_pre=_source_pre(src))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..models import default_dtype, quiet_hf, resolve_model
+from ..models import default_dtype, quiet_hf, refuse_remote_code, resolve_model
 from . import distributed
 from .config import TrainConfig
 from .template import PadEos, prepare_model_and_tokenizer
@@ -70,6 +70,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
 
     quiet_hf()
     path = resolve_model(cfg.model, reporter)
+    refuse_remote_code(path, cfg.model, cfg.trust_remote_code)
     if Path(path).is_dir():
         path = str(Path(path).resolve())  # run.json must name the base wherever eval/merge run from
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,7 +78,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
         raise ConfigError("option --method qlora: 4-bit QLoRA needs a CUDA GPU (bitsandbytes)",
                           hint="use --method lora on this machine")
     dtype = _dtype(cfg, device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.method == "qlora":
         try:
             import bitsandbytes  # noqa: F401
@@ -91,7 +92,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

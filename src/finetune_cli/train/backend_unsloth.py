@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
-from ..models import resolve_model
+from ..models import refuse_remote_code, resolve_model
 from . import backend_hf
 from .backend_hf import Setup
 from .config import TrainConfig
@@ -55,6 +55,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     from unsloth import FastLanguageModel
 
     path = resolve_model(cfg.model, reporter)
+    refuse_remote_code(path, cfg.model, cfg.trust_remote_code)
     if Path(path).is_dir():
         path = str(Path(path).resolve())
     dtype = _dtype(cfg)
@@ -63,6 +64,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
         model, tok = FastLanguageModel.from_pretrained(
             model_name=path, max_seq_length=cfg.max_len, dtype=dtype, load_in_4bit=cfg.method == "qlora",
             full_finetuning=cfg.method == "full", fix_tokenizer=False, random_state=cfg.seed,
+            trust_remote_code=cfg.trust_remote_code,
             use_gradient_checkpointing="unsloth" if gc else False)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

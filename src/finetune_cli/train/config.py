@@ -37,6 +37,9 @@ class TrainConfig:
                                 choices=("new", "all", "none"), panel="Model")
     dtype: str = opt("auto", "Weights dtype: auto (bf16 on a bf16 GPU, else float32).",
                      choices=("auto", "float32", "bfloat16", "float16"), panel="Model")
+    trust_remote_code: bool = opt(False, "Run the model's own Python code (auto_map in its config.json), for a "
+                                         "source you trust; without it ft refuses such a model (it never "
+                                         "prompts). Recorded in run.json.", panel="Model")
 
     # Data
     data: list[str] = opt(help="Training files: messages or ShareGPT JSONL, .json/.parquet/.csv (datasets), "
@@ -51,6 +54,9 @@ class TrainConfig:
                                      "all tokens.", choices=("assistant", "all"), panel="Data")
     max_len: int = opt(2048, "Maximum sequence length in tokens; longer examples are truncated (and counted).",
                        ge=16, panel="Data")
+    allow_truncation: bool = opt(False, "Train even when more than half of the conversations are longer than "
+                                        "--max-len (each loses its final end-of-turn token, so the model learns "
+                                        "less of when to stop); without it that is an error.", panel="Data")
     packing: bool = opt(True, "Padding-free batching: a micro-batch is one row of concatenated examples with "
                               "position ids restarting per example, so attention never crosses examples.",
                         panel="Data")

@@ -28,7 +28,7 @@ from . import callbacks as ft_callbacks
 from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
-from .examples import drop_system, masking_stats, split_val, token_batches, tokenize_inputs
+from .examples import check_truncation, drop_system, masking_stats, split_val, token_batches, tokenize_inputs
 from .records import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
@@ -255,6 +255,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
     stats = masking_stats(empty + train + ([] if val_from_file else val), setup.pad_eos.eos_id, setup.pad_eos.pad_id)
     for src in stats["empty_sources"]:
         reporter.warn(f"{src}: no trainable tokens (dropped)")
+    truncation = check_truncation(stats, cfg.max_len, cfg.allow_truncation)
     if not train:
         raise TrainingError("no training examples left after the validation split")
     groups = (token_batches([len(e.input_ids) for e in train], cfg.batch_tokens, processes) if cfg.batch_tokens
@@ -301,10 +302,13 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
               train_rows=len(train), val_rows=len(val), total_steps=total, best_checkpoint=None,
               best_eval_loss=None, global_step=0, versions=library_versions(), world_size=processes,
               distributed=("fsdp" if cfg.fsdp else "ddp") if processes > 1 else None,
-              per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch)
+              per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch,
+              eos_lost_examples=stats["eos_lost_examples"])
     print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
                 n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes,
                 no_system=no_system, effective_batch=effective_batch)
+    if truncation:
+        reporter.warn(truncation)  # after the setup block, where it is not scrolled away
 
     # ---- train
     as_rows = lambda xs: [{"input_ids": e.input_ids, "labels": e.labels} for e in xs]  # noqa: E731
@@ -381,6 +385,6 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
                                          "best_checkpoint", "tokens_per_s", "seconds_per_step", "train_rows",
                                          "val_rows")},
             "masking": {k: stats[k] for k in ("trainable_share", "empty_examples", "eos_trained_examples",
-                                              "chat_examples", "truncated_examples")},
+                                              "chat_examples", "truncated_examples", "eos_lost_examples")},
             "pad_token": pe.pad_token, "eos_token": pe.eos_token, "world_size": processes,
             "effective_batch_size": effective_batch}
