@@ -75,6 +75,9 @@ def test_training_run(smoke):
     assert run["status"] == "completed" and run["global_step"] == STEPS
     assert run["base_model_arg"] == "tiny" and run["method"] == "lora"
     assert run["final_loss"] < run["first_loss"]
+    assert run["eos_lost_examples"] == 0  # every assistant turn ends with a trained end-of-turn token
+    data = json.loads((run_dir / "data.json").read_text())
+    assert data["eos_trained_examples"] == data["chat_examples"] == data["conversations"]
     assert run["train_rows"] + run["val_rows"] >= ROWS
     assert len(read_jsonl(run_dir / "heldout.jsonl")) == run["val_rows"] > 0
     config = json.loads((run_dir / "config.json").read_text())["config"]

@@ -436,6 +436,27 @@ def test_resume_with_different_options_is_refused(tiny_model, tmp_path):
     assert "options differ" in res.output and "lr" in res.output
 
 
+def test_most_conversations_cut_by_max_len_is_an_error(tiny_model, tmp_path):
+    """At --max-len 48, 13 of the 20 conversations (49-55 tokens) lose their final end-of-turn token."""
+    data = write_data(tmp_path / "d.jsonl", 20)
+    res = train("--model", str(tiny_model), "--data", str(data), "--max-len", "48", "--system-dropout", "0",
+                "--name", "cut", "--quiet", code=2)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "13 of 20 conversations are longer than --max-len 48" in errors[0]
+    assert "raise --max-len to 55" in errors[0] and "--allow-truncation" in errors[0]
+    assert not Path("runs/cut").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_len, flag, lost", [("54", None, 6), ("48", "--allow-truncation", 13)])
+def test_a_few_cut_conversations_warn_and_are_recorded(tiny_model, tmp_path, max_len, flag, lost):
+    data = write_data(tmp_path / "d.jsonl", 20)
+    res = train("--model", str(tiny_model), "--data", str(data), "--max-len", max_len, "--system-dropout", "0",
+                "--max-steps", "1", "--name", "cut", "--batch-size", "4", "--quiet", *([flag] if flag else []))
+    assert f"warning: {lost} of 20 conversations are longer than --max-len {max_len}" in res.stderr
+    assert run_json("cut")["eos_lost_examples"] == lost and run_json("cut")["status"] == "completed"
+
+
 def test_dry_run_prints_config_and_writes_nothing(tiny_model):
     res = train("--model", str(tiny_model), "--data", "d.jsonl", "--method", "dora", "--dry-run")
     assert "dora" in res.output and "lr" in res.output and not Path("runs").exists()

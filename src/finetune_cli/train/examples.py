@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from .data import Inputs, chunk_tokens, document_title
 from .template import assistant_only_labels
 
@@ -25,6 +25,7 @@ class Example:
     kind: str  # chat | text
     truncated: bool = False
     row: dict = field(default_factory=dict)  # the held-out form: {"messages", "meta"} or {"text", "meta"}
+    length: int = 0  # tokens before --max-len cut it
 
     @property
     def trainable(self) -> int:
@@ -38,7 +39,7 @@ def tokenize_inputs(tok, inputs: Inputs, *, max_len: int, train_on: str, chunk_s
         ids, labels = assistant_only_labels(tok, c.messages, max_len=10**9, train_on=train_on)
         truncated = len(ids) > max_len
         out.append(Example(ids[:max_len], labels[:max_len], c.source, "chat", truncated,
-                           {"messages": c.messages, "meta": c.meta}))
+                           {"messages": c.messages, "meta": c.meta}, len(ids)))
     for d in inputs.documents:
         header, body = document_title(d, text_header)
         head = tok(header + "\n", add_special_tokens=False)["input_ids"] if header else []
@@ -70,7 +71,7 @@ def drop_system(tok, examples: list[Example], share: float, seed: int, *, max_le
             rest = msgs[1:]
             ids, labels = assistant_only_labels(tok, rest, max_len=10**9, train_on=train_on)
             e = Example(ids[:max_len], labels[:max_len], e.source, "chat", len(ids) > max_len,
-                        {"messages": rest, "meta": e.row.get("meta", {})})
+                        {"messages": rest, "meta": e.row.get("meta", {})}, len(ids))
             n += 1
         out.append(e)
     return out, n
@@ -84,6 +85,8 @@ def masking_stats(examples: list[Example], eos_id: int, pad_id: int | None) -> d
     empty = [e.source for e in examples if e.trainable == 0]
     chats = [e for e in examples if e.kind == "chat" and e.trainable]
     eos_trained = sum(1 for e in chats if eos_id in e.labels)
+    # a conversation cut at --max-len loses its last turn's end-of-turn token: the one that teaches stopping
+    cut = [e for e in examples if e.kind == "chat" and e.truncated]
     pad_in_inputs = sum(1 for e in examples if pad_id is not None and pad_id in e.input_ids)
     h = hashlib.sha256()
     for e in examples:
@@ -106,6 +109,9 @@ def masking_stats(examples: list[Example], eos_id: int, pad_id: int | None) -> d
         "empty_examples": len(empty),
         "empty_sources": empty[:10],
         "truncated_examples": sum(e.truncated for e in examples),
+        "conversations": sum(e.kind == "chat" for e in examples),
+        "eos_lost_examples": len(cut),
+        "longest_conversation": max((e.length for e in examples if e.kind == "chat"), default=0),
         "chat_examples": len(chats),
         "eos_trained_examples": eos_trained,
         "pad_in_inputs": pad_in_inputs,
@@ -113,6 +119,20 @@ def masking_stats(examples: list[Example], eos_id: int, pad_id: int | None) -> d
                    "p50": pct(0.5), "p95": pct(0.95), "max": lengths[-1] if lengths else 0},
         "tokens_sha256": h.hexdigest(),
     }
+
+
+def check_truncation(stats: dict, max_len: int, allow: bool) -> str | None:
+    """Conversations cut at --max-len lose their final end-of-turn token, so the model learns less of when
+    to stop: more than half of them cut is an error unless ``allow``; fewer is a warning (returned)."""
+    lost, n, longest = stats["eos_lost_examples"], stats["conversations"], stats["longest_conversation"]
+    if not lost:
+        return None
+    what = (f"{lost} of {n} conversations are longer than --max-len {max_len} and lose their final end-of-turn "
+            f"token (the longest has {longest} tokens)")
+    if 2 * lost > n and not allow:
+        raise ConfigError(f"{what}: most of the data would not teach the model to stop",
+                          hint=f"raise --max-len to {longest}, or pass --allow-truncation to train on them cut")
+    return f"{what}: raise --max-len to {longest} to keep them whole"
 
 
 def split_val(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
