@@ -279,7 +279,8 @@ def save_adapter_only(src: Source, tok: Any, out: Path, reporter: Reporter = NUL
         from safetensors.torch import save_file
 
         sd = load_adapter_bin(src.path / "adapter_model.bin")
-        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
     acfg = dict(src.adapter_config)
     acfg["base_model_name_or_path"] = src.base
     acfg["inference_mode"] = True
