@@ -36,10 +36,14 @@ def _corpus() -> list[str]:
     return lines * 3
 
 
-def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with chat special tokens; returns a transformers fast tokenizer."""
+def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, pre: str = "gpt-2"):
+    """A byte-level BPE tokenizer with chat special tokens; returns a transformers fast tokenizer.
+
+    ``pre``: the pre-tokenizer, by llama.cpp's name for it (gpt-2, llama-bpe, qwen2, smollm)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from .gguf_pretok import pre_tokenizer_from_name
 
     if template == "llama3":
         specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -47,7 +51,7 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024):
     else:
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer_from_name(pre)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -73,14 +77,15 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024):
 
 
 def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: str = "llama",
-                    hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int = 1024) -> Path:
+                    hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int = 1024,
+                    pre: str = "gpt-2") -> Path:
     """Save a random-weight causal LM and its tokenizer to ``path``; returns the path."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(template, vocab_size=vocab_size)
+    tok = make_tokenizer(template, vocab_size=vocab_size, pre=pre)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=2048, tie_word_embeddings=False,
@@ -93,7 +98,7 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
                                                bos_token_id=tok.bos_token_id)
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    (path / "ft_tiny.json").write_text(json.dumps({"template": template, "arch": arch, "seed": seed}))
+    (path / "ft_tiny.json").write_text(json.dumps({"template": template, "arch": arch, "seed": seed, "pre": pre}))
     from .files import umask_modes
 
     umask_modes(path)

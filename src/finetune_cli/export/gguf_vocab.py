@@ -2,10 +2,9 @@
 
 llama.cpp re-implements the tokenizer from these keys, so each one matters: the token strings and
 types (special tokens are CONTROL, so ``<|im_end|>`` is parsed as one token and ends generation),
-the merges, the pre-tokenizer *name* (llama.cpp maps it to its own split regex: a wrong name silently
-tokenizes numbers and punctuation differently), bos/eos/eot/pad ids and whether a BOS is added, and the
-chat template used in training. convert_hf_to_gguf.py identifies the pre-tokenizer by hashing the
-tokenization of a probe text; we read the pre-tokenizer's definition in tokenizer.json instead.
+the merges, the pre-tokenizer *name* (llama.cpp maps it to its own split regexes and refuses a name it
+does not know; ``gguf_pretok`` picks it as llama.cpp's converter does), bos/eos/eot/pad ids and whether a
+BOS is added, and the chat template used in training.
 """
 
 from __future__ import annotations
@@ -16,35 +15,13 @@ from typing import Any
 
 from ..errors import ExportError
 from ..ui import NULL, Reporter
+from ..gguf_pretok import pre_tokenizer_name
 
-# tokenizer.json pre-tokenizer split regexes -> llama.cpp pre-tokenizer names
-LLAMA3_SPLIT = r"\p{N}{1,3}"
-QWEN2_SPLIT = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter = NULL, *,
+                  config: dict | None = None, keep_pre: str | None = None) -> dict:
+    """Add the ``tokenizer.ggml.*`` keys for the tokenizer saved in ``model_dir``; returns what was written.
 
-
-def detect_pre(pre: dict | None) -> str | None:
-    """llama.cpp's name for a tokenizers pre-tokenizer definition, or None when unknown."""
-    if not pre:
-        return None
-    if pre.get("type") == "ByteLevel":
-        return "gpt2" if pre.get("use_regex", True) else None
-    if pre.get("type") != "Sequence":
-        return None
-    steps = pre.get("pretokenizers", [])
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
-        return "smollm"
-    splits = [s.get("pattern", {}).get("Regex", "") for s in steps if s.get("type") == "Split"]
-    if len(splits) == 1 and kinds[-1] == "ByteLevel" and not steps[-1].get("use_regex", True):
-        if LLAMA3_SPLIT in splits[0]:
-            return "llama-bpe"
-        if QWEN2_SPLIT in splits[0]:
-            return "qwen2"
-    return None
-
-
-def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter = NULL) -> dict:
-    """Add the ``tokenizer.ggml.*`` keys for the tokenizer saved in ``model_dir``; returns what was written."""
+    ``keep_pre``: the pre-tokenizer name of the GGUF the model came from, kept as it was."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -62,11 +39,7 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
                           "converter writes byte-level BPE tokenizers only",
                           hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    pre = detect_pre(tj.get("pre_tokenizer"))
-    if pre is None:
-        pre = "default"
-        reporter.warn("GGUF: unknown pre-tokenizer in tokenizer.json: written as 'default'; llama.cpp may split "
-                      "text differently from transformers")
+    pre, pre_how = pre_tokenizer_name(tok, keep=keep_pre)
 
     vocab: dict[str, int] = dict(model["vocab"])
     added = {a["id"]: a for a in tj.get("added_tokens", [])}
@@ -95,8 +68,15 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
     w.add_token_merges(merges)
     probe = tok("a", add_special_tokens=True)["input_ids"]
     adds_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
-    if tok.bos_token_id is not None:
-        w.add_bos_token_id(tok.bos_token_id)
+    # llama.cpp reads a BOS id whether or not it adds one (absent, it falls back to a guess: token 11). A
+    # tokenizer without one (ChatML models) gets the model config's, else the EOS id, with add_bos false.
+    bos = tok.bos_token_id
+    if bos is None and isinstance((config or {}).get("bos_token_id"), int):
+        bos = config["bos_token_id"]
+    if bos is None:
+        bos = tok.eos_token_id
+    if bos is not None:
+        w.add_bos_token_id(bos)
     w.add_add_bos_token(adds_bos)
     w.add_add_eos_token(False)
     if tok.eos_token_id is None:
@@ -111,5 +91,5 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
         w.add_unk_token_id(tok.unk_token_id)
     if getattr(tok, "chat_template", None):
         w.add_chat_template(tok.chat_template)
-    return {"tokenizer_pre": pre, "eos_token": tok.eos_token, "end_of_turn": eot[0] if eot else None,
-            "add_bos": adds_bos}
+    return {"tokenizer_pre": pre, "tokenizer_pre_from": pre_how, "bos_token_id": bos, "eos_token": tok.eos_token,
+            "end_of_turn": eot[0] if eot else None, "add_bos": adds_bos}

@@ -219,8 +219,11 @@ def _rope_keys(w, arch: str, config: dict, head_dim: int) -> np.ndarray | None:
 
 
 def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter = NULL,
-               name: str | None = None) -> dict:
-    """Write ``out_path`` from the merged HF folder; returns types used, fallbacks and bytes."""
+               name: str | None = None, keep_pre: str | None = None) -> dict:
+    """Write ``out_path`` from the merged HF folder; returns types used, fallbacks and bytes.
+
+    ``name`` is ``general.name`` (the run's or model's name, never a temporary folder's); ``keep_pre`` the
+    pre-tokenizer name of the GGUF the model came from, if it came from one."""
     import gguf
     from safetensors import safe_open
 
@@ -250,7 +253,7 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
     rope_freqs = _rope_keys(w, arch, config, head_dim)
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[kind])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tok_info = add_tokenizer(w, model_dir, config["vocab_size"], reporter)
+    tok_info = add_tokenizer(w, model_dir, config["vocab_size"], reporter, config=config, keep_pre=keep_pre)
 
     if rope_freqs is not None:
         plans.insert(0, TensorPlan("", "rope_freqs.weight", rope_freqs.shape, "F32", "F32"))
