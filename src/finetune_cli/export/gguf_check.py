@@ -2,8 +2,9 @@
 
     report = export_gguf(Path("merged/a"), Path("merged/a/gguf"), ["f16", "q8_0", "q4_k_m"], texts=texts)
 
-The reader is transformers' GGUF loader (gguf-py's parser and dequantizers: an independent reading of
-the file, including the inverse Q/K permutation), plus llama-cpp-python when it is installed. Drift is
+The readers are transformers' GGUF loader (gguf-py's parser and dequantizers: an independent reading of
+the file, including the inverse Q/K permutation) and llama.cpp itself when llama-cpp-python is installed
+(``llama_cpp.py``: the program users run the file in; without it the check is reported skipped). Drift is
 measured on the held-out conversations against the 16-bit merged model, token for token on the same
 ids: mean KL(16-bit ‖ GGUF) per token, top-1 agreement and perplexity. KL is the number llama.cpp's
 own ``llama-perplexity --kl-divergence`` reports; a sound Q8_0 is near 0.001 nats, a sound Q4_K_M on a
@@ -13,7 +14,6 @@ default ``--max-kl``). A file above the threshold is flagged, left out of the Mo
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,10 @@ def _load_gguf(path: Path):
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
-def drift(ref_logits: list[Any], model: Any, ids: list[Any]) -> dict:
-    """KL(ref ‖ model), top-1 agreement, perplexities and |Δlogit| on the same token ids."""
+def drift(ref_logits: list[Any], logits_of: Any, ids: list[Any]) -> dict:
+    """KL(ref ‖ model), top-1 agreement, perplexities and |Δlogit| on the same token ids.
+
+    ``logits_of(ids)`` is the model under test: a 1-D id tensor -> its (len, vocab) logits."""
     import torch
 
     kl_sum = agree = n = 0.0
@@ -44,7 +46,7 @@ def drift(ref_logits: list[Any], model: Any, ids: list[Any]) -> dict:
     max_abs = 0.0
     with torch.no_grad():
         for ref, x in zip(ref_logits, ids):
-            got = model(input_ids=x[None]).logits[0].float()
+            got = logits_of(x)
             if not torch.isfinite(got).all():
                 return {"kl": math.inf, "top1_agreement": 0.0, "ppl_16bit": math.nan, "ppl_gguf": math.inf,
                         "max_abs_logit_diff": math.inf, "tokens": int(x.numel())}
@@ -87,20 +89,59 @@ def _tokenizer_agrees(path: Path, tok: Any, texts: list[str]) -> bool | None:
                for t in texts)
 
 
-def _llama_cpp_check(path: Path, prompt: str) -> dict | None:
-    """llama.cpp itself, when llama-cpp-python is installed: load, tokenize, generate a few tokens."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return None
-    from llama_cpp import Llama
+def _hf_logits(model: Any):
+    return lambda x: model(input_ids=x[None]).logits[0].float()
 
-    llm = Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
-    out = llm.create_completion(prompt, max_tokens=8, temperature=0.0)
-    return {"reader": "llama.cpp", "text": out["choices"][0]["text"], "tokens": out["usage"]["completion_tokens"]}
+
+def _reference(model: Any, tok: Any, texts: list[str], ids: list[Any], ref: list[Any], prompt: str,
+               max_new: int) -> Any:
+    """The 16-bit model's side of the llama.cpp comparison: its greedy answer to the chat prompt."""
+    import torch
+
+    from ..train.template import end_of_turn
+    from .llama_cpp import Reference
+
+    end_ids = sorted({i for i in (tok.eos_token_id, (end_of_turn(tok) or (None, None))[1]) if i is not None})
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=end_ids, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                             else end_ids[0])
+    greedy = out[0, len(prompt_ids):].tolist()
+    for n, t in enumerate(greedy):
+        if t in end_ids:
+            greedy = greedy[:n + 1]
+            break
+    return Reference(texts=texts, ids=ids, logits=ref, prompt_ids=prompt_ids, greedy_ids=greedy, end_ids=end_ids)
+
+
+def _llama_cpp(path: Path, tok: Any, reference: Any, max_new: int, reporter: Reporter) -> dict:
+    from ..errors import ExportError
+    from . import llama_cpp
+
+    try:
+        res = llama_cpp.check(path, tok, reference, max_new=max_new)
+    except ExportError as e:
+        reporter.warn(str(e))
+        return {"status": "failed", "error": str(e)}
+    stop = f"stopped on {res['stop_token']}" if res["stopped"] else f"no end token in {res['generated_tokens']}"
+    reporter.info(f"  llama.cpp: loaded; tokenizer {'agrees' if res['tokenizer_agrees'] else 'DIFFERS'}; KL "
+                  f"{res['kl']:.4g}, top-1 {res['top1_agreement']:.1%}, perplexity {res['ppl_gguf']:.4g} vs "
+                  f"{res['ppl_16bit']:.4g}; greedy next-token agreement {res['greedy_next_token_agreement']:.1%} "
+                  f"over {res['greedy_steps']} steps; its own greedy answer {stop}")
+    if not res["tokenizer_check_text_agrees"]:
+        reporter.warn(f"{path.name}: llama.cpp splits its own pre-tokenizer check text differently from the "
+                      "training tokenizer (rare scripts or emoji may tokenize differently)")
+    return res
 
 
 def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list[str], max_kl: float = 0.1,
-                system: str | None = None, reporter: Reporter = NULL) -> dict:
-    """Write, reload, generate, measure drift, flag; then a Modelfile for the smallest file that passed."""
+                system: str | None = None, reporter: Reporter = NULL, name: str | None = None,
+                keep_pre: str | None = None, max_new: int = 48) -> dict:
+    """Write, reload (transformers and llama.cpp), generate, measure drift, flag; then a Modelfile for the
+    smallest file that passed. ``name``: general.name; ``keep_pre``: the source GGUF's pre-tokenizer name."""
+    from . import llama_cpp
+
     import gc
 
     import torch
@@ -114,37 +155,47 @@ def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list
     ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     ids = [tok(t, add_special_tokens=False, return_tensors="pt")["input_ids"][0][:256] for t in texts]
     ref = logits_on(ref_model, tok, texts)
-    del ref_model
-    gc.collect()
     prompt = texts[0]
     if getattr(tok, "chat_template", None):
         from .verify import BUILTIN_CHATS
 
         msgs = ([{"role": "system", "content": system}] if system else []) + BUILTIN_CHATS[0][:1]
         prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    skipped = llama_cpp.unavailable()
+    reference = None if skipped else _reference(ref_model, tok, texts, ids, ref, prompt, max_new)
+    if skipped:
+        reporter.warn(f"llama.cpp check skipped: {skipped}")
+    del ref_model
+    gc.collect()
     files = []
     for kind in sorted(kinds, key=ORDER.index):
         path = out_dir / f"model-{kind}.gguf"
-        info = write_gguf(model_dir, path, kind, reporter=reporter, name=model_dir.name)
+        info = write_gguf(model_dir, path, kind, reporter=reporter, name=name or model_dir.name, keep_pre=keep_pre)
         for fb in info["fallbacks"]:
             reporter.info(f"  {kind}: {fb}")
         model = _load_gguf(path)
         n_new, sample = _generate(model, tok, prompt)
-        d = drift(ref, model, ids)
+        d = drift(ref, _hf_logits(model), ids)
         del model
         gc.collect()
         info.update(d)
         info["reader"] = "transformers (gguf-py)"
         info["generated_tokens"], info["sample"] = n_new, sample
         info["tokenizer_agrees"] = _tokenizer_agrees(path, tok, texts)
-        info["llama_cpp"] = _llama_cpp_check(path, prompt)
-        info["flagged"] = not (d["kl"] <= max_kl) or n_new == 0
+        lc = ({"status": "skipped", "reason": skipped} if skipped
+              else _llama_cpp(path, tok, reference, max_new, reporter))
+        info["llama_cpp"] = lc
+        info["flagged"] = not (d["kl"] <= max_kl) or n_new == 0 or lc["status"] == "failed" or (
+            lc["status"] == "ok" and (not lc["tokenizer_agrees"] or not lc["kl"] <= max_kl))
         mib = info["bytes"] / 2 ** 20
         reporter.info(f"{path.name}: {mib:.1f} MiB, reloaded and generated {n_new} tokens; drift vs 16-bit: "
                       f"KL {d['kl']:.4g} nats/token, top-1 agreement {d['top1_agreement']:.1%}, perplexity "
                       f"{d['ppl_gguf']:.4g} vs {d['ppl_16bit']:.4g}")
         if info["flagged"]:
-            reporter.warn(f"this {kind} differs badly: do not ship it (KL {d['kl']:.3g} > --max-kl {max_kl:g})")
+            why = (f"llama.cpp {lc['status']}" if lc["status"] == "failed" else
+                   "llama.cpp tokenizes differently from training" if lc["status"] == "ok" and not lc["tokenizer_agrees"]
+                   else f"KL {max(d['kl'], lc.get('kl', 0.0)):.3g} > --max-kl {max_kl:g}")
+            reporter.warn(f"this {kind} differs badly: do not ship it ({why})")
         if info["tokenizer_agrees"] is False:
             reporter.warn(f"{path.name}: the tokenizer transformers rebuilds from it splits text differently from "
                           "the training tokenizer (transformers' GGUF tokenizer support is partial; llama.cpp "
@@ -156,4 +207,5 @@ def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list
         modelfile = write_modelfile(out_dir, Path(passed[0]["path"]).name, tok, system, reporter)
     else:
         reporter.warn("no GGUF passed the drift check: no Modelfile written")
-    return {"files": files, "modelfile": str(modelfile) if modelfile else None, "max_kl": max_kl}
+    return {"files": files, "modelfile": str(modelfile) if modelfile else None, "max_kl": max_kl,
+            "llama_cpp": "skipped: " + skipped if skipped else "checked"}
