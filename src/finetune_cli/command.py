@@ -133,11 +133,14 @@ def _stdout_closed() -> typing.NoReturn:
 
 
 def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
-             run: Callable[[Any, Reporter], Any], *, help: str) -> None:
+             run: Callable[[Any, Reporter], Any], *, help: str,
+             dry_run: Callable[[Any, Reporter], Any] | None = None) -> None:
     """Add ``ft NAME`` to ``app``: flags from ``cfg_cls``, then ``run(cfg, reporter)``.
 
     ``run`` returns a JSON-able result (printed with ``--json``) or None; a result dict with an
     ``exit_code`` key sets the exit code (gates that failed, rows skipped under a policy, ...).
+    ``dry_run(cfg, reporter)``, when given, is what ``--dry-run`` does after printing the resolved config
+    (``ft push`` lists the files it would upload).
     """
     C.SECTIONS[section] = cfg_cls
     hints = typing.get_type_hints(cfg_cls)
@@ -151,10 +154,14 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
             resolved = C.load_config(cfg_cls, section, config_file=common["config"], flags=kwargs)
             for line in resolved.warnings:
                 reporter.warn(line)
-            if common["dry_run"]:
+            if common["dry_run"] and dry_run is None:
                 print_resolved(reporter, section, resolved)
                 return
-            if common["json_out"]:
+            if common["dry_run"]:
+                if not common["json_out"]:
+                    print_resolved(reporter, section, resolved)
+                result = dry_run(resolved.config, reporter)
+            elif common["json_out"]:
                 # stdout carries one JSON document: what libraries print (Unsloth's banner...) goes to stderr
                 with contextlib.redirect_stdout(sys.stderr):
                     result = run(resolved.config, reporter)

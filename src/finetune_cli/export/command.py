@@ -211,6 +211,9 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
                 result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf, texts=texts, max_kl=cfg.max_kl,
                                              system=src.run.get("system_prompt"), reporter=reporter,
                                              name=src.run.get("name") or out.name, keep_pre=_source_pre(src))
+                from ..jsonl import write_json_atomic
+
+                write_json_atomic(tmp / "gguf" / "ft_gguf.json", result["gguf"])  # drift figures, for ft card
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
