@@ -13,6 +13,7 @@ from . import __version__, gen, models, sharegpt, topics
 from .command import register
 from .evaluate import config as eval_config
 from .export import command as merge_command
+from .rate.config import RateConfig
 from .train import records as train_records
 from .train.config import TrainConfig
 
@@ -67,6 +68,8 @@ register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
          help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
 register(app, "eval", eval_config.EvalConfig, "eval", _lazy(".evaluate.run"),
          help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
+register(app, "rate", RateConfig, "rate", _lazy(".rate.run"),
+         help="Serve a local page where people judge blind A/B pairs of ft eval's answers; --summary for results.")
 
 
 def main() -> None:

@@ -297,6 +297,7 @@ def run_judge(judge: Judge, items: list[JudgeItem], *, character: str, pairwise:
         scores.setdefault(cand, {})[cond] = {f"judge_{c}": (sum(v) / len(v) if v else None)
                                              for c, v in crit.items()}
     pairs: dict[tuple[str, str, str], dict[str, int]] = {}
+    pair_items: list[dict] = []  # per prompt, so people's verdicts on the same pair can be compared (ft rate)
     wins: dict[tuple[str, str], list[float]] = {}
     for cond, pid, a, b, k1, k2 in pair_keys:
         r1, r2 = answers.get(k1), answers.get(k2)
@@ -307,6 +308,8 @@ def run_judge(judge: Judge, items: list[JudgeItem], *, character: str, pairwise:
         b_wins = r1["winner"] == "2" and r2["winner"] == "1"
         tally = pairs.setdefault((cond, a, b), {"a_wins": 0, "b_wins": 0, "ties": 0})
         tally["a_wins" if a_wins else "b_wins" if b_wins else "ties"] += 1
+        pair_items.append({"condition": cond, "prompt_id": pid, "a": a, "b": b,
+                           "winner": "a" if a_wins else "b" if b_wins else "tie"})
         wins.setdefault((a, cond), []).append(1.0 if a_wins else 0.0 if b_wins else 0.5)
         wins.setdefault((b, cond), []).append(1.0 if b_wins else 0.0 if a_wins else 0.5)
     for (cand, cond), vals in wins.items():
@@ -314,5 +317,6 @@ def run_judge(judge: Judge, items: list[JudgeItem], *, character: str, pairwise:
     return {
         "provider": judge.provider, "model": judge.model, "scores": scores, "items": per_item,
         "pairs": [{"condition": c, "a": a, "b": b, **t} for (c, a, b), t in pairs.items()],
+        "pair_items": pair_items,
         "usage": vars(judge.usage).copy(),
     }

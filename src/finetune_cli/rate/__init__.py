@@ -1,0 +1,6 @@
+"""``ft rate``: people judge blind A/B pairs of ft eval's answers on a local web page.
+
+Modules: ``config`` (options; the only one the CLI imports), ``store`` (pairs from outputs.jsonl, the
+per-rater schedule, ratings.jsonl), ``app`` (the Starlette app and its page, ``page.html``), ``stats``
+(win rates, Bradley–Terry, kappa: plain functions), ``summary`` (the report), ``run`` (serve or summarise).
+"""
