@@ -10,9 +10,11 @@ from typing import Optional
 import typer
 
 from . import __version__, gen, models, sharegpt, topics
+from .chat.config import ChatConfig
 from .command import register
 from .evaluate import config as eval_config
 from .export import command as merge_command
+from .publish import config as publish_config
 from .rate.config import RateConfig
 from .train import records as train_records
 from .train.config import TrainConfig
@@ -27,12 +29,12 @@ app = typer.Typer(
 )
 
 
-def _lazy(module: str):
+def _lazy(module: str, name: str = "run"):
     """``module.run``, imported when the command runs: `ft --help` does not load every recipe."""
     def run(cfg, reporter):
         import importlib
 
-        return importlib.import_module(module, __package__).run(cfg, reporter)
+        return getattr(importlib.import_module(module, __package__), name)(cfg, reporter)
     return run
 
 
@@ -70,6 +72,12 @@ register(app, "eval", eval_config.EvalConfig, "eval", _lazy(".evaluate.run"),
          help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
 register(app, "rate", RateConfig, "rate", _lazy(".rate.run"),
          help="Serve a local page where people judge blind A/B pairs of ft eval's answers; --summary for results.")
+register(app, "chat", ChatConfig, "chat", _lazy(".chat.run"),
+         help="Talk to a model as it was trained to talk, streamed; --compare several side by side.")
+register(app, "card", publish_config.CardConfig, "card", _lazy(".publish.card"),
+         help="Write a Hub model card (or dataset card) from ft's records: training, data, eval, GGUF drift.")
+register(app, "push", publish_config.PushConfig, "push", _lazy(".publish.push"), dry_run=_lazy(".publish.push", "plan"),
+         help="Publish a run's adapter, merged model, GGUFs or a dataset to the Hugging Face Hub (resumable).")
 
 
 def main() -> None:
