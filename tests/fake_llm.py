@@ -9,6 +9,11 @@ order. Faults are scripted per request: ``server.faults = [("needle", ["429", "5
 makes the n-th identical request whose last user message contains "needle" behave as the n-th
 item (then "ok"). Behaviours: ok, 429, 500, 503, slow, truncated, malformed, empty, english, 400, 401.
 
+``ft gen --from-docs`` requests (a ``<passage>`` in the prompt) get a question from the passage and an
+extractive answer from it (ft's offline stand-in, as JSON with references when asked for), unless
+``server.doc_faults = {"needle": "invented_quote" | "offtopic" | "bad_reference"}`` names a word of the
+passage: then every answer about that passage misbehaves so.
+
     with FakeLLM(delay=0.2) as srv:      # in a thread
         srv.openai_url  -> "http://127.0.0.1:PORT/v1";  srv.anthropic_url -> "http://127.0.0.1:PORT"
 
@@ -22,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -31,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from finetune_cli.persona import load_persona  # noqa: E402
+from finetune_cli.extractive import OFF_SUBJECT, extract_answer, make_question  # noqa: E402
 from finetune_cli.template_voice import compose_answer  # noqa: E402
 
 ENGLISH = ("Here is a plain answer in standard English. Start small, plan your week, ask for help when you "
@@ -48,6 +55,7 @@ class FakeLLM:
         self.faults: list[tuple[str, list[str]]] = []
         self.reasoning = False  # answer as OpenAI's reasoning models: max_tokens and temperature refused
         self.topic_replies: dict[str, list[list[str]]] = {}  # group (as in the prompt) -> replies, in order
+        self.doc_faults: dict[str, str] = {}  # a word of a passage -> how answers about it misbehave
         self.counts: Counter = Counter()       # (needle, request hash) -> times seen
         self.served: Counter = Counter()       # behaviour -> responses
         self.requests = 0
@@ -213,6 +221,8 @@ class FakeLLM:
 
     def _text(self, system: str, messages: list[dict], rng: random.Random) -> str:
         last = str(messages[-1].get("content", "")) if messages else ""
+        if "<passage " in system or "<passage " in last:
+            return self._doc_text(system, last, rng)
         if "You play the user" in system:
             return rng.choice(["And what if I only have an hour a week?", "What's the biggest mistake to avoid?",
                                "Could you give me a concrete example of that?", "How long until I see results?"])
@@ -227,6 +237,33 @@ class FakeLLM:
             items += ["too short", "The importance of " + group + " in modern everyday life"]
             return "Here you go:\n```json\n" + json.dumps(items) + "\n```"
         return compose_answer(self.persona, "core", "the matter at hand", "extras", None, rng)
+
+
+    def _doc_text(self, system: str, last: str, rng: random.Random) -> str:
+        m = re.search(r'<passage file="(.*?)" start="(\d+)" end="\d+">\n(.*)\n</passage>', system + last, re.S)
+        file, start, chunk = m.group(1), int(m.group(2)), m.group(3)
+        if "<passage " in last:  # ft asks for a question about the passage
+            return make_question(chunk, "", "decline" if "does NOT answer" in last else "core", rng)
+        schema = "Reply with one JSON object" in system
+        off = any(x in last for x in OFF_SUBJECT)  # the questions ft's stand-in asks for the decline bucket
+        fault = next((f for needle, f in self.doc_faults.items() if needle in chunk), None)
+        if fault == "offtopic":
+            return compose_answer(self.persona, "core", "the matter at hand", "extras", None, rng)
+        text = extract_answer(self.persona, chunk, last, "decline" if off else "core", rng, start=start, file=file,
+                              schema=schema)
+        if fault == "invented_quote":
+            obj = json.loads(text) if schema else None
+            fake = ' As the text says, "the lawyer kept three green parrots in his study."'
+            if obj:
+                obj["answer"] += fake
+                return json.dumps(obj)
+            return text + fake
+        if fault == "bad_reference" and schema:
+            obj = json.loads(text)
+            obj["references"] = [{"file": file, "start": start, "end": start + 20,
+                                  "quote": "words the passage never had"}]
+            return json.dumps(obj)
+        return text
 
 
 def main() -> None:

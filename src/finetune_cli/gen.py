@@ -6,6 +6,9 @@
 Providers: ``openai`` (or any OpenAI-compatible server via OPENAI_BASE_URL), ``anthropic``, and the
 offline ``template`` provider (the persona's phrase bank); ``auto`` picks from the keys present.
 
+``--from-docs DIR`` grounds the conversations in the user's documents instead of topics: see
+:mod:`finetune_cli.docs_gen` (jobs and prompts) and :mod:`finetune_cli.grounding` (its gates).
+
 Every job has a stable id from (seed, topic, bucket, index). Accepted rows are appended as they
 arrive (fsync in batches), so a killed run loses only the requests in flight and re-running the same
 command skips finished jobs. At the end the file is rewritten atomically in job order, after fuzzy
@@ -37,7 +40,11 @@ MAX_JOBS = 1_000_000  # conversations one `ft gen` plans; each job is held in me
 
 @dataclass
 class GenConfig:
-    topics_json: str = opt(help="Topics file (any shape ft topics accepts).", required=True, panel="Input/output")
+    topics_json: str | None = opt(None, "Topics file (any shape ft topics accepts); or --from-docs.",
+                                  panel="Input/output")
+    from_docs: list[str] = opt([], "Documents to ground conversations in: .txt/.md/.html/.pdf files or directories "
+                               "(repeat the flag); each chunk is a topic. Instead of --topics-json.",
+                               panel="Documents")
     out: str = opt(help="Output JSONL of messages rows; rejects go to OUT.rejects.jsonl.", short="-o",
                    required=True, panel="Input/output")
     persona: str = opt("doric", "Persona: a shipped name (doric, bard) or a persona .toml file.")
@@ -71,11 +78,30 @@ class GenConfig:
     overlap_max: float = opt(0.5, "Reject answers whose word trigrams repeat the prompt more than this share.",
                              gt=0, le=1)
     overwrite: bool = opt(False, "Start over: delete OUT and its rejects file first (default: resume).")
+    chunk_tokens: int = opt(350, "--from-docs: chunk size in approximate tokens (words × 4/3), split at headings "
+                            "and blank lines.", ge=50, le=8000, panel="Documents")
+    chunk_overlap: int = opt(50, "--from-docs: approximate tokens of trailing paragraphs repeated at the start of "
+                             "the next chunk of a section (0: none).", ge=0, panel="Documents")
+    decline_ratio: float = opt(0.15, "--from-docs: share of rows asking what the chunk does not say, answered by "
+                               "declining.", ge=0, le=1, panel="Documents")
+    min_precision: float = opt(0.6, "--from-docs: least share of an answer's content words found in its chunk.",
+                               ge=0, le=1, panel="Documents")
+    min_recall: float = opt(0.05, "--from-docs: least share of the chunk's content words an answer uses.",
+                            ge=0, le=1, panel="Documents")
+    max_recall: float = opt(0.9, "--from-docs: most share of the chunk's content words an answer uses (above: a "
+                            "copy of the chunk).", ge=0, le=1, panel="Documents")
+    format_schema: bool = opt(False, "--from-docs: answers are JSON {answer, references: [{file, start, end, "
+                              "quote}]}, each quote checked against the document.", panel="Documents")
 
     def validate(self) -> None:
-        if self.adv_ratio + self.safety_ratio + self.multi_ratio > 1.0 + 1e-9:
-            raise ConfigError("--adv-ratio + --safety-ratio + --multi-ratio must be ≤ 1 "
-                              f"(got {self.adv_ratio + self.safety_ratio + self.multi_ratio:g})")
+        if bool(self.topics_json) == bool(self.from_docs):
+            raise ConfigError("give either --topics-json or --from-docs (one of them)")
+        decline = self.decline_ratio if self.from_docs else 0.0
+        if self.adv_ratio + self.safety_ratio + self.multi_ratio + decline > 1.0 + 1e-9:
+            raise ConfigError("--adv-ratio + --safety-ratio + --multi-ratio" + (" + --decline-ratio" if decline else "")
+                              + f" must be ≤ 1 (got {self.adv_ratio + self.safety_ratio + self.multi_ratio + decline:g})")
+        if self.min_recall > self.max_recall:
+            raise ConfigError(f"--min-recall ({self.min_recall:g}) must be ≤ --max-recall ({self.max_recall:g})")
 
 
 @dataclass
@@ -128,14 +154,24 @@ def make_provider(cfg: GenConfig, persona: Persona, reporter: Reporter):
     from .template_voice import TemplateProvider
 
     kind = choose_provider(cfg.provider)
+    if kind == "template" and cfg.from_docs:
+        from .extractive import STAND_IN, ExtractiveProvider
+
+        reporter.warn(f"--from-docs with the template provider: {STAND_IN}; use an LLM provider for real data")
+        return ExtractiveProvider(persona, cfg.seed, schema=cfg.format_schema)
     if kind == "template":
         if cfg.provider == "auto":
             reporter.info("no OPENAI_API_KEY, OPENAI_BASE_URL or ANTHROPIC_API_KEY: using the offline template "
                           f"provider (persona {persona.name}'s phrase bank)")
         return TemplateProvider(persona, cfg.seed)
     policy = RetryPolicy(max_retries=cfg.max_retries, base=cfg.retry_base, cap=cfg.retry_cap, timeout=cfg.timeout)
-    return LLMProvider(kind, model=cfg.model, base_url=cfg.base_url, policy=policy,
-                       temperature=cfg.temperature, max_tokens=cfg.max_tokens, persona=persona)
+    llm = LLMProvider(kind, model=cfg.model, base_url=cfg.base_url, policy=policy,
+                      temperature=cfg.temperature, max_tokens=cfg.max_tokens, persona=persona)
+    if cfg.from_docs:
+        from .docs_gen import GroundedLLM
+
+        return GroundedLLM(llm, persona, schema=cfg.format_schema)
+    return llm
 
 
 def rejects_path(out: str | Path) -> Path:
@@ -179,8 +215,16 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     from .persona import load_persona
 
     persona = load_persona(cfg.persona)
-    topics = load_topics(cfg.topics_json)
-    jobs = plan_jobs(topics, persona, cfg)
+    gate = None
+    if cfg.from_docs:
+        from .docs_gen import plan_doc_jobs
+        from .grounding import Bands, GroundingGate
+
+        jobs, docs = plan_doc_jobs(persona, cfg)
+        gate = GroundingGate(docs, persona.markers, Bands(cfg.min_precision, cfg.min_recall, cfg.max_recall),
+                             schema=cfg.format_schema)
+    else:
+        jobs = plan_jobs(load_topics(cfg.topics_json), persona, cfg)
     out, rej = Path(cfg.out), rejects_path(cfg.out)
     if cfg.overwrite:
         for p in (out, rej):
@@ -196,7 +240,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     t0 = time.perf_counter()
     import asyncio  # here, not at the top: `ft --help` should not pay for it
 
-    stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter))
+    stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter, gate=gate))
     gen_s = time.perf_counter() - t0
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)
     elapsed = time.perf_counter() - t0

@@ -43,7 +43,8 @@ def _reject_row(job, *, turn: int, attempt: int, reason: str, detail: str, text:
                 final: bool, role: str = "assistant") -> dict:
     return {"id": job.id, "order": job.order, "topic": job.topic, "group": job.group, "bucket": job.bucket,
             "turn": turn, "role": role, "attempt": attempt, "reason": reason, "detail": detail,
-            "text": (text or "")[:PREVIEW], "final": final}
+            "text": (text or "")[:PREVIEW], "final": final,
+            **({"file": job.file, "start": job.start, "end": job.end} if hasattr(job, "chunk") else {})}
 
 
 async def _follow_up(job, provider, messages: list[dict], turn: int, cfg, stats: GenStats,
@@ -73,13 +74,17 @@ async def _follow_up(job, provider, messages: list[dict], turn: int, cfg, stats:
     return None
 
 
-async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, rejects: AppendWriter):
-    """The conversation for one job, or None when it was rejected or failed (rows in ``rejects``)."""
+async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, rejects: AppendWriter, gate=None):
+    """The conversation for one job, or None when it was rejected or failed (rows in ``rejects``).
+
+    A job without a prompt (--from-docs) has the provider write its first user turn too. ``gate``
+    (--from-docs: :class:`finetune_cli.grounding.GroundingGate`) checks each answer before the voice gates."""
     from .providers import JobFailed
 
-    messages = [{"role": "user", "content": job.prompt}]
+    messages = [{"role": "user", "content": job.prompt}] if job.prompt else []
+    scores = []
     for turn in range(cfg.turns):
-        if turn > 0:
+        if turn > 0 or not messages:
             text = await _follow_up(job, provider, messages, turn, cfg, stats, rejects)
             if text is None:
                 return None
@@ -97,26 +102,33 @@ async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, reject
             stats.tokens_in[job.bucket] += comp.tokens_in
             stats.tokens_out[job.bucket] += comp.tokens_out
             text = comp.text.strip() if comp.text else ""
-            reason = check_answer(text, persona=persona, prompt=messages[-1]["content"], topic=job.topic,
-                                  finish=comp.finish, overlap_max=cfg.overlap_max)
+            reason, detail, prose, stored = None, "", text, text
+            if gate is not None and text and comp.finish != "length":
+                reason, detail, score, prose, stored = gate(job, text)
             if reason is None:
-                messages.append({"role": "assistant", "content": text})
+                reason = check_answer(prose, persona=persona, prompt=messages[-1]["content"], topic=job.topic,
+                                      finish=comp.finish, overlap_max=cfg.overlap_max)
+                detail = explain(reason, prose, persona) if reason else ""
+            if reason is None:
+                messages.append({"role": "assistant", "content": stored})
+                if gate is not None:
+                    scores.append(score)
                 break
             stats.rejected[job.bucket][reason] += 1
             last = attempt == cfg.max_attempts - 1
             rejects.write(_reject_row(job, turn=turn, attempt=attempt, reason=reason,
-                                      detail=explain(reason, text, persona), text=text, final=last))
+                                      detail=detail, text=text, final=last))
             if last:
                 return None
     system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
     return {"messages": system + messages,
             "meta": {"id": job.id, "topic": job.topic, "group": job.group, "bucket": job.bucket,
                      "lang": job.lang or "English", "persona": persona.name, "provider": provider.name,
-                     "model": provider.model, "seed": cfg.seed}}
+                     "model": provider.model, "seed": cfg.seed, **(gate.meta(job, scores) if gate else {})}}
 
 
 async def generate(todo: list, provider, persona: Persona, cfg, out: Path, rej: Path,
-                   reporter: Reporter) -> GenStats:
+                   reporter: Reporter, gate=None) -> GenStats:
     """Run every job in ``todo`` with ``cfg.max_concurrency`` workers; append rows as they finish."""
     stats = GenStats()
     t0 = time.perf_counter()
@@ -133,7 +145,7 @@ async def generate(todo: list, provider, persona: Persona, cfg, out: Path, rej: 
             async def worker() -> None:
                 nonlocal ok, bad
                 for job in queue:  # a shared iterator: each job taken once
-                    row = await _run_job(job, provider, persona, cfg, stats, rejects)
+                    row = await _run_job(job, provider, persona, cfg, stats, rejects, gate)
                     if row is not None:
                         writer.write(row)
                         stats.accepted[job.bucket] += 1
@@ -246,7 +258,8 @@ def _exact_duplicates(texts: list[str]) -> list[int | None]:
 def summary_rows(stats: GenStats, kept_by: Counter) -> list[list]:
     """The end-of-run table: rows in the final file per bucket, this run's rejections and traffic."""
     rows = []
-    for b in BUCKETS:
+    extra = sorted((set(kept_by) | set(stats.rejected) | set(stats.failed_by)) - set(BUCKETS))  # --from-docs: decline
+    for b in (*BUCKETS, *extra):
         rej = stats.rejected.get(b, Counter())
         reasons = Counter(rej)
         if stats.duplicates[b]:

@@ -54,6 +54,8 @@ class Bank:
     adv_openers: list[str] = opt(help="First sentence when asked to drop the voice.")
     multi_openers: list[str] = opt(help="First sentence when the user wrote in another language ({lang}).")
     followups: list[str] = opt(help="Follow-up user turns for multi-turn rows (the simulated user).")
+    declines: list[str] = opt([], "ft gen --from-docs, offline: saying the document does not answer the question "
+                              "({thing}: what was asked about); empty: a plain English line.")
     group_bodies: dict[str, list[str]] = opt({}, "Extra body sentences per topic group.")
     sentences: list[int] = opt([2, 5], "Body sentences per answer [min, max].")
     layout: str = opt("prose", "How parts are joined: prose (one paragraph) or verse (one couplet per line).",
@@ -120,7 +122,7 @@ class Persona:
                 if not items:
                     errors.append(f"{origin}: bank.{name} is empty")
                 errors += _check_fields(items, fields, f"{origin}: bank.{name}")
-            for name in ("connectors", "list_intros"):
+            for name in ("connectors", "list_intros", "declines"):
                 errors += _check_fields(getattr(b, name), fields, f"{origin}: bank.{name}")
             for group, items in b.group_bodies.items():
                 errors += _check_fields(items, fields, f"{origin}: bank.group_bodies.{group}")
