@@ -76,12 +76,27 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, p
     return fast
 
 
+def _config(arch: str, common: dict, head_dim: int | None):
+    """The transformers config of a tiny ``arch``: the real architecture's config class, small shapes."""
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=head_dim or common["hidden_size"] // common["num_attention_heads"])
+    raise ValueError(f"unknown tiny arch {arch!r}")
+
+
 def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: str = "llama",
                     hidden: int = 64, layers: int = 2, seed: int = 0, vocab_size: int = 1024,
-                    pre: str = "gpt-2") -> Path:
-    """Save a random-weight causal LM and its tokenizer to ``path``; returns the path."""
+                    pre: str = "gpt-2", head_dim: int | None = None) -> Path:
+    """Save a random-weight causal LM and its tokenizer to ``path``; returns the path.
+
+    ``arch``: llama, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads)."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -91,7 +106,7 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
                   max_position_embeddings=2048, tie_word_embeddings=False,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
-    cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    cfg = _config(arch, common, head_dim)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

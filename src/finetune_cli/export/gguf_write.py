@@ -1,19 +1,21 @@
-"""A focused, offline HF -> GGUF converter for the Llama family (Llama 2/3, Mistral, SmolLM, Qwen2).
+"""A focused, offline HF -> GGUF converter for Llama 2/3, Mistral, SmolLM, Qwen2, Qwen3 and Gemma 3 (text).
 
     info = write_gguf(Path("merged/a"), Path("merged/a/gguf/model-q4_k_m.gguf"), "q4_k_m")
 
 What llama.cpp's ``convert_hf_to_gguf.py`` + ``llama-quantize`` do for these architectures, and no more:
 hyperparameters as ``{arch}.*`` keys; tensors renamed with gguf-py's ``TensorNameMap``; for the ``llama``
 architecture the Q and K projections permuted from HF's rotate-half rope layout to llama.cpp's
-interleaved one (transformers' GGUF loader applies the inverse on load); a byte-level BPE tokenizer as
-``tokenizer.ggml.*`` (tokens, token types, merges, pre-tokenizer name, bos/eos/eot/pad ids, chat
-template). Tensors stream from safetensors one at a time, so memory stays at one tensor.
+interleaved one (transformers' GGUF loader applies the inverse on load); Gemma 3's RMSNorm weights stored
+as ``1 + w`` (HF multiplies by ``1 + w``, llama.cpp by the stored weight), its key length, sliding window
+and per-layer sliding pattern, local rope base; the tokenizer as ``tokenizer.ggml.*`` (``gguf_vocab``:
+byte-level BPE, or SentencePiece-style BPE as llama.cpp's "llama" tokenizer with scores). Tensors stream
+from safetensors one at a time, so memory stays at one tensor.
 
 Types: ``f16`` (2-D weights F16), ``q8_0`` (2-D weights Q8_0), ``q4_k_m`` (llama.cpp's mix: Q4_K, with
 Q6_K for output.weight (or the tied token embedding) and for attn_v/ffn_down in the layers ``use_more_bits`` picks). 1-D tensors stay
 F32. A row length that is not a multiple of the block size falls back as llama.cpp does (Q4_K -> Q5_0,
-Q6_K -> Q8_0, else F16) and is reported. SentencePiece tokenizers (Llama 2, Mistral v0.1-0.3) are not
-written by this converter: it says so instead of writing a file llama.cpp would tokenize wrongly.
+Q6_K -> Q8_0, else F16) and is reported. Any other architecture is refused in one line naming the
+supported ones.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import numpy as np
 from ..errors import ExportError
 from ..ui import NULL, Reporter
 
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # HF model_type -> llama.cpp arch
+# HF model_type -> llama.cpp arch
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
 FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
 # llama.cpp's fallback for rows that K-quant blocks (256) do not divide
 FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0", "Q5_0": "F16", "Q8_0": "F16"}
@@ -44,6 +47,7 @@ class TensorPlan:
     qtype: str  # F32 F16 Q8_0 Q5_0 Q4_K Q6_K
     wanted: str  # the type the recipe asked for (differs after a fallback)
     permute_heads: int | None = None
+    shift: float = 0.0  # added to the weights: Gemma's norms are (1 + w) in HF, w in llama.cpp
 
 
 def _use_more_bits(i: int, n: int) -> bool:
@@ -110,7 +114,8 @@ def plan(config: dict, shapes: dict[str, tuple[int, ...]], kind: str) -> list[Te
     model_type = config.get("model_type")
     arch = ARCHS.get(model_type)
     if arch is None:
-        raise ExportError(f"GGUF export supports {', '.join(ARCHS)} models; this one is {model_type!r}",
+        raise ExportError(f"GGUF export supports {', '.join(ARCHS)} models; this one is {model_type!r}"
+                          + (" (Gemma 3 with vision: export the text model)" if model_type == "gemma3" else ""),
                           hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     n_layers = config["num_hidden_layers"]
@@ -130,12 +135,13 @@ def plan(config: dict, shapes: dict[str, tuple[int, ...]], kind: str) -> list[Te
         permute = None
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             permute = n_head if ".attn_q." in name else n_kv
+        shift = 1.0 if arch == "gemma3" and hf_name.endswith("norm.weight") else 0.0
         if len(shape) == 1:
             qtype = wanted = "F32"
         else:
             wanted = _recipe(kind, name, n_layers, tied)
             qtype = _fit(wanted, shape[-1])
-        out.append(TensorPlan(hf_name, name, shape, qtype, wanted, permute))
+        out.append(TensorPlan(hf_name, name, shape, qtype, wanted, permute, shift))
     return out
 
 
@@ -148,6 +154,15 @@ def _order(hf_name: str) -> tuple:
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half rope layout -> llama.cpp's interleaved one (convert_hf_to_gguf ``LlamaModel.permute``)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def transform(w: np.ndarray, p: TensorPlan) -> np.ndarray:
+    """An HF tensor as llama.cpp lays it out (rope permutation, norm shift)."""
+    if p.permute_heads:
+        w = permute_qk(w, p.permute_heads)
+    if p.shift:
+        w = w + np.float32(p.shift)
+    return w
 
 
 def encode(w: np.ndarray, qtype: str) -> np.ndarray:
@@ -187,6 +202,7 @@ def _nbytes(p: TensorPlan) -> tuple[tuple[int, ...], Any, int]:
 def _rope_keys(w, arch: str, config: dict, head_dim: int) -> np.ndarray | None:
     """Rope hyperparameters; Llama 3.x's frequency scaling becomes a ``rope_freqs`` tensor, as llama.cpp does."""
     rope = dict(config.get("rope_parameters") or {})
+    rope = dict(rope.get("full_attention", rope))  # Gemma 3: per layer type; the global layers' is the main one
     rope.update(config.get("rope_scaling") or {})
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     w.add_rope_freq_base(float(theta))
@@ -218,6 +234,27 @@ def _rope_keys(w, arch: str, config: dict, head_dim: int) -> np.ndarray | None:
                       hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
 
 
+def _gemma3_keys(w: Any, config: dict, head_dim: int) -> None:
+    """What llama.cpp's gemma3 reads beyond the common keys (it scales embeddings by sqrt(hidden) itself)."""
+    # llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 27B); HF by query_pre_attn_scalar
+    scalar = config.get("query_pre_attn_scalar", head_dim)
+    used = config["hidden_size"] // config["num_attention_heads"] if config["num_hidden_layers"] == 62 else head_dim
+    if scalar != used:
+        raise ExportError(f"GGUF export: query_pre_attn_scalar {scalar} is not the {used} llama.cpp's gemma3 "
+                          "scales attention by: the file would compute a different model")
+    if config.get("final_logit_softcapping"):
+        w.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+    local = (config.get("rope_parameters") or {}).get("sliding_attention", {}).get("rope_theta",
+                                                                                    config.get("rope_local_base_freq"))
+    if local is not None:
+        w.add_rope_freq_base_swa(float(local))
+    types = config.get("layer_types")
+    if config.get("sliding_window") and (types is None or "sliding_attention" in types):
+        w.add_sliding_window(int(config["sliding_window"]))
+        if types:  # explicit per layer, rather than llama.cpp's default (every 6th layer global)
+            w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+
+
 def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter = NULL,
                name: str | None = None, keep_pre: str | None = None) -> dict:
     """Write ``out_path`` from the merged HF folder; returns types used, fallbacks and bytes.
@@ -247,10 +284,12 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(config["vocab_size"])
     w.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // n_head:
+    if head_dim != config["hidden_size"] // n_head or arch == "gemma3":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     rope_freqs = _rope_keys(w, arch, config, head_dim)
+    if arch == "gemma3":
+        _gemma3_keys(w, config, head_dim)
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[kind])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tok_info = add_tokenizer(w, model_dir, config["vocab_size"], reporter, config=config, keep_pre=keep_pre)
@@ -271,8 +310,7 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
             else:
                 with safe_open(str(files[p.hf_name]), "pt") as f:
                     data = f.get_tensor(p.hf_name).float().numpy()
-                if p.permute_heads:
-                    data = permute_qk(data, p.permute_heads)
+                data = transform(data, p)
             w.write_tensor_data(encode(data, p.qtype))
             task.advance(1)
     w.close()

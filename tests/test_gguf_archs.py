@@ -1,0 +1,184 @@
+"""GGUF export beyond the Llama family: Qwen3 (q/k norms, head_dim ≠ hidden/heads), Gemma 3 text ((1+w) norms,
+scaled embeddings, sliding window, a SentencePiece tokenizer), Phi-3 (fused qkv and gate_up) and Mistral with a
+SentencePiece tokenizer.
+
+Each is a tiny random-weight model built offline from its real config class (hidden 256 so K-quant blocks fit),
+trained until it answers with REPLY and its template's end-of-turn token, then written at f16, q8_0 and q4_k_m;
+every file must read back in the gguf package with tensors equal to the HF ones within quantization error, in
+transformers' GGUF reader where transformers supports the architecture, and in llama.cpp itself (slow), which
+must tokenize as training did, agree with the 16-bit model's greedy tokens and stop on the end token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from finetune_cli.errors import ExportError
+from tests.test_gguf_llama_cpp import QUESTIONS, REPLY, needs_llama_cpp
+
+KL_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
+# the file type's own error bound on a weight (relative RMS): what "equal within quantization error" means
+TENSOR_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
+ARCHS = {  # test id -> make_tiny_model arguments and the template's end-of-turn token
+    "qwen3": (dict(arch="qwen3", pre="qwen2", head_dim=128), "<|im_end|>"),
+}
+
+
+def train_to_stop(path, *, steps: int = 80, **tiny):
+    """A tiny model (hidden 256) trained until it answers every question with REPLY and its template's
+    end-of-turn token, through the model's own chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_cli.tiny import make_tiny_model
+
+    make_tiny_model(path, hidden=256, **tiny)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rows = []
+    for q in QUESTIONS:
+        user = [{"role": "user", "content": q}]
+        prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": REPLY}], tokenize=False)
+        assert full.startswith(prompt)
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        x = tok(full, add_special_tokens=False)["input_ids"]
+        assert x[:len(p)] == p
+        rows.append((x, [-100] * len(p) + x[len(p):]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(len(x) for x, _ in rows)
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows])
+    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
+    mask = (torch.arange(width)[None] < torch.tensor([len(x) for x, _ in rows])[:, None]).long()
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < 0.02:
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.02
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def trained(request, tmp_path_factory):
+    tiny, end = ARCHS[request.param]
+    path = train_to_stop(tmp_path_factory.mktemp(request.param) / "model", **tiny)
+    return request.param, path, end
+
+
+def _chat_texts(path) -> list[str]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    return [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": REPLY}],
+                                    tokenize=False) for q in QUESTIONS[:3]]
+
+
+def _hf_tensors_as_gguf(path):
+    """The HF weights, transformed as the GGUF stores them, by GGUF name."""
+    from safetensors.numpy import load_file
+
+    from finetune_cli.export.gguf_write import read_model_dir, plan, tensor_shapes, transform
+
+    config, files = read_model_dir(path)
+    weights = load_file(str(path / "model.safetensors"))
+    return {p.name: transform(weights[p.hf_name].astype(np.float32), p)
+            for p in plan(config, tensor_shapes(files), "f16")}
+
+
+def test_tensors_read_back_within_quantization_error(trained, tmp_path):
+    """The gguf package reads every tensor of every file back, equal to the HF tensor (as llama.cpp lays it
+    out) within the file type's error."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from finetune_cli.export.gguf_write import write_gguf
+
+    arch, path, _ = trained
+    want = _hf_tensors_as_gguf(path)
+    for kind in ("f16", "q8_0", "q4_k_m"):
+        out = tmp_path / f"{kind}.gguf"
+        write_gguf(path, out, kind)
+        reader = GGUFReader(str(out))
+        got = {t.name: dequantize(t.data, t.tensor_type).reshape(want[t.name].shape) for t in reader.tensors}
+        assert set(got) == set(want)
+        for name, w in want.items():
+            err = np.sqrt(((got[name] - w) ** 2).mean() / max((w ** 2).mean(), 1e-12))
+            assert err < TENSOR_GATE[kind], (arch, kind, name, err)
+
+
+def test_every_format_reloads_in_transformers_and_matches(trained, tmp_path):
+    """transformers' GGUF reader loads each file; the f16 file's greedy tokens equal the HF model's, and each
+    file's KL against the 16-bit model is under the gate."""
+    from finetune_cli.export import gguf_check
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_cli.export.gguf_write import write_gguf
+
+    arch, path, _ = trained
+    tok = AutoTokenizer.from_pretrained(path)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    texts = _chat_texts(path)
+    ids = [tok(t, add_special_tokens=False, return_tensors="pt")["input_ids"][0] for t in texts]
+    with torch.no_grad():
+        ref_logits = [ref(input_ids=x[None]).logits[0] for x in ids]
+    prompt = tok.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], tokenize=False,
+                                     add_generation_prompt=True)
+    p = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = ref.generate(p, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0].tolist()
+    for kind in ("f16", "q8_0", "q4_k_m"):
+        out = tmp_path / f"model-{kind}.gguf"
+        write_gguf(path, out, kind)
+        model = gguf_check._load_gguf(out)
+        d = gguf_check.drift(ref_logits, gguf_check._hf_logits(model), ids)
+        assert d["kl"] < KL_GATE[kind], (arch, kind, d)
+        if kind == "f16":
+            assert d["top1_agreement"] == 1.0
+            with torch.no_grad():
+                got = model.generate(p, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+            assert got[0].tolist() == want
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_every_format_loads_and_stops_in_llama_cpp(trained, tmp_path):
+    """llama.cpp loads f16, q8_0 and q4_k_m, tokenizes as training did, follows the 16-bit model's greedy
+    answer token for token, answers REPLY itself and stops on the template's end-of-turn token."""
+    from gguf import GGUFReader
+
+    from finetune_cli.export.gguf_check import export_gguf
+
+    arch, path, end = trained
+    res = export_gguf(path, tmp_path / "gguf", ["f16", "q8_0", "q4_k_m"], texts=_chat_texts(path),
+                      name=f"{arch}-tiny", max_new=16)
+    assert res["llama_cpp"] == "checked"
+    for f in res["files"]:
+        lc = f["llama_cpp"]
+        assert lc["status"] == "ok", f
+        assert lc["tokenizer_agrees"], (f["type"], lc)
+        assert lc["greedy_next_token_agreement"] == 1.0, (f["type"], lc)
+        assert lc["stopped"] and lc["stop_token"] == end, (f["type"], lc["sample"])
+        assert lc["sample"] == REPLY + end, f["type"]
+        assert lc["kl"] < KL_GATE[f["type"]], (f["type"], lc["kl"])
+        assert not f["flagged"]
+        assert GGUFReader(f["path"]).fields["general.architecture"].contents() == \
+            {"qwen3": "qwen3"}[arch]
+    assert end in (tmp_path / "gguf" / "Modelfile").read_text()
+
+
+def test_an_unsupported_architecture_is_refused_in_one_line():
+    from finetune_cli.export.gguf_write import plan
+
+    with pytest.raises(ExportError) as e:
+        plan({"model_type": "gpt_neox", "num_hidden_layers": 2, "num_attention_heads": 4}, {}, "f16")
+    msg = str(e.value)
+    assert "\n" not in msg and "gpt_neox" in msg and "qwen3" in msg
