@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import sys
 from urllib.parse import quote, urlencode
 
@@ -19,6 +20,8 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def links(host: str, port: int, token: str | None, raters: list[str]) -> list[str]:
+    if host in ("0.0.0.0", "::", ""):  # every interface: a name the raters' machines can reach
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{port}/"
     query = {"token": token} if token else {}
