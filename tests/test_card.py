@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from finetune_cli.cli import app
 from tests.test_merge import write_run
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8ffff3f0005fe02fe"
-                    "a7d6a4e80000000049454e44ae426082")
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+                    "0000000d4944415478da63f8ffff3f0005fe02fea7d6a4e80000000049454e44ae426082")
 
 
 def make_records(tmp_path: Path, *, gates_failed: bool = False) -> dict:

@@ -76,7 +76,8 @@ register(app, "chat", ChatConfig, "chat", _lazy(".chat.run"),
          help="Talk to a model as it was trained to talk, streamed; --compare several side by side.")
 register(app, "card", publish_config.CardConfig, "card", _lazy(".publish.card"),
          help="Write a Hub model card (or dataset card) from ft's records: training, data, eval, GGUF drift.")
-register(app, "push", publish_config.PushConfig, "push", _lazy(".publish.push"), dry_run=_lazy(".publish.push", "plan"),
+register(app, "push", publish_config.PushConfig, "push", _lazy(".publish.push"),
+         dry_run=_lazy(".publish.push", "plan"),
          help="Publish a run's adapter, merged model, GGUFs or a dataset to the Hugging Face Hub (resumable).")
 
 
