@@ -169,3 +169,107 @@ def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(min(loss, 50.0))
+
+
+class TokenStream:
+    """One reply, token by token, for ``ft chat``: iterate for text pieces as they are decoded.
+
+        s = TokenStream(model, tok, messages, eos_ids=[2], max_new_tokens=128)
+        for piece in s: print(piece, end="", flush=True)
+        s.text, s.n_tokens, s.stopped_on_eos, s.tokens_per_s
+
+    The same prompt (``render_prompt``, ``fit_prompt``) and stop ids as ``generate``; greedy gives
+    ``generate``'s text (tested). A plain step loop over the KV cache rather than ``generate`` in a thread:
+    Ctrl-C lands between two steps, and the counts so far stay right for a reply stopped midway.
+    Sampling draws from a generator seeded with ``seed`` per reply: one seed, one answer, for every model.
+    """
+
+    def __init__(self, model, tok, messages: list[dict], *, eos_ids: list[int], max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int = 0):
+        if not eos_ids:
+            raise ValueError("eos_ids is empty: generation would never stop before max_new_tokens")
+        self.model, self.tok, self.messages, self.eos_ids = model, tok, messages, list(eos_ids)
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.repetition_penalty, self.seed = repetition_penalty, seed
+        self.ids: list[int] = []
+        self.text = ""
+        self.stopped_on_eos = False
+        self.prompt_truncated = False
+        self.prompt_tokens = 0
+        self.seconds = 0.0
+        self.first_token_s: float | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.ids) / self.seconds if self.seconds > 0 else 0.0
+
+    def _processors(self):
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                  TopPLogitsWarper)
+
+        procs = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.temperature > 0:
+            procs.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_p < 1.0:
+                procs.append(TopPLogitsWarper(self.top_p))
+        return procs
+
+    def __iter__(self):
+        import time
+
+        import torch
+
+        model, tok = self.model, self.tok
+        ctx = context_length(model)
+        if ctx is not None and self.max_new_tokens >= ctx:
+            raise ConfigError(f"max new tokens {self.max_new_tokens}: the model's context is {ctx} tokens, "
+                              "which leaves no room for the prompt", hint=f"use fewer than {ctx}")
+        budget = ctx - self.max_new_tokens if ctx is not None else 1 << 62
+        ids, self.prompt_truncated = fit_prompt(tok, render_prompt(tok, self.messages), budget)
+        self.prompt_tokens = len(ids)
+        device = next(model.parameters()).device
+        procs = self._processors()
+        rng = torch.Generator(device=device).manual_seed(self.seed)
+        seq = torch.tensor([ids], device=device)
+        step_input, past = seq, None
+        stop = set(self.eos_ids)
+        shown = ""
+        start = time.perf_counter()
+        with torch.inference_mode(), attention_kernels(device):
+            for _ in range(self.max_new_tokens):
+                out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                scores = procs(seq, out.logits[:, -1, :].float())
+                if self.temperature > 0:
+                    nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
+                else:
+                    nxt = scores.argmax(dim=-1, keepdim=True)
+                token = int(nxt)
+                self.ids.append(token)
+                self.seconds = time.perf_counter() - start
+                if self.first_token_s is None:
+                    self.first_token_s = self.seconds
+                if token in stop:
+                    self.stopped_on_eos = True
+                    break
+                seq, step_input = torch.cat([seq, nxt], dim=-1), nxt
+                # decode the whole reply each step: a byte-level token may hold half a character (shown once
+                # complete), and a tokenizer may join pieces differently than it decodes them one by one
+                text = tok.decode(self.ids, skip_special_tokens=True).lstrip()
+                if text.endswith("\ufffd") or not text.startswith(shown):
+                    continue
+                piece, shown = text[len(shown):], text
+                self.text = text.strip()
+                if piece:
+                    yield piece
+        body = self.ids[:-1] if self.stopped_on_eos else self.ids
+        text = tok.decode(body, skip_special_tokens=True).lstrip()
+        self.text = text.strip()
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
