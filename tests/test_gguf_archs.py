@@ -22,7 +22,9 @@ KL_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
 TENSOR_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
 ARCHS = {  # test id -> make_tiny_model arguments and the template's end-of-turn token
     "qwen3": (dict(arch="qwen3", pre="qwen2", head_dim=128), "<|im_end|>"),
+    "gemma3": (dict(arch="gemma3_text", template="gemma"), "<end_of_turn>"),
 }
+GGUF_ARCH = {"qwen3": "qwen3", "gemma3": "gemma3"}
 
 
 def train_to_stop(path, *, steps: int = 80, **tiny):
@@ -170,8 +172,7 @@ def test_every_format_loads_and_stops_in_llama_cpp(trained, tmp_path):
         assert lc["sample"] == REPLY + end, f["type"]
         assert lc["kl"] < KL_GATE[f["type"]], (f["type"], lc["kl"])
         assert not f["flagged"]
-        assert GGUFReader(f["path"]).fields["general.architecture"].contents() == \
-            {"qwen3": "qwen3"}[arch]
+        assert GGUFReader(f["path"]).fields["general.architecture"].contents() == GGUF_ARCH[arch]
     assert end in (tmp_path / "gguf" / "Modelfile").read_text()
 
 
@@ -182,3 +183,29 @@ def test_an_unsupported_architecture_is_refused_in_one_line():
         plan({"model_type": "gpt_neox", "num_hidden_layers": 2, "num_attention_heads": 4}, {}, "f16")
     msg = str(e.value)
     assert "\n" not in msg and "gpt_neox" in msg and "qwen3" in msg
+
+
+def test_gemma3_metadata_is_what_llama_cpp_reads(tmp_path):
+    """Gemma 3: norms stored as 1 + w, key length, sliding window and per-layer pattern, local rope base; its
+    SentencePiece tokenizer as llama.cpp's "llama" model with scores, BYTE tokens and no space prefix."""
+    from gguf import GGUFReader, TokenType
+
+    from finetune_cli.export.gguf_write import plan, read_model_dir, tensor_shapes, write_gguf
+    from finetune_cli.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m", template="gemma", arch="gemma3_text", hidden=256, layers=2)
+    config, files = read_model_dir(path)
+    shifted = {p.name for p in plan(config, tensor_shapes(files), "f16") if p.shift == 1.0}
+    assert shifted == {"output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(2) for n in (
+        "attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")}
+    write_gguf(path, tmp_path / "m.gguf", "f16")
+    f = GGUFReader(str(tmp_path / "m.gguf")).fields
+    assert f["gemma3.attention.key_length"].contents() == 256
+    assert f["gemma3.attention.sliding_window"].contents() == 16
+    assert f["gemma3.attention.sliding_window_pattern"].contents() == [True, True]  # every 6th layer is global
+    assert f["gemma3.rope.freq_base"].contents() == 1e6 and f["gemma3.rope.freq_base_swa"].contents() == 1e4
+    assert f["tokenizer.ggml.model"].contents() == "llama" and f["tokenizer.ggml.add_space_prefix"].contents() is False
+    tokens, types = f["tokenizer.ggml.tokens"].contents(), f["tokenizer.ggml.token_type"].contents()
+    assert types[tokens.index("<0x0A>")] == TokenType.BYTE and types[tokens.index("<end_of_turn>")] == TokenType.CONTROL
+    assert len(f["tokenizer.ggml.scores"].contents()) == len(tokens)
+    assert tokens[f["tokenizer.ggml.eot_token_id"].contents()] == "<end_of_turn>"

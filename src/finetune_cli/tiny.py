@@ -3,9 +3,12 @@
     ft model tiny runs/tiny-model                 # ChatML, pad ≠ eos
     make_tiny_model(path, template="llama3")      # Llama-3 headers, no pad token (like the real one)
     make_tiny_model(path, template=None)          # a base model without a chat template
+    make_tiny_model(path, template="gemma", arch="gemma3_text")   # SentencePiece tokenizer, Gemma turns
 
 The tokenizer is a byte-level BPE trained on the fly on ft's own text (topics, personas, prose),
-so it round-trips any UTF-8 text. The model is a 2-layer Llama (or Qwen2) with hidden size 64.
+so it round-trips any UTF-8 text. The model is a 2-layer Llama (or Qwen2) with hidden size 64. The
+``gemma`` template gets a SentencePiece BPE tokenizer instead (trained by ``sentencepiece`` with byte
+fallback, converted as transformers converts Gemma's), and the other architectures their own config class.
 """
 
 from __future__ import annotations
@@ -34,6 +37,44 @@ def _corpus() -> list[str]:
     for p in sorted(root.glob("personas/*.toml")):
         lines += [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return lines * 3
+
+
+# Gemma 3's turn format (its template folds a system message into the first user turn)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set first = 0 %}{% set sys = '' %}"
+    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}{% set first = 1 %}"
+    "{% endif %}{% for m in messages[first:] %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ (sys if loop.first else '') + m['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def make_sentencepiece_tokenizer(*, vocab_size: int = 1024, template: str = "gemma"):
+    """A SentencePiece BPE tokenizer with byte fallback, as Gemma's is, converted to a transformers fast
+    tokenizer the way transformers converts Gemma's ``tokenizer.model`` (BPE merges, spaces as ``▁``)."""
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+
+    turns = ["<start_of_turn>", "<end_of_turn>"]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=turns,
+        add_dummy_prefix=False, split_digits=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, minloglevel=2, num_threads=1)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "tokenizer.model").write_bytes(buf.getvalue())
+        vocab, _, merges = SentencePieceExtractor(str(Path(d) / "tokenizer.model")).extract()
+    tok = GemmaTokenizer(vocab=vocab, merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": turns})
+    tok.chat_template = GEMMA_TEMPLATE
+    tok.model_max_length = 2048
+    return tok
 
 
 def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, pre: str = "gpt-2"):
@@ -78,7 +119,7 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, p
 
 def _config(arch: str, common: dict, head_dim: int | None):
     """The transformers config of a tiny ``arch``: the real architecture's config class, small shapes."""
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
     if arch == "llama":
         return LlamaConfig(**common)
@@ -86,6 +127,10 @@ def _config(arch: str, common: dict, head_dim: int | None):
         return Qwen2Config(**common)
     if arch == "qwen3":
         return Qwen3Config(**common, head_dim=head_dim or common["hidden_size"] // common["num_attention_heads"])
+    if arch == "gemma3_text":  # Gemma 3's head_dim (256, = query_pre_attn_scalar) and layer pattern (every 6th
+        hd = head_dim or 256  # global): what transformers' GGUF reader assumes; window 16 so tests cross it
+        return Gemma3TextConfig(**{**common, "tie_word_embeddings": True}, head_dim=hd, query_pre_attn_scalar=hd,
+                                sliding_window=16)
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
@@ -94,13 +139,17 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
                     pre: str = "gpt-2", head_dim: int | None = None) -> Path:
     """Save a random-weight causal LM and its tokenizer to ``path``; returns the path.
 
-    ``arch``: llama, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads)."""
+    ``arch``: llama, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads), gemma3_text
+    (tied embeddings, head_dim 256, sliding window 16)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(template, vocab_size=vocab_size, pre=pre)
+    if template == "gemma":
+        tok = make_sentencepiece_tokenizer(vocab_size=vocab_size)
+    else:
+        tok = make_tokenizer(template, vocab_size=vocab_size, pre=pre)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=2048, tie_word_embeddings=False,

@@ -1,10 +1,17 @@
-"""The tokenizer as GGUF ``tokenizer.ggml.*`` metadata: byte-level BPE (what Llama 3, Qwen2 and SmolLM use).
+"""The tokenizer as GGUF ``tokenizer.ggml.*`` metadata: byte-level BPE (what Llama 3, Qwen2/3 and SmolLM use)
+or SentencePiece-style BPE (Gemma, Llama 2, Mistral v0.x: spaces as ``▁``, unknown bytes as ``<0xXX>`` tokens).
 
 llama.cpp re-implements the tokenizer from these keys, so each one matters: the token strings and
 types (special tokens are CONTROL, so ``<|im_end|>`` is parsed as one token and ends generation),
 the merges, the pre-tokenizer *name* (llama.cpp maps it to its own split regexes and refuses a name it
 does not know; ``gguf_pretok`` picks it as llama.cpp's converter does), bos/eos/eot/pad ids and whether a
 BOS is added, and the chat template used in training.
+
+SentencePiece-style tokenizers are written as llama.cpp's converter writes a ``tokenizer.model``: model
+"llama", pre "default", token scores and types (BYTE for ``<0xXX>``, UNKNOWN, CONTROL), and whether a space
+is prefixed. transformers saves such tokenizers as tokenizer.json BPE merges, not as a ``tokenizer.model``;
+llama.cpp's SentencePiece tokenizer merges by token score instead, so each token's score is minus the rank of
+the first merge that makes it: the merge order becomes the score order (tokens no merge makes come last).
 """
 
 from __future__ import annotations
@@ -22,10 +29,7 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
     """Add the ``tokenizer.ggml.*`` keys for the tokenizer saved in ``model_dir``; returns what was written.
 
     ``keep_pre``: the pre-tokenizer name of the GGUF the model came from, kept as it was."""
-    import gguf
     from transformers import AutoTokenizer
-
-    from ..train.template import end_of_turn
 
     tj_path = model_dir / "tokenizer.json"
     if not tj_path.is_file():
@@ -34,20 +38,83 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
     model = tj.get("model", {})
     sentencepiece = "Metaspace" in json.dumps(tj.get("pre_tokenizer")) or \
         "\u2581" in json.dumps(tj.get("normalizer"), ensure_ascii=False)
-    if model.get("type") != "BPE" or sentencepiece:
-        raise ExportError("GGUF export: this tokenizer is SentencePiece-style (Llama 2 / Mistral v0.x); ft's "
-                          "converter writes byte-level BPE tokenizers only",
+    if model.get("type") != "BPE" or (sentencepiece and not model.get("byte_fallback")):
+        raise ExportError(f"GGUF export: ft's converter writes BPE tokenizers (byte-level, or SentencePiece-style "
+                          f"with byte fallback); this one is {model.get('type')!r}"
+                          f"{' without byte fallback' if model.get('type') == 'BPE' else ''}",
                           hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    pre, pre_how = pre_tokenizer_name(tok, keep=keep_pre)
+    if sentencepiece:
+        tokens, scores, types = _sentencepiece_vocab(tj, vocab_size)
+        pre, pre_how = "default", "SentencePiece tokenizer (llama.cpp ignores the name)"
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        first = tok.convert_ids_to_tokens(tok("a", add_special_tokens=False)["input_ids"][:1])
+        w.add_add_space_prefix(bool(first) and first[0].startswith("\u2581"))
+    else:
+        pre, pre_how = pre_tokenizer_name(tok, keep=keep_pre)
+        _byte_level_vocab(w, tj, vocab_size, pre)
+    return {"tokenizer_model": "llama" if sentencepiece else "gpt2",
+            **_special_tokens(w, tok, config, pre, pre_how)}
 
-    vocab: dict[str, int] = dict(model["vocab"])
+
+def _tokens_by_id(tj: dict, vocab_size: int) -> tuple[dict[int, str], dict[int, dict]]:
+    """``({id: token}, {id: added token entry})`` from tokenizer.json; added tokens win."""
+    vocab: dict[str, int] = dict(tj["model"]["vocab"])
     added = {a["id"]: a for a in tj.get("added_tokens", [])}
     for i, a in added.items():
         vocab[a["content"]] = i
     by_id = {i: t for t, i in vocab.items()}
     if max(by_id) >= vocab_size:
         raise ExportError(f"GGUF export: the tokenizer has id {max(by_id)} but the model's vocabulary is {vocab_size}")
+    return by_id, added
+
+
+def _sentencepiece_vocab(tj: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    import re
+
+    import gguf
+
+    model = tj["model"]
+    by_id, added = _tokens_by_id(tj, vocab_size)
+    rank: dict[str, int] = {}
+    for r, m in enumerate(model.get("merges", [])):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, r)
+    n = len(model.get("merges", []))
+    byte = re.compile(r"<0x[0-9A-F]{2}>")
+    tokens, scores, types = [], [], []
+    for i in range(vocab_size):
+        t = by_id.get(i)
+        if t is None:
+            tokens.append(f"[PAD{i}]")
+            scores.append(-1e9)
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(t)
+        if t == model.get("unk_token"):
+            scores.append(0.0)
+            types.append(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            scores.append(0.0)
+            types.append(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+        elif byte.fullmatch(t):
+            scores.append(0.0)
+            types.append(gguf.TokenType.BYTE)
+        else:
+            scores.append(-float(rank.get(t, n + i)))
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, scores, types
+
+
+def _byte_level_vocab(w: Any, tj: dict, vocab_size: int, pre: str) -> None:
+    import gguf
+
+    model = tj["model"]
+    by_id, added = _tokens_by_id(tj, vocab_size)
     tokens, types = [], []
     for i in range(vocab_size):
         if i not in by_id:
@@ -66,6 +133,11 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
+
+
+def _special_tokens(w: Any, tok: Any, config: dict | None, pre: str, pre_how: str) -> dict:
+    from ..train.template import end_of_turn
+
     probe = tok("a", add_special_tokens=True)["input_ids"]
     adds_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
     # llama.cpp reads a BOS id whether or not it adds one (absent, it falls back to a guess: token 11). A
