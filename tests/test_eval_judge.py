@@ -217,7 +217,7 @@ def _eval(tiny_model, *args):
     with open("p.txt", "w") as f:
         f.write("Fit like?\n")
     return CliRunner().invoke(app, ["eval", "--base", str(tiny_model), "--prompts", "p.txt", "--no-probes",
-                                    "--conditions", "no_system", "--temperature", "0", "--max-new-tokens", "4",
+                                    "--no-general", "--decoding", "sample", "--conditions", "no_system", "--temperature", "0", "--max-new-tokens", "4",
                                     "--no-judge-pairwise", "-o", "out", *args])
 
 
@@ -260,7 +260,7 @@ def test_no_probes_and_no_prompts_is_one_clear_error(tiny_model):
 
     from finetune_cli.cli import app
 
-    r = CliRunner().invoke(app, ["eval", "--base", str(tiny_model), "--no-probes"])
+    r = CliRunner().invoke(app, ["eval", "--base", str(tiny_model), "--no-probes", "--no-general"])
     assert r.exit_code == 2
-    assert r.stderr.splitlines() == ["error: ft eval: no prompts: --no-probes, no --prompts and no run with "
-                                     "heldout.jsonl (pass --prompts FILE or drop --no-probes)"]
+    assert r.stderr.splitlines() == ["error: ft eval: no prompts: --no-probes, --no-general, no --prompts and no "
+                                     "run with heldout.jsonl (pass --prompts FILE or drop --no-probes)"]

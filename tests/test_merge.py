@@ -182,6 +182,38 @@ def test_run_dir_uses_heldout_rows_and_base(tiny_model, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.stderr
 
 
+def test_checkpoint_of_a_run_carries_the_runs_records(tiny_model, tmp_path):
+    """`ft merge --adapter RUN/checkpoints/checkpoint-N` (the path merge's own hint suggests) finds the run:
+    the merged record names its system prompt and template, and verification sampled its held-out rows."""
+    import shutil
+
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    run = write_run(tmp_path, tiny_model, adapter)
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "status": "running", "chat_template": "chatml"}))
+    shutil.rmtree(run / "adapter")  # a run still training: only checkpoints so far
+    ckpt = run / "checkpoints" / "checkpoint-2"
+    shutil.copytree(adapter, ckpt)
+    (ckpt / "trainer_state.json").write_text("{}")
+    res = invoke("--adapter", ckpt, "--out", tmp_path / "merged", "--json", "--samples", "3")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "merged" / "ft_merge.json").read_text())
+    assert info["run"] == str(run) and info["source"] == str(ckpt)
+    assert info["system_prompt"] == "Ye speak Doric." and info["chat_template"] == "chatml"
+    assert info["heldout_rows"] == 3 and info["heldout"] == str(run / "heldout.jsonl")
+    from finetune_cli.rundir import RunDir
+
+    assert RunDir.find(tmp_path / "merged").path == run  # and the merged model leads back to the run
+
+
+def test_a_corrupt_run_record_is_one_error_naming_it(tiny_model, tmp_path):
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    run = write_run(tmp_path, tiny_model, adapter)
+    (run / "run.json").write_text("{not json")
+    res = invoke("--adapter", run / "adapter", "--out", tmp_path / "merged")
+    assert res.exit_code == 1 and str(run / "run.json") in res.stderr, res.output
+
+
 def one_line(res):
     """The error is one line (progress notices before it are fine), and no traceback."""
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]

@@ -295,7 +295,7 @@ def test_intact_checkpoint_passes_over_truncated_weights_and_state(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from finetune_cli.train.records import RunDir
+    from finetune_cli.rundir import RunDir
 
     rd = RunDir(tmp_path / "r")
     for step in (2, 4, 6):

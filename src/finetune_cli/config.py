@@ -363,8 +363,33 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
     cfg = cls(**values)
     validate = getattr(cfg, "validate", None)
     if validate is not None:
-        validate()
+        validate()  # checks only: a value it changed would be recorded under a source that did not set it
+    object.__setattr__(cfg, "_ft_sources", dict(sources))  # what sources_of reads, wherever cfg travels
     return Resolved(cfg, sources, warnings)
+
+
+def sources_of(cfg: Any) -> dict[str, str]:
+    """Where each value of ``cfg`` came from (``default``, ``file:PATH``, ``env:NAME``, ``flag``), as
+    :func:`load_config` resolved it. A config built in code (tests, a sweep) has no file, environment or
+    flags: each value is ``default`` when it equals the field's default, else ``code``."""
+    recorded = getattr(cfg, "_ft_sources", None)
+    if recorded is not None:
+        return dict(recorded)
+    out = {}
+    for f in fields(cfg):
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        out[f.name] = "default" if getattr(cfg, f.name) == default else "code"
+    return out
+
+
+def config_record(cfg: Any, **derived: Any) -> dict[str, Any]:
+    """What every command writes beside its outputs (config.json / ft_config.json): the resolved values,
+    the source of each, and the values computed from them (``derived``)."""
+    out = {"config": to_dict(cfg), "sources": sources_of(cfg)}
+    if derived:
+        out["resolved"] = derived
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from pathlib import Path
 
-from .config import opt
+from .config import config_record, opt
 from .errors import ConfigError, DataError, ProviderError
-from .jsonl import read_rows, repair_tail
+from .jsonl import read_rows, repair_tail, write_json_atomic
 from .ui import Reporter, count
 
 if TYPE_CHECKING:
@@ -178,6 +178,11 @@ def rejects_path(out: str | Path) -> Path:
     return Path(f"{out}.rejects.jsonl")
 
 
+def config_path(out: str | Path) -> Path:
+    """Where ``ft gen`` records its resolved config, beside the rows: OUT.config.json."""
+    return Path(f"{out}.config.json")
+
+
 def finished_ids(out: Path, rejects: Path) -> tuple[set[str], set[str]]:
     """Ids already accepted in ``out``, and ids finally rejected (a gate or a duplicate: not retried).
 
@@ -243,6 +248,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter, gate=gate))
     gen_s = time.perf_counter() - t0
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)
+    write_json_atomic(config_path(cfg.out), config_record(cfg))  # each value and where it was set
     elapsed = time.perf_counter() - t0
     rows = summary_rows(stats, final["kept_by_bucket"])
     reporter.table(f"ft gen: {out} ({count(final['kept'], 'row')}; {elapsed:.1f} s)",
@@ -259,7 +265,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     if jobs and not final["kept"]:
         raise nothing_usable(stats, len(jobs), out, rej)
     requests = provider.stats.requests if hasattr(provider, "stats") else stats.requests  # HTTP, retries included
-    return {"out": str(out), "rejects": str(rej), "rows": final["kept"], "duplicates": final["duplicates"],
+    return {"out": str(out), "rejects": str(rej), "config": str(config_path(out)), "rows": final["kept"], "duplicates": final["duplicates"],
             "jobs": len(jobs), "skipped_finished": len(jobs) - len(todo),
             "accepted": dict(stats.accepted), "rejected": {b: dict(c) for b, c in stats.rejected.items()},
             "failed": stats.failed, "retries": retries, "requests": requests,

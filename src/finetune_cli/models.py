@@ -117,7 +117,7 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                       "had dropped it)")
     # The GGUF tokenizer's eos/pad are not trusted (transformers 5.17 reads SmolLM2's eos as
     # <|im_start|>): eos becomes the template's end-of-turn token; training also fixes the pad.
-    from .train.template import end_of_turn
+    from .chat_template import end_of_turn
 
     eot = end_of_turn(tok)
     if eot is not None and tok.eos_token_id != eot[1]:
@@ -330,15 +330,8 @@ class Loaded:
     eos_token_ids: list[int] = field(default_factory=list)
 
 
-def _find_run_dir(p: Path) -> Path | None:
-    for d in (p, p.parent, p.parent.parent):
-        if (d / "run.json").is_file():
-            return d
-    return None
-
-
 def _prepare_tokenizer(tok) -> list[int]:
-    from .train.template import eos_token_ids
+    from .chat_template import eos_token_ids
 
     tok.padding_side = "left"
     if tok.pad_token_id is None:
@@ -353,17 +346,12 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
 
     name = str(path_or_name)
     p = Path(name).expanduser()
-    run_dir = _find_run_dir(p) if p.is_dir() else None
-    run = json.loads((run_dir / "run.json").read_text()) if run_dir else {}
-    target = p
-    if p.is_dir() and (p / "run.json").is_file():
-        for sub in ("adapter", "model"):
-            if (p / sub).is_dir():
-                target = p / sub
-                break
-        else:
-            raise ConfigError(f"{name}: this run has no adapter/ or model/ yet (status: {run.get('status')})",
-                              hint="pick a checkpoint: RUN/checkpoints/checkpoint-N")
+    from .rundir import RunDir
+
+    rd = RunDir.find(p) if p.is_dir() else None
+    run_dir = rd.path if rd else None
+    run = rd.record() if rd else {}
+    target = rd.adapter_for(p) if rd else p
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     display = run.get("name") or p.name or name

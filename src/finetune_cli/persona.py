@@ -90,6 +90,8 @@ class Persona:
     script: str = opt("latin", "The script the voice is written in: answers in another script are rejected.",
                       choices=("latin", "any"))
     bank: Bank | None = opt(None, "Phrase bank for the offline template provider.")
+    refusal_markers: list[str] = opt([], "Phrases that mark a refusal in the voice (\"I winna\"), matched "
+                                         "whole-word, case-insensitive, beside ft eval's plain-English ones.")
 
     def validate(self, origin: str) -> None:
         errors = []

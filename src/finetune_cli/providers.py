@@ -22,11 +22,21 @@ from typing import Callable
 import orjson
 
 from .errors import ConfigError, ProviderError
-from .template_voice import Completion
 
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}  # ft gen, topics and the eval judge
 KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 URL_VARS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+
+@dataclass
+class Completion:
+    """One provider answer (the offline template provider returns the same type)."""
+
+    text: str
+    finish: str = "stop"  # "stop" or "length" (truncated)
+    tokens_in: int = 0
+    tokens_out: int = 0
+
 
 USER_SIM = ("You play the user in a conversation with an assistant about: {topic}. Write the user's next "
             "message: one short, natural follow-up question in plain English that builds on the "

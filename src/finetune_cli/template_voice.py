@@ -16,10 +16,10 @@ from __future__ import annotations
 import random
 import re
 import string
-from dataclasses import dataclass
 from functools import lru_cache
 
 from .persona import Persona, count_words, marker_density
+from .providers import Completion
 
 STOPWORDS = frozenset("""a an the and or but if of to in on at by for with from into onto over under about
 after before between through during without within as than then so such that this these those there
@@ -51,14 +51,6 @@ def topic_things(topic: str) -> list[str]:
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
-
-
-@dataclass
-class Completion:
-    text: str
-    finish: str = "stop"  # "stop" or "length" (truncated)
-    tokens_in: int = 0
-    tokens_out: int = 0
 
 
 @lru_cache(maxsize=4096)

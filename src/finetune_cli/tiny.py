@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .train.template import CHATML_TEMPLATE, LLAMA3_TEMPLATE  # the templates ft trains with
+from .chat_template import CHATML_TEMPLATE, LLAMA3_TEMPLATE  # the templates ft trains with
 
 _SEED_TEXT = """
 Aye, it's a dreich day the day, but the bairns are fine. Fit like? I dinna ken fit ye mean, loon.

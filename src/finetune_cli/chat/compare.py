@@ -62,12 +62,11 @@ def _adapter_source(source: str, base: str | None) -> tuple[Path, str, dict] | N
     p = Path(source).expanduser()
     if not p.is_dir():
         return None
-    run = {}
-    for d in (p, p.parent, p.parent.parent):
-        if (d / "run.json").is_file():
-            run = json.loads((d / "run.json").read_text())
-            break
-    target = p / "adapter" if (p / "run.json").is_file() and (p / "adapter").is_dir() else p
+    from ..rundir import RunDir
+
+    rd = RunDir.find(p)
+    run = rd.record() if rd else {}
+    target = rd.adapter if rd and rd.path.resolve() == p.resolve() and rd.adapter.is_dir() else p
     if not (target / "adapter_config.json").is_file():
         return None
     acfg = json.loads((target / "adapter_config.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..jsonl import read_json, read_rows
+from ..rundir import RunDir
 from ..sharegpt import normalize_turns
 from ..ui import Reporter
 from .config import EvalConfig
@@ -21,23 +22,8 @@ class Candidate:
     run_dir: Path | None = None
 
     def run_json(self) -> dict:
-        if self.run_dir is None:
-            return {}
-        try:
-            return read_json(self.run_dir / "run.json")
-        except Exception:  # noqa: BLE001 - a half-written run record: treat as unknown
-            return {}
-
-
-def find_run_dir(path: str | Path) -> Path | None:
-    """The run directory a path belongs to: itself, its adapter/ or model/, or a checkpoint in it."""
-    p = Path(path)
-    if not p.is_dir():
-        return None
-    for d in (p, p.parent, p.parent.parent):
-        if (d / "run.json").is_file():
-            return d
-    return None
+        """The run record; {} for a model that belongs to no run, a DataError for a broken record."""
+        return RunDir(self.run_dir).record() if self.run_dir is not None else {}
 
 
 def _step(p: Path) -> int:
@@ -67,7 +53,8 @@ def plan(cfg: EvalConfig) -> list[Candidate]:
     for a in cfg.adapter:
         if not Path(a).exists():
             raise ConfigError(f"option --adapter: no such directory {a!r}")
-        rd = find_run_dir(a)
+        found = RunDir.find(a) if Path(a).is_dir() else None  # itself, its adapter/ or model/, a checkpoint
+        rd = found.path if found else None
         out.append(Candidate(_display(a, rd), a, "checkpoint" if Path(a).name.startswith("checkpoint-")
                              else "adapter", rd))
     for m in cfg.merged:

@@ -11,14 +11,17 @@ from ..errors import ConfigError
 from .metrics import DEFAULT_BREAK_PHRASES, DEFINITIONS
 
 JUDGE_METRICS = ["judge_voice", "judge_character", "judge_coherence", "judge_engagement", "judge_length",
-                 "judge_win_rate"]
+                 "judge_relevance", "judge_win_rate"]
 GATE_METRICS = [k for k in DEFINITIONS if k != "n"] + JUDGE_METRICS
 CONDITIONS = ("system", "no_system")
+DECODINGS = ("greedy", "sample")
+GROUPS = ("heldout", "file", "probe", "general")  # prompt groups: a prompt's source before any ':'
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
         "<": operator.lt, ">": operator.gt}
 _UNUM = r"[0-9]*\.?[0-9]+(?:e[-+]?\d+)?"
-# METRIC OP NUMBER, or METRIC OP base[+-NUMBER]: compared with the base model's value in the same condition
-_GATE = re.compile(rf"^\s*([a-z_0-9]+)\s*(<=|>=|==|!=|<|>)\s*(?:([-+]?{_UNUM})|base\s*(?:([-+])\s*({_UNUM}))?)\s*$")
+# [DECODING.][GROUP.]METRIC OP NUMBER, or ... OP base[+-NUMBER]: compared with the base model's value in the
+# same condition (and decoding, group)
+_GATE = re.compile(rf"^\s*((?:[a-z_0-9]+\.){{0,2}})([a-z_0-9]+)\s*(<=|>=|==|!=|<|>)\s*(?:([-+]?{_UNUM})|base\s*(?:([-+])\s*({_UNUM}))?)\s*$")
 
 C, G, M, J, O = "Candidates", "Generation", "Metrics", "Judge", "Output"
 
@@ -44,6 +47,9 @@ class EvalConfig:
                                "0 = all.", ge=0, panel=C)
     probes: bool = opt(True, "Add the built-in probes: break-character attempts, prompt extraction, "
                              "language/voice switches, a harmful ask.", panel=C)
+    general: bool = opt(True, "Add the built-in general prompts (group 'general'): ~40 everyday questions "
+                              "outside any persona's topics (facts, arithmetic, how-to, writing, small talk).",
+                        panel=C)
     system: str | None = opt(None, "System prompt of the 'system' condition: TEXT or @file. Default: each "
                                    "candidate's training system prompt (run.json), else the persona's.", panel=C)
     conditions: list[str] = opt(list(CONDITIONS), "Conditions: with the system prompt, without it.",
@@ -57,6 +63,9 @@ class EvalConfig:
                        gt=0, le=1, panel=G)
     repetition_penalty: float = opt(1.0, "Repetition penalty (1 = off).", gt=0, panel=G)
     seed: int = opt(0, "Sampling seed (the same for every candidate).", panel=G)
+    decoding: list[str] = opt(list(DECODINGS), "Decodings, each generated for every candidate × condition: "
+                                               "greedy (what most servers and chat UIs default to), sample "
+                                               "(--temperature, --top-p, --seed).", choices=DECODINGS, panel=G)
     batch_size: int = opt(16, "Prompts generated together (left-padded).", ge=1, panel=G)
     device: str = opt("auto", "Where to run: auto (CUDA when present), cpu, cuda.",
                       choices=("auto", "cpu", "cuda"), panel=G)
@@ -72,6 +81,9 @@ class EvalConfig:
                                      "prompt's n-grams.", gt=0, le=1, panel=M)
     format_regex: str | None = opt(None, "Replies must fully match this regex (format_valid_rate).", panel=M)
     format_schema: str | None = opt(None, "Replies must be JSON valid under this JSON Schema file.", panel=M)
+    retention: bool = opt(False, "Compare each candidate's next-token distributions with the base's on neutral "
+                                 "text (a bundled encyclopedic text and the general prompts): retention_kl, "
+                                 "retention_kl_prompts, retention_ppl. Needs --base.", panel=M)
     near_copy: bool = opt(True, "Score near-copies of training answers for candidates from a run.", panel=M)
     train_data: list[str] = opt([], "Training JSONL for the near-copy metric; default: the run's --data "
                                     "files (config.json).", panel=M)
@@ -92,7 +104,10 @@ class EvalConfig:
 
     fail_if: str | None = opt(None, "Gates: comma-separated failure conditions such as "
                                     "\"eos_rate<0.9,loop_rate>0.05\"; any that holds for a candidate × "
-                                    "condition exits 1. Base models are exempt when other candidates exist.",
+                                    "condition exits 1. Base models are exempt when other candidates exist. "
+                                    "Qualify with a decoding and/or prompt group: greedy.eos_rate<0.95, "
+                                    "greedy.general.loop_rate>0.02, general.relevance_mean<base; unqualified: "
+                                    "the sample decoding (else the only one), all prompts.",
                               panel=O)
     out: str | None = opt(None, "Output directory; default eval/<first candidate>-<time>.", short="-o", panel=O)
     save_outputs: bool = opt(True, "Write outputs.jsonl (every prompt × candidate × condition).", panel=O)
@@ -108,6 +123,16 @@ class EvalConfig:
                 re.compile(self.format_regex)
             except re.error as e:
                 raise ConfigError(f"option --format-regex: not a valid regex ({e})") from None
+        if not self.decoding:
+            raise ConfigError("option --decoding: pick at least one of greedy, sample")
+        for g in parse_gates(self.fail_if):
+            if g.decoding and g.decoding not in self.decoding:
+                raise ConfigError(f"option --fail-if: {g} names decoding {g.decoding!r}, which is not measured",
+                                  hint=f"add it to --decoding (now {','.join(self.decoding)})")
+            if g.metric.startswith("retention_") and not self.retention:
+                raise ConfigError(f"option --fail-if: {g} needs --retention")
+        if self.retention and not self.base:
+            raise ConfigError("option --retention: compares candidates with the base model", hint="add --base MODEL")
         if not self.conditions:
             raise ConfigError("option --conditions: pick at least one of system, no_system")
         if self.judge == "none" and (self.fail_if or "").find("judge_") >= 0:
@@ -120,11 +145,14 @@ class Gate:
     op: str
     value: float  # the threshold, or the offset from the base model's value when ``relative``
     relative: bool = False
+    decoding: str | None = None  # None: the primary decoding (sample when measured)
+    group: str | None = None     # None: all prompts
 
     def __str__(self) -> str:
+        name = ".".join(x for x in (self.decoding, self.group, self.metric) if x)
         if self.relative:
-            return f"{self.metric}{self.op}base" + (f"{self.value:+g}" if self.value else "")
-        return f"{self.metric}{self.op}{self.value:g}"
+            return f"{name}{self.op}base" + (f"{self.value:+g}" if self.value else "")
+        return f"{name}{self.op}{self.value:g}"
 
     def threshold(self, base: float | None) -> float | None:
         if not self.relative:
@@ -148,9 +176,17 @@ def parse_gates(text: str | None) -> list[Gate]:
             continue
         m = _GATE.match(part)
         if not m:
-            raise ConfigError(f"option --fail-if: cannot read {part.strip()!r} (expected METRIC<NUMBER or "
-                              "METRIC<base, e.g. eos_rate<0.9 or distinct_2<base)")
-        metric, op, value, sign, offset = m.groups()
+            raise ConfigError(f"option --fail-if: cannot read {part.strip()!r} (expected "
+                              "[DECODING.][GROUP.]METRIC<NUMBER or ...<base, e.g. eos_rate<0.9, distinct_2<base, "
+                              "greedy.general.eos_rate<0.95)")
+        prefix, metric, op, value, sign, offset = m.groups()
+        quals = [q for q in prefix.split(".") if q]
+        decoding = quals.pop(0) if quals and quals[0] in DECODINGS else None
+        group = quals.pop(0) if quals else None
+        if quals or (group is not None and group not in GROUPS):
+            raise ConfigError(f"option --fail-if: {part.strip()!r}: unknown qualifier "
+                              f"{(quals or [group])[0]!r} (decodings: {', '.join(DECODINGS)}; prompt groups: "
+                              f"{', '.join(GROUPS)})")
         if metric not in GATE_METRICS:
             import difflib
 
@@ -158,7 +194,8 @@ def parse_gates(text: str | None) -> list[Gate]:
             hint = f" (did you mean {close[0]!r}?)" if close else f" (metrics: {', '.join(GATE_METRICS)})"
             raise ConfigError(f"option --fail-if: unknown metric {metric!r}{hint}")
         if value is not None:
-            gates.append(Gate(metric, op, float(value)))
+            gates.append(Gate(metric, op, float(value), decoding=decoding, group=group))
         else:
-            gates.append(Gate(metric, op, float(offset or 0) * (-1 if sign == "-" else 1), relative=True))
+            gates.append(Gate(metric, op, float(offset or 0) * (-1 if sign == "-" else 1), relative=True,
+                              decoding=decoding, group=group))
     return gates

@@ -13,10 +13,10 @@ and the tokenizer's EOS). Greedy batched generation equals one-prompt-at-a-time 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..attention import attention_kernels
 from ..errors import ConfigError
 
 
@@ -64,18 +64,6 @@ def _trim(ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
         if t in eos_ids:
             return ids[: i + 1], True
     return ids, False
-
-
-def attention_kernels(device):
-    """On CUDA, keep SDPA off its cuDNN backend where sequence lengths change from call to call: cuDNN
-    builds a new plan for every new key length, i.e. for every generated token while decoding (measured
-    on an H100: ~38 ms per attention call at batch 64 on a tiny model, which made decoding plan-bound,
-    not compute-bound), and for every batch of chats while training (train/backend_hf.training_kernels)."""
-    if getattr(device, "type", str(device)) != "cuda":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_new_tokens: int = 256,

@@ -3,7 +3,7 @@
     judge = Judge("openai", "gpt-4o-mini", cache_path=ft_home() / "judge" / "cache.jsonl")
     summary = run_judge(judge, items, character="A Doric fisherman...", pairwise=True)
 
-* **Rubric**: each reply is scored 1–5 for voice, staying in character, coherence, engagement and
+* **Rubric**: each reply is scored 1–5 for voice, staying in character, coherence, engagement, relevance and
   length, shown to the judge with the character description and the conversation.
 * **Pairwise**: for each prompt and each pair of candidates the judge sees two replies labelled
   "Reply 1" and "Reply 2", never the candidates' names, in both orders. A candidate wins a prompt
@@ -33,8 +33,9 @@ from ..jsonl import AppendWriter
 from ..providers import DEFAULT_MODELS, KEY_VARS, OpenAIParams, redact
 from ..ui import NULL, Reporter
 
-VERSION = "ft-judge-v1"
+VERSION = "ft-judge-v2"  # v2: the rubric asks for relevance too
 CRITERIA = ("voice", "character", "coherence", "engagement", "length")
+OPTIONAL = ("relevance",)  # scored when the answer has it: a judge that leaves it out still counts
 
 RUBRIC_SYSTEM = """You grade replies of a fine-tuned chat model that must speak as a character.
 Score the reply from 1 (bad) to 5 (excellent) on each criterion:
@@ -43,8 +44,10 @@ Score the reply from 1 (bad) to 5 (excellent) on each criterion:
 - coherence: is it fluent, on-topic and free of loops, garbage or truncation?
 - engagement: is it interesting and responsive to what the user said?
 - length: is the length right for the request (not cut off, not rambling)?
+- relevance: does it answer the question that was asked (not drift to another subject)?
 Answer with one JSON object and nothing else:
-{"voice": n, "character": n, "coherence": n, "engagement": n, "length": n, "reason": "one short sentence"}"""
+{"voice": n, "character": n, "coherence": n, "engagement": n, "length": n, "relevance": n,
+ "reason": "one short sentence"}"""
 
 PAIR_SYSTEM = """You compare two replies of chat models that must speak as a character.
 Decide which reply is better overall: in voice, staying in character, coherence, engagement and length.
@@ -89,6 +92,12 @@ def parse_rubric(text: str) -> dict | None:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 1 <= v <= 5:
             return None
         out[c] = float(v)
+    for c in OPTIONAL:
+        v = obj.get(c)
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v.strip())
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v <= 5:
+            out[c] = float(v)
     out["reason"] = str(obj.get("reason", ""))[:300]
     return out
 
@@ -289,13 +298,14 @@ def run_judge(judge: Judge, items: list[JudgeItem], *, character: str, pairwise:
         per_item.append({"candidate": it.candidate, "condition": it.condition, "prompt_id": it.prompt_id,
                          "scores": res})
         if res:
-            slot = sums.setdefault((it.candidate, it.condition), {c: [] for c in CRITERIA})
-            for c in CRITERIA:
-                slot[c].append(res[c])
+            slot = sums.setdefault((it.candidate, it.condition), {c: [] for c in CRITERIA + OPTIONAL})
+            for c in CRITERIA + OPTIONAL:
+                if c in res:
+                    slot[c].append(res[c])
     scores: dict[str, dict[str, dict[str, float | None]]] = {}
     for (cand, cond), crit in sums.items():
         scores.setdefault(cand, {})[cond] = {f"judge_{c}": (sum(v) / len(v) if v else None)
-                                             for c, v in crit.items()}
+                                             for c, v in crit.items() if v or c in CRITERIA}
     pairs: dict[tuple[str, str, str], dict[str, int]] = {}
     pair_items: list[dict] = []  # per prompt, so people's verdicts on the same pair can be compared (ft rate)
     wins: dict[tuple[str, str], list[float]] = {}

@@ -1,4 +1,4 @@
-"""What ``ft eval`` asks: prompt files, a run's held-out rows, and the built-in probe set.
+"""What ``ft eval`` asks: prompt files, a run's held-out rows, the built-in probes and general prompts.
 
 A prompt is the conversation up to the reply being evaluated, without its system turn: each
 condition adds (or leaves out) the system prompt itself. A row's final assistant turn is kept as
@@ -55,6 +55,18 @@ class Prompt:
 def probe_prompts() -> list[Prompt]:
     return [Prompt(id=f"probe-{pid}", source=f"probe:{kind}", turns=[{"role": "user", "content": text}])
             for pid, kind, text in PROBES]
+
+
+def general_prompts() -> list[Prompt]:
+    """The built-in everyday questions (general_prompts.jsonl): no persona, outside any training topic, where
+    a tuned model shows whether it still stops, stays on the question and does not over-refuse."""
+    import json
+    from importlib.resources import files
+
+    rows = [json.loads(line) for line in
+            files(__package__).joinpath("general_prompts.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return [Prompt(id=f"general-{r['id']}", source="general", turns=[{"role": "user", "content": r["prompt"]}],
+                   meta={"kind": r["kind"]}) for r in rows]
 
 
 def _turns_of(row: dict) -> list[tuple[str, str]]:

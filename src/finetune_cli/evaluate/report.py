@@ -1,5 +1,6 @@
 """``ft eval`` reports: a terminal table, ``report.html`` (side by side, offline, every string
-escaped), ``report.md`` and ``results.json`` (``results[candidate][condition][metric]``)."""
+escaped), ``report.md`` and ``results.json`` (``results[candidate][condition][metric]`` for the primary
+decoding; ``by_decoding[decoding]["results" | "by_source"]`` for each decoding, by_source per prompt group)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 from ..jsonl import write_json_atomic, write_text_atomic
 from ..ui import Reporter
 
-TABLE_METRICS = ["eos_rate", "loop_rate", "distinct_2", "words_mean", "leak_rate", "break_rate", "script_rate",
-                 "marker_in_band", "format_valid_rate", "near_copy_rate", "heldout_loss", "judge_character",
-                 "judge_voice", "judge_win_rate"]
+TABLE_METRICS = ["eos_rate", "loop_rate", "distinct_2", "words_mean", "relevance_mean", "leak_rate", "break_rate",
+                 "script_rate", "marker_in_band", "refusal_rate", "refusal_in_voice_rate", "over_refusal_rate",
+                 "break_in_voice_rate", "format_valid_rate", "near_copy_rate", "heldout_loss", "retention_kl",
+                 "retention_ppl", "judge_character", "judge_voice", "judge_relevance", "judge_win_rate"]
 # lower is better for these: shown red when high in the HTML
 BAD_HIGH = {"loop_rate", "leak_rate", "break_rate", "script_rate", "near_copy_rate", "script_char_share"}
 FLAGS = [("no EOS", lambda o: not o["eos"]), ("loop", lambda o: o["loop"]), ("leak", lambda o: o["leak"]),
@@ -27,6 +29,14 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
+
+
+def views(doc: dict) -> list[tuple[str | None, dict, dict]]:
+    """``(decoding, results, by_source)`` per decoding; one ``(None, ...)`` for a results.json from before
+    decodings."""
+    if not doc.get("by_decoding"):
+        return [(None, doc["results"], doc.get("by_source") or {})]
+    return [(d, doc["by_decoding"][d]["results"], doc["by_decoding"][d]["by_source"]) for d in doc["decodings"]]
 
 
 def metric_names(doc: dict) -> list[str]:
@@ -47,9 +57,13 @@ def print_summary(reporter: Reporter, doc: dict) -> None:
     present = set(metric_names(doc))
     cols = [m for m in TABLE_METRICS if m in present]
     cands = list(doc["results"])
-    for cond in doc["conditions"]:  # metrics down, candidates across: fits a terminal
-        rows = [[m] + [doc["results"][c][cond].get(m) for c in cands] for m in cols]
-        reporter.table(f"ft eval · {cond}", ["metric"] + cands, rows)
+    for dec, results, by_source in views(doc):
+        for cond in doc["conditions"]:  # metrics down, candidates across: fits a terminal
+            rows = [[m] + [results[c][cond].get(m) for c in cands] for m in cols]
+            if any((by_source.get(c, {}).get(cond) or {}).get("general") for c in cands):
+                rows += [[f"general: {m}"] + [(by_source[c][cond].get("general") or {}).get(m) for c in cands]
+                         for m in ("eos_rate", "loop_rate", "relevance_mean", "over_refusal_rate")]
+            reporter.table(" · ".join(x for x in ("ft eval", dec, cond) if x), ["metric"] + cands, rows)
     for f in doc.get("findings") or []:
         reporter.warn(f"{f['candidate']} [{f['condition']}]: {f['message']}")
     failed = doc["gates"]["failed"]
@@ -84,14 +98,14 @@ def e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def _summary_html(doc: dict, cond: str, failed: set[tuple[str, str, str]]) -> str:
+def _summary_html(doc: dict, results: dict, cond: str, failed: set[tuple[str, str, str]]) -> str:
     metrics = metric_names(doc)
     head = "".join(f'<th title="{e(doc["definitions"].get(m, ""))}">{e(m)}</th>' for m in metrics)
     rows = []
-    for cand, conds in doc["results"].items():
+    for cand, conds in results.items():
         cells = []
         for m in metrics:
-            v = conds[cond].get(m)
+            v = (conds.get(cond) or {}).get(m)
             cls = "num"
             if (cand, cond, m) in failed:
                 cls += " fail"
@@ -104,8 +118,10 @@ def _summary_html(doc: dict, cond: str, failed: set[tuple[str, str, str]]) -> st
 
 def render_html(doc: dict, outputs: list[dict]) -> str:
     """The whole report as one self-contained HTML page (no scripts, no external assets)."""
-    failed = {(f["candidate"], f["condition"], f["metric"]) for f in doc["gates"]["failed"]}
-    by_key = {(o["candidate"], o["condition"], o["prompt_id"]): o for o in outputs}
+    primary = doc.get("primary_decoding")
+    failed = {(f.get("decoding", primary), f.get("group"), f["candidate"], f["condition"], f["metric"])
+              for f in doc["gates"]["failed"]}
+    by_key = {(o["candidate"], o["condition"], o.get("decoding"), o["prompt_id"]): o for o in outputs}
     cands = list(doc["results"])
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>ft eval: {e(doc['name'])}</title>"
              f"<style>{CSS}</style></head><body><h1>ft eval: {e(doc['name'])}</h1>",
@@ -132,8 +148,17 @@ def render_html(doc: dict, outputs: list[dict]) -> str:
             f"<li>{e(f['candidate'])} [{e(f['condition'])}]: {e(f['message'])}</li>" for f in doc["findings"])
             + "</ul>")
     parts.append('<h2 id="summary">Summary</h2>')
-    for cond in doc["conditions"]:
-        parts.append(f"<h3>{e(cond)}</h3>{_summary_html(doc, cond, failed)}")
+    for dec, results, by_source in views(doc):
+        for cond in doc["conditions"]:
+            title = " · ".join(x for x in (dec, cond) if x)
+            mine = {(c, k, m) for d, g, c, k, m in failed if d == dec and g is None}
+            parts.append(f"<h3>{e(title)}</h3>{_summary_html(doc, results, cond, mine)}")
+            groups = sorted({g for c in by_source for g in (by_source[c].get(cond) or {})})
+            for group in groups:  # the same metrics per prompt group (held-out rows, probes, general prompts)
+                sub = {c: {cond: by_source[c][cond].get(group) or {}} for c in by_source}
+                mine = {(c, k, m) for d, g, c, k, m in failed if d == dec and g == group}
+                parts.append(f"<details><summary>{e(title)} · prompt group {e(group)}</summary>"
+                             f"{_summary_html(doc, sub, cond, mine)}</details>")
     parts.append('<h2 id="definitions">Definitions</h2><dl>')
     for m in metric_names(doc):
         parts.append(f"<dt>{e(m)}</dt><dd>{e(doc['definitions'].get(m, ''))}</dd>")
@@ -161,17 +186,17 @@ def render_html(doc: dict, outputs: list[dict]) -> str:
             parts.append(f"<details><summary>reference answer</summary><pre>{e(p['reference'])}</pre></details>")
         parts.append('<table class=side><tr><th style="width:7em">condition</th>'
                      + "".join(f"<th>{e(c)}</th>" for c in cands) + "</tr>")
-        for cond in doc["conditions"]:
+        for cond, dec in [(k, d) for k in doc["conditions"] for d in (doc.get("decodings") or [None])]:
             cells = []
             for c in cands:
-                o = by_key.get((c, cond, p["id"]))
+                o = by_key.get((c, cond, dec, p["id"]))
                 if o is None:
                     cells.append("<td>–</td>")
                     continue
                 badges = "".join(f"<span class=flag>{e(f)}</span>" for f in flags_of(o))
                 cells.append(f"<td>{badges}<pre>{e(o['text'])}</pre><div class=meta>{o['tokens']} tokens · "
                              f"{o['words']} words</div></td>")
-            parts.append(f"<tr><th>{e(cond)}</th>{''.join(cells)}</tr>")
+            parts.append(f"<tr><th>{e(' · '.join(x for x in (cond, dec) if x))}</th>{''.join(cells)}</tr>")
         parts.append("</table></section>")
     parts.append("</body></html>\n")
     return "".join(parts)
@@ -204,11 +229,13 @@ def render_md(doc: dict, outputs: list[dict], *, examples: int = 10) -> str:
         lines += ["", "**Findings**"] + [f"- {f['candidate']} [{f['condition']}]: {f['message']}"
                                           for f in doc["findings"]]
     metrics = metric_names(doc)
-    for cond in doc["conditions"]:
-        lines += ["", f"## Summary: {cond}", "", "| metric | " + " | ".join(_md_cell(c) for c in cands) + " |",
-                  "|---|" + "---:|" * len(cands)]
-        lines += [f"| {m} | " + " | ".join(fmt(doc["results"][c][cond].get(m)) for c in cands) + " |"
-                  for m in metrics]
+    for dec, results, _ in views(doc):
+        for cond in doc["conditions"]:
+            title = " · ".join(x for x in (dec, cond) if x)
+            lines += ["", f"## Summary: {title}", "", "| metric | " + " | ".join(_md_cell(c) for c in cands) + " |",
+                      "|---|" + "---:|" * len(cands)]
+            lines += [f"| {m} | " + " | ".join(fmt(results[c][cond].get(m)) for c in cands) + " |"
+                      for m in metrics]
     lines += ["", "## Definitions", ""]
     lines += [f"- **{m}**: {doc['definitions'].get(m, '')}" for m in metrics]
     j = doc.get("judge")
@@ -220,7 +247,9 @@ def render_md(doc: dict, outputs: list[dict], *, examples: int = 10) -> str:
             lines += ["| condition | A | B | A wins | B wins | ties |", "|---|---|---|---:|---:|---:|"]
             lines += [f"| {p['condition']} | {_md_cell(p['a'])} | {_md_cell(p['b'])} | {p['a_wins']} | "
                       f"{p['b_wins']} | {p['ties']} |" for p in j["pairs"]]
-    by_key = {(o["candidate"], o["condition"], o["prompt_id"]): o for o in outputs}
+    primary = doc.get("primary_decoding")
+    by_key = {(o["candidate"], o["condition"], o["prompt_id"]): o for o in outputs
+              if o.get("decoding") == primary}
     lines += ["", f"## Examples (first {examples} prompts; all of them in report.html)"]
     for p in doc["prompts"][:examples]:
         lines += ["", f"### {p['id']} ({p['source']})", "", _fence(p["turns"][-1]["content"])]

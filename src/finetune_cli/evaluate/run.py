@@ -18,14 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..config import text_or_file, to_dict
+from ..config import config_record, text_or_file, to_dict
 from ..errors import ConfigError, FtError, ProviderError
-from ..jsonl import read_json, write_rows_atomic
+from ..jsonl import read_json, write_json_atomic, write_rows_atomic
 from ..ui import Reporter
 from . import metrics as M
 from .candidates import Candidate, plan, training_answers
 from .config import EvalConfig, parse_gates
-from .prompts import Prompt, common_system, load_prompts, probe_prompts
+from .prompts import Prompt, common_system, general_prompts, load_prompts, probe_prompts
 
 
 def gather_prompts(cfg: EvalConfig, cands: list[Candidate], reporter: Reporter) -> list[Prompt]:
@@ -37,14 +37,17 @@ def gather_prompts(cfg: EvalConfig, cands: list[Candidate], reporter: Reporter) 
         held = run_dir / "heldout.jsonl" if run_dir else None
         if held is not None and held.is_file():
             prompts = load_prompts(held, source="heldout", limit=cfg.max_prompts)
-        elif not cfg.probes:
-            raise ConfigError("ft eval: no prompts: --no-probes, no --prompts and no run with heldout.jsonl",
-                              hint="pass --prompts FILE or drop --no-probes")
+        elif not cfg.probes and not cfg.general:
+            raise ConfigError("ft eval: no prompts: --no-probes, --no-general, no --prompts and no run with "
+                              "heldout.jsonl", hint="pass --prompts FILE or drop --no-probes")
         else:
-            reporter.warn("no --prompts and no run with heldout.jsonl: using the built-in probes only")
+            reporter.warn("no --prompts and no run with heldout.jsonl: using the built-in probes and general "
+                          "prompts only")
     if cfg.probes:
         prompts += probe_prompts()
-    if not prompts:  # a prompt file or held-out file with no prompts in it, and --no-probes
+    if cfg.general:
+        prompts += general_prompts()
+    if not prompts:  # a prompt file or held-out file with no prompts in it, and --no-probes --no-general
         raise ConfigError("ft eval: no prompts (pass --prompts FILE or keep --probes on)")
     return prompts
 
@@ -78,14 +81,20 @@ def load_candidate(c: Candidate, cfg: EvalConfig):
 def score_condition(texts_gens, prompts: list[Prompt], *, cfg: EvalConfig, leak_system: str | None, persona,
                     regex, schema, index) -> list[dict]:
     scripts = M.normalize_scripts(cfg.scripts)
+    refusal_phrases = list(M.DEFAULT_REFUSAL_PHRASES) + list(persona.refusal_markers if persona else [])
     rows = []
     for p, g in zip(prompts, texts_gens):
         s = M.score_output(g.text, n_tokens=g.n_tokens, stopped_on_eos=g.stopped_on_eos,
                            system_prompt=leak_system, break_phrases=cfg.break_phrases, scripts=scripts,
                            leak_n=cfg.leak_ngram, leak_threshold=cfg.leak_threshold)
+        question = next((t["content"] for t in reversed(p.turns) if t["role"] == "user"), "")
+        rel = M.relevance(question, g.text)
+        s["relevance"] = round(rel, 4) if rel is not None else None
+        s["refused"] = M.refused(g.text, refusal_phrases)
         if persona is not None:
-            from ..persona import marker_density
+            from ..persona import count_markers, marker_density
 
+            s["in_voice"] = count_markers(g.text, persona.markers) > 0
             d = marker_density(g.text, persona.markers)
             lo, hi = persona.marker_band
             s["marker_density"] = round(d, 3)
@@ -111,25 +120,51 @@ def base_candidate(results: dict, kinds: dict[str, str]) -> str | None:
     return next((c for c in results if kinds[c] == "base"), None)
 
 
-def check_gates(cfg: EvalConfig, results: dict, kinds: dict[str, str]) -> dict[str, Any]:
+def primary_decoding(decodings: list[str]) -> str:
+    """The decoding behind ``results`` and unqualified gates: sample (what ft eval measured before greedy was
+    added), else the only one."""
+    return "sample" if "sample" in decodings else decodings[0]
+
+
+def check_gates(cfg: EvalConfig, by_decoding: dict, kinds: dict[str, str]) -> dict[str, Any]:
+    """Gates over ``by_decoding[decoding]`` (``results`` and ``by_source``): a gate's decoding (else the
+    primary one), its prompt group (else all prompts)."""
     gates = parse_gates(cfg.fail_if)
-    base = base_candidate(results, kinds)
-    targets = [c for c in results if kinds[c] != "base"] or list(results)
+    primary = primary_decoding(list(by_decoding))
+    any_results = by_decoding[primary]["results"]
+    base = base_candidate(any_results, kinds)
+    targets = [c for c in any_results if kinds[c] != "base"] or list(any_results)
+
+    def value(dec: str, cand: str, cond: str, g) -> Any:
+        view = by_decoding[dec]
+        m = (view["by_source"][cand][cond].get(g.group) or {}) if g.group else view["results"][cand][cond]
+        return m.get(g.metric)
+
     failed = []
     for cand in targets:
-        for cond, m in results[cand].items():
+        for cond in any_results[cand]:
             for g in gates:
-                v = m.get(g.metric)
-                ref = results[base][cond].get(g.metric) if g.relative and base else None
+                dec = g.decoding or primary
+                v = value(dec, cand, cond, g)
+                ref = value(dec, base, cond, g) if g.relative and base else None
                 if g.fails(v, ref):
-                    failed.append({"candidate": cand, "condition": cond, "gate": str(g), "metric": g.metric,
-                                   "value": v, **({"base": ref} if g.relative else {})})
+                    failed.append({"candidate": cand, "condition": cond, "decoding": dec, "group": g.group,
+                                   "gate": str(g), "metric": g.metric, "value": v,
+                                   **({"base": ref} if g.relative else {})})
     return {"checked": [str(g) for g in gates], "targets": targets, "failed": failed}
 
 
-def findings(results: dict, kinds: dict[str, str]) -> list[dict]:
+# a tuned model this much worse than its base on general prompts is worth a line even without a gate
+_WORSE = {"eos_rate": -0.05, "loop_rate": 0.05, "relevance_mean": -0.05}
+
+
+def findings(by_decoding: dict, kinds: dict[str, str]) -> list[dict]:
     """What a reader should not miss even without a gate: a tuned model less varied than its base (it
-    answers from a narrow training set: the template-answer failure), or reciting its training answers."""
+    answers from a narrow training set: the template-answer failure), reciting its training answers, and on
+    the general prompts (outside its training) stopping less, looping more or straying from the question more
+    than its base."""
+    primary = primary_decoding(list(by_decoding))
+    results = by_decoding[primary]["results"]
     base = base_candidate(results, kinds)
     out = []
     for cand, conds in results.items():
@@ -148,6 +183,22 @@ def findings(results: dict, kinds: dict[str, str]) -> list[dict]:
                 out.append({"candidate": cand, "condition": cond, "metric": "near_copy_rate", "value": nc,
                             "message": f"{nc:.0%} of answers are near-copies of a training answer: it recites "
                                        "its data (fewer epochs or a lower learning rate, more varied data)"})
+            if base is None:
+                continue
+            for dec, view in by_decoding.items():
+                mine = view["by_source"][cand][cond].get("general") or {}
+                theirs = view["by_source"][base][cond].get("general") or {}
+                for metric, margin in _WORSE.items():
+                    v, ref = mine.get(metric), theirs.get(metric)
+                    if v is None or ref is None or not (v < ref + margin if margin < 0 else v > ref + margin):
+                        continue
+                    what = {"eos_rate": "stops (EOS) in fewer answers", "loop_rate": "loops in more answers",
+                            "relevance_mean": "answers further from the question"}[metric]
+                    out.append({"candidate": cand, "condition": cond, "decoding": dec, "group": "general",
+                                "metric": metric, "value": v, "base": ref,
+                                "message": f"{dec}, general prompts: {what} than the base ({metric} {v:.3f} vs "
+                                           f"{ref:.3f}): tuning cost behaviour outside the training topics (fewer "
+                                           "epochs or a lower learning rate, general chat mixed into the data)"})
     return out
 
 
@@ -184,20 +235,29 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
         if not conditions:
             raise ConfigError("option --conditions: only 'system' was asked for, and there is no system prompt",
                               hint="pass --system TEXT or @file")
-    reporter.info(f"ft eval: {len(cands)} candidate(s) × {len(conditions)} condition(s) × {len(prompts)} prompts")
+    decodings = list(dict.fromkeys(cfg.decoding))
+    reporter.info(f"ft eval: {len(cands)} candidate(s) × {len(conditions)} condition(s) × "
+                  f"{len(decodings)} decoding(s) × {len(prompts)} prompts")
 
     out_dir = Path(cfg.out) if cfg.out else Path("eval") / \
         f"{_slug(cands[0].name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     held_answers = {p.reference for p in prompts if p.reference}
     indexes: dict[Path, Any] = {}
-    results: dict[str, dict] = {}
-    sources: dict[str, dict] = {}
+    by_decoding: dict[str, dict] = {d: {"generation": _generation_text(cfg, d), "results": {}, "by_source": {}}
+                                    for d in decodings}
+    reference = None
+    if cfg.retention:
+        from .retention import reference_logprobs
+
+        reference = reference_logprobs(load_candidate_path(cfg.base, cfg))
+        gc.collect()
     outputs: list[dict] = []
     cand_info: list[dict] = []
     timing: dict[str, dict] = {}
-    gen_kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                  repetition_penalty=cfg.repetition_penalty, batch_size=cfg.batch_size, seed=cfg.seed)
-    total = len(cands) * len(conditions) * len(prompts)
+    gen_kw = dict(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                  batch_size=cfg.batch_size, seed=cfg.seed)
+    sampling = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=cfg.temperature, top_p=cfg.top_p)}
+    total = len(cands) * len(conditions) * len(decodings) * len(prompts)
     with reporter.progress("generating", total=total) as task:
         for c in cands:
             loaded = load_candidate(c, cfg)
@@ -216,33 +276,41 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 index = indexes[c.run_dir]
             cand_info.append({"name": c.name, "kind": kind, "source": c.source, "base_model": loaded.base_model,
                               "system_prompt": system, "run_dir": str(c.run_dir) if c.run_dir else None})
-            results[c.name], sources[c.name] = {}, {}
+            for view in by_decoding.values():
+                view["results"][c.name], view["by_source"][c.name] = {}, {}
+            retained = {}
+            if reference is not None:
+                from .retention import retention_metrics
+
+                retained = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
             t0, n_tok = time.perf_counter(), 0
             for cond in conditions:
                 sys_ = system if cond == "system" else None
-                gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
-                                eos_ids=loaded.eos_token_ids, on_batch=task.advance, **gen_kw)
-                n_tok += sum(g.n_tokens for g in gens)
-                cut = sum(g.prompt_truncated for g in gens)
-                if cut:
-                    reporter.warn(f"{c.name} ({cond}): {cut} prompt(s) longer than the model's context less "
-                                  f"--max-new-tokens: their start was cut (prompt_truncated in outputs.jsonl)")
-                rows = score_condition(gens, prompts, cfg=cfg, leak_system=system, persona=persona, regex=regex,
-                                       schema=schema, index=index)
-                agg = M.aggregate([r["text"] for r in rows], rows)
                 try:
                     loss, _ = heldout_loss(loaded.model, loaded.tokenizer,
                                            [p.conversation(sys_) for p in loss_prompts], batch_size=4)
                 except FtError as e:
                     reporter.warn(f"{c.name}: no held-out loss ({e})")
                     loss = None
-                agg["heldout_loss"], agg["heldout_ppl"] = loss, perplexity(loss)
-                results[c.name][cond] = agg
-                sources[c.name][cond] = by_source(rows)
-                for p, g, r in zip(prompts, gens, rows):
-                    outputs.append({"candidate": c.name, "condition": cond, **r, "stopped_on_eos": g.stopped_on_eos,
-                                    "n_tokens": g.n_tokens, **({"prompt_truncated": True} if g.prompt_truncated
-                                                               else {})})
+                for dec in decodings:
+                    gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
+                                    eos_ids=loaded.eos_token_ids, on_batch=task.advance, **sampling[dec], **gen_kw)
+                    n_tok += sum(g.n_tokens for g in gens)
+                    cut = sum(g.prompt_truncated for g in gens)
+                    if cut and dec == decodings[0]:
+                        reporter.warn(f"{c.name} ({cond}): {cut} prompt(s) longer than the model's context less "
+                                      f"--max-new-tokens: their start was cut (prompt_truncated in outputs.jsonl)")
+                    rows = score_condition(gens, prompts, cfg=cfg, leak_system=system, persona=persona,
+                                           regex=regex, schema=schema, index=index)
+                    agg = M.aggregate([r["text"] for r in rows], rows)
+                    agg["heldout_loss"], agg["heldout_ppl"] = loss, perplexity(loss)
+                    agg.update(retained)
+                    by_decoding[dec]["results"][c.name][cond] = agg
+                    by_decoding[dec]["by_source"][c.name][cond] = by_source(rows)
+                    for p, g, r in zip(prompts, gens, rows):
+                        outputs.append({"candidate": c.name, "condition": cond, "decoding": dec, **r,
+                                        "stopped_on_eos": g.stopped_on_eos, "n_tokens": g.n_tokens,
+                                        **({"prompt_truncated": True} if g.prompt_truncated else {})})
             secs = time.perf_counter() - t0
             timing[c.name] = {"seconds": round(secs, 2), "generated_tokens": n_tok,
                               "tokens_per_s": round(n_tok / secs, 1) if secs else None}
@@ -250,23 +318,27 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
             gc.collect()
             _empty_cuda_cache()
 
+    primary = primary_decoding(decodings)
+    results, sources = by_decoding[primary]["results"], by_decoding[primary]["by_source"]
     judge_doc = None
-    if judge is not None:
-        judge_doc, judge_error = _judge(judge, cfg, prompts, outputs, persona, shared, reporter)
+    if judge is not None:  # one decoding: the judge's scores sit beside that decoding's metrics
+        judge_doc, judge_error = _judge(judge, cfg, prompts, [o for o in outputs if o["decoding"] == primary],
+                                        persona, shared, reporter)
         if judge_doc:
             for cand, conds in judge_doc["scores"].items():
                 for cond, vals in conds.items():
                     results[cand][cond].update(vals)
 
     kinds = {ci["name"]: ci["kind"] for ci in cand_info}
-    gates = check_gates(cfg, results, kinds)
-    noted = findings(results, kinds)
+    gates = check_gates(cfg, by_decoding, kinds)
+    noted = findings(by_decoding, kinds)
     doc = {
         "ft_eval": 1, "name": out_dir.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generation": (f"temperature {cfg.temperature}, top_p {cfg.top_p}, repetition_penalty "
-                       f"{cfg.repetition_penalty}, max_new_tokens {cfg.max_new_tokens}, seed {cfg.seed}"),
+        "generation": by_decoding[primary]["generation"],
         "candidates": cand_info, "conditions": conditions, "persona": persona.name if persona else None,
+        "decodings": decodings, "primary_decoding": primary,
         "definitions": {**M.DEFINITIONS, **_judge_definitions()}, "results": results, "by_source": sources,
+        "by_decoding": by_decoding,
         "judge": judge_doc, "judge_error": judge_error, "gates": gates, "findings": noted, "timing": timing,
         "prompts": [{"id": p.id, "source": p.source, "turns": p.turns, "reference": p.reference} for p in prompts],
         "config": to_dict(cfg),
@@ -274,6 +346,8 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     from .report import print_summary, write_reports
 
     paths = write_reports(out_dir, doc, outputs)
+    write_json_atomic(out_dir / "ft_config.json", config_record(cfg))  # each value and where it was set
+    paths["config"] = str(out_dir / "ft_config.json")
     if cfg.save_outputs:
         write_rows_atomic(out_dir / "outputs.jsonl", outputs)
         paths["outputs"] = str(out_dir / "outputs.jsonl")
@@ -287,9 +361,21 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
             "exit_code": 1 if gates["failed"] else 0}
 
 
+def _generation_text(cfg: EvalConfig, decoding: str) -> str:
+    how = "greedy" if decoding == "greedy" else f"temperature {cfg.temperature}, top_p {cfg.top_p}, seed {cfg.seed}"
+    return f"{how}, repetition_penalty {cfg.repetition_penalty}, max_new_tokens {cfg.max_new_tokens}"
+
+
+def load_candidate_path(source: str, cfg: EvalConfig):
+    from ..models import load_for_inference
+
+    return load_for_inference(source, device=None if cfg.device == "auto" else cfg.device,
+                              trust_remote_code=cfg.trust_remote_code)
+
+
 def _judge_definitions() -> dict[str, str]:
     d = {f"judge_{c}": f"LLM judge's mean 1–5 score for {c}" for c in
-         ("voice", "character", "coherence", "engagement", "length")}
+         ("voice", "character", "coherence", "engagement", "length", "relevance")}
     d["judge_character"] = "LLM judge's mean 1–5 score for staying in character"
     d["judge_win_rate"] = ("blind pairwise win rate against the other candidates, both orders; a win needs "
                            "both orders to agree, else it counts as a tie (½)")

@@ -55,13 +55,16 @@ class MergeConfig:
     device: str = opt("auto", "Where to merge and verify (auto = cuda when available).", choices=("auto", "cpu", "cuda"))
     force: bool = opt(False, "Replace an existing --out directory.")
 
+    @property
+    def gguf_types(self) -> list[str]:
+        """--gguf split on commas, lower-cased, each once."""
+        return list(dict.fromkeys(k.strip().lower() for item in self.gguf for k in item.split(",") if k.strip()))
+
     def validate(self) -> None:
-        kinds = [k.strip().lower() for item in self.gguf for k in item.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in GGUF_TYPES]
+        bad = [k for k in self.gguf_types if k not in GGUF_TYPES]
         if bad:
             raise ConfigError(f"option --gguf: unknown type {bad[0]!r}", hint=f"one of {', '.join(GGUF_TYPES)}")
-        self.gguf = list(dict.fromkeys(kinds))
-        if self.adapter_only and self.gguf:
+        if self.adapter_only and self.gguf_types:
             raise ConfigError("--adapter-only and --gguf: a GGUF is written from the merged model",
                               hint="run ft merge twice, or drop --adapter-only")
 
@@ -205,15 +208,19 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
             result = _export_adapter(cfg, src, ref, tok, tmp, texts, reporter)
         else:
             result = _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device)
-            if cfg.gguf:
+            if cfg.gguf_types:
                 from .gguf_check import export_gguf
 
-                result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf, texts=texts, max_kl=cfg.max_kl,
+                result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf_types, texts=texts, max_kl=cfg.max_kl,
                                              system=src.run.get("system_prompt"), reporter=reporter,
                                              name=src.run.get("name") or out.name, keep_pre=_source_pre(src))
                 from ..jsonl import write_json_atomic
 
                 write_json_atomic(tmp / "gguf" / "ft_gguf.json", result["gguf"])  # drift figures, for ft card
+        from ..config import config_record
+        from ..jsonl import write_json_atomic
+
+        write_json_atomic(tmp / "ft_config.json", config_record(cfg, gguf=cfg.gguf_types, device=device))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -98,7 +98,7 @@ def _reference(model: Any, tok: Any, texts: list[str], ids: list[Any], ref: list
     """The 16-bit model's side of the llama.cpp comparison: its greedy answer to the chat prompt."""
     import torch
 
-    from ..train.template import end_of_turn
+    from ..chat_template import end_of_turn
     from .llama_cpp import Reference
 
     end_ids = sorted({i for i in (tok.eos_token_id, (end_of_turn(tok) or (None, None))[1]) if i is not None})

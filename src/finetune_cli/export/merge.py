@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError, ExportError
 from ..files import check_readable
+from ..rundir import RunDir
 from ..ui import NULL, Reporter
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -67,16 +68,16 @@ def find_source(*, run: str | None = None, adapter: str | None = None, base: str
         raise ConfigError("pass exactly one of --run RUN_DIR or --adapter DIR",
                           hint="e.g. ft merge --run runs/a --out merged/a")
     if run:
-        rd = Path(run)
-        if not (rd / "run.json").is_file():
+        rd = RunDir(run)
+        if not rd.run_json.is_file():
             raise ConfigError(f"--run {run}: not a run directory (no run.json)",
                               hint="ft train writes runs/<name>/run.json; for a bare adapter use --adapter DIR")
-        info = _read_json(rd / "run.json", "run record")
-        if (rd / "adapter" / "adapter_config.json").is_file():
-            return Source("adapter", rd / "adapter", base or info.get("base_model"), rd, info,
-                          _read_json(rd / "adapter" / "adapter_config.json", "adapter config"))
-        if (rd / "model" / "config.json").is_file():
-            return Source("full", rd / "model", base or info.get("base_model"), rd, info)
+        info = rd.record()
+        if (rd.adapter / "adapter_config.json").is_file():
+            return Source("adapter", rd.adapter, base or info.get("base_model"), rd.path, info,
+                          _read_json(rd.adapter / "adapter_config.json", "adapter config"))
+        if (rd.model / "config.json").is_file():
+            return Source("full", rd.model, base or info.get("base_model"), rd.path, info)
         raise ConfigError(f"--run {run}: the run has no adapter/ or model/ (status: {info.get('status')})",
                           hint="a run still training or stopped early: use --adapter RUN/checkpoints/checkpoint-N")
     ad = Path(adapter)
@@ -89,12 +90,12 @@ def find_source(*, run: str | None = None, adapter: str | None = None, base: str
     if not any((ad / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
         raise ConfigError(f"--adapter {adapter}: no adapter_model.safetensors in it")
     acfg = _read_json(ad / "adapter_config.json", "adapter config")
-    run_dir = ad.parent if (ad.parent / "run.json").is_file() else None
-    run_info = _read_json(run_dir / "run.json", "run record") if run_dir else {}
+    rd = RunDir.find(ad)  # runs/a/adapter or runs/a/checkpoints/checkpoint-N: the run's prompt, template, rows
+    run_info = rd.record() if rd else {}
     base = base or run_info.get("base_model") or acfg.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"--adapter {adapter}: the adapter does not name its base model", hint="pass --base MODEL")
-    return Source("adapter", ad, base, run_dir, run_info, acfg)
+    return Source("adapter", ad, base, rd.path if rd else None, run_info, acfg)
 
 
 def _adapter_tensors(adapter_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -225,7 +226,7 @@ def generation_config_for(tok, base_dir: str | None):
     """The base's sampling defaults, with EOS = the template's end of turn + the tokenizer's EOS."""
     from transformers import GenerationConfig
 
-    from ..train.template import eos_token_ids
+    from ..chat_template import eos_token_ids
 
     gen = None
     if base_dir and Path(base_dir).is_dir():
@@ -242,6 +243,13 @@ def generation_config_for(tok, base_dir: str | None):
     gen.pad_token_id = tok.pad_token_id
     gen.bos_token_id = tok.bos_token_id
     return gen
+
+
+def _heldout(src: Source) -> dict:
+    """Which held-out rows verification sampled (verify.sample_texts draws from them first)."""
+    rd = RunDir(src.run_dir) if src.run_dir else None
+    rows = rd.heldout_rows() if rd else []
+    return {"heldout": str(rd.heldout_path) if rows else None, "heldout_rows": len(rows)}
 
 
 def save_merged(model: Any, tok: Any, out: Path, *, dtype: str, src: Source, base_dir: str | None) -> dict:
@@ -262,7 +270,8 @@ def save_merged(model: Any, tok: Any, out: Path, *, dtype: str, src: Source, bas
         (out / "chat_template.jinja").write_text(tok.chat_template, encoding="utf-8")
     info = {"base_model": src.base, "source": str(src.path), "run": str(src.run_dir) if src.run_dir else None,
             "method": src.method, "dtype": dtype, "eos_token_ids": gen.eos_token_id,
-            "system_prompt": src.run.get("system_prompt")}
+            "system_prompt": src.run.get("system_prompt"), "chat_template": src.run.get("chat_template"),
+            **_heldout(src)}
     (out / "ft_merge.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 

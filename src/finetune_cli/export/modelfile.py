@@ -46,7 +46,7 @@ def _quote(s: str) -> str:
 
 
 def modelfile_text(gguf_name: str, tok: Any, system: str | None) -> tuple[str, str | None]:
-    from ..train.template import eos_token_ids
+    from ..chat_template import eos_token_ids
 
     family = template_family(tok)
     lines = [f"# Ollama Modelfile written by ft merge: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]

@@ -44,12 +44,11 @@ BUILTIN_CHATS = [
 
 def sample_texts(tok: Any, *, run_dir: Path | None = None, n: int = 8, system: str | None = None) -> list[str]:
     """Rendered conversations: the run's held-out rows when it has them, else built-in chats."""
-    from ..jsonl import read_rows
+    from ..rundir import RunDir
 
     chats: list[list[dict]] = []
-    held = run_dir / "heldout.jsonl" if run_dir else None
-    if held is not None and held.is_file():
-        for _, row in read_rows(held, on_error="skip"):
+    if run_dir is not None:
+        for row in RunDir(run_dir).heldout_rows():
             msgs = row.get("messages")
             if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "content" in m for m in msgs):
                 chats.append([{"role": m.get("role", "user"), "content": str(m["content"])} for m in msgs])

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError, DataError
+from ..rundir import RunDir
 
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -70,9 +71,8 @@ def read_source(path: str, eval_dir: str | None = None) -> Source:
         src.kind = "merged"
         src.merge = _json(p / "ft_merge.json")
         src.model_dir = p if (p / "config.json").is_file() else None
-        run = src.merge.get("run")
-        if run and (Path(run) / "run.json").is_file():
-            src.run_dir = Path(run)
+        rd = RunDir.find(p)  # the run ft_merge.json names, when it is still there
+        src.run_dir = rd.path if rd else None
     elif (p / "gguf").is_dir() or any(p.glob("*.gguf")):
         src.kind = "gguf"
     elif (p / "adapter_config.json").is_file():
@@ -82,7 +82,7 @@ def read_source(path: str, eval_dir: str | None = None) -> Source:
                           hint="a run has run.json, a merged model ft_merge.json, an export gguf/*.gguf")
     if src.run_dir:
         rd = src.run_dir
-        src.run = _json(rd / "run.json")
+        src.run = RunDir(rd).record()
         src.config = _json(rd / "config.json") if (rd / "config.json").is_file() else {}
         src.data = _json(rd / "data.json") if (rd / "data.json").is_file() else {}
         if src.kind == "run" and (rd / "adapter" / "adapter_config.json").is_file():

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..models import default_dtype, quiet_hf, refuse_remote_code, resolve_model
 from . import distributed
 from .config import TrainConfig
-from .template import PadEos, prepare_model_and_tokenizer
+from ..chat_template import PadEos, prepare_model_and_tokenizer
 
 
 @dataclass
@@ -136,12 +136,12 @@ def _wrap_peft(cfg: TrainConfig, model, tok, added: list[str], gc: bool):
                 task_type="CAUSAL_LM", use_dora=cfg.method == "dora", use_rslora=cfg.method == "rslora",
                 target_modules="all-linear" if targets == ["all-linear"] else targets)
     emb_name, out_name = _embedding_names(model)
-    if added and cfg.train_embeddings == "new":
+    if added and cfg.embeddings_trained == "new":
         ids = sorted(tok.convert_tokens_to_ids(added))
         lora["trainable_token_indices"] = {emb_name.rsplit(".", 1)[-1]: ids}
         if out_name:
             lora["trainable_token_indices"][out_name.rsplit(".", 1)[-1]] = ids
-    elif cfg.train_embeddings == "all" and added:
+    elif cfg.embeddings_trained == "all" and added:
         lora["modules_to_save"] = [n.rsplit(".", 1)[-1] for n in (emb_name, out_name) if n]
     try:
         peft_model = get_peft_model(model, LoraConfig(**lora))
@@ -206,12 +206,12 @@ def varlen_attention(model) -> bool:
 
 def training_kernels(device: str, varying_lengths: bool):
     """On CUDA, keep SDPA off its cuDNN backend when batches differ in length: cuDNN builds a new plan for
-    every new sequence length (see evaluate/generate.py). Measured on an H100 (1B shapes, chats of 50–600
+    every new sequence length (see attention.py). Measured on an H100 (1B shapes, chats of 50–600
     tokens, 8 a batch, transformers + peft): 3,764 effective tokens/s with cuDNN, 10,040 without. Batches of
     one length (text chunks) keep SDPA's own choice."""
     from contextlib import nullcontext
 
-    from ..evaluate.generate import attention_kernels
+    from ..attention import attention_kernels
 
     return attention_kernels(device) if varying_lengths else nullcontext()
 

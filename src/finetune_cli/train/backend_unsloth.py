@@ -23,7 +23,7 @@ from ..models import refuse_remote_code, resolve_model
 from . import backend_hf
 from .backend_hf import Setup
 from .config import TrainConfig
-from .template import prepare_model_and_tokenizer
+from ..chat_template import prepare_model_and_tokenizer
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -76,9 +76,9 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     if cfg.method != "full":
         targets = LLAMA_LINEAR if cfg.target_modules == ["all-linear"] else cfg.target_modules
         extra: dict[str, Any] = {}
-        if added and cfg.train_embeddings == "all":
+        if added and cfg.embeddings_trained == "all":
             extra["modules_to_save"] = ["embed_tokens", "lm_head"]
-        elif added and [t for t in added if t != pad_eos.pad_token] and cfg.train_embeddings == "new":
+        elif added and [t for t in added if t != pad_eos.pad_token] and cfg.embeddings_trained == "new":
             extra["trainable_token_indices"] = {"embed_tokens": sorted(tok.convert_tokens_to_ids(added)),
                                                 "lm_head": sorted(tok.convert_tokens_to_ids(added))}
         model = FastLanguageModel.get_peft_model(

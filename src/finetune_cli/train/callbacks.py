@@ -10,7 +10,7 @@ import math
 import time
 
 from ..errors import TrainingError
-from .records import RunDir, is_main
+from ..rundir import RunDir, is_main
 
 
 def peak_mem_gib() -> float:

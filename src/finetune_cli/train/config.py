@@ -130,12 +130,8 @@ class TrainConfig:
         errors = []
         if self.resume and not self.name:
             errors.append("option --resume needs --name (the run to continue)")
-        if self.val_file and self.val_split:
-            self.val_split = 0.0  # a file wins; the split default would otherwise drop training rows
         if self.early_stopping and not (self.val_file or self.val_split):
             errors.append("option --early-stopping needs validation data (--val-split or --val-file)")
-        if self.method == "full" and self.train_embeddings == "new":
-            self.train_embeddings = "all"  # full fine-tuning trains every row anyway
         if self.fsdp and self.method == "qlora":
             errors.append("option --fsdp does not shard 4-bit QLoRA weights (bitsandbytes): use --method lora, "
                           "or QLoRA without --fsdp (DDP)")
@@ -148,6 +144,18 @@ class TrainConfig:
             errors.append("option --chunk-overlap must be smaller than --chunk-tokens")
         if errors:
             raise ConfigError("\n".join(errors))
+
+    # derived values: computed, never written back, so config.json's values are what the user set
+
+    @property
+    def held_out_share(self) -> float:
+        """--val-split, or 0 with --val-file (a file wins; the split default would otherwise drop training rows)."""
+        return 0.0 if self.val_file else self.val_split
+
+    @property
+    def embeddings_trained(self) -> str:
+        """--train-embeddings; full fine-tuning trains every row anyway ("new" means "all" there)."""
+        return "all" if self.method == "full" and self.train_embeddings == "new" else self.train_embeddings
 
     @property
     def lora_alpha(self) -> float:

@@ -8,7 +8,7 @@
 ft invents no distribution of its own: every process runs the same recipe (``run.py``) and the stock
 Trainer (accelerate) gives each process its share of every batch and averages the gradients, so the
 effective batch is ``--batch-size × --grad-accum × processes``. Only rank 0 writes records, checkpoints'
-shared files and prints (``records.is_main``); the other ranks report nothing but errors. Without CUDA
+shared files and prints (``rundir.is_main``); the other ranks report nothing but errors. Without CUDA
 the processes talk over gloo on CPU, which is how the tests run this path.
 """
 
@@ -92,7 +92,7 @@ def join() -> None:
     # without device_ids (the Trainer's at each checkpoint) then needs no guess, and torch no warning
     bound = {} if cpu else {"device_id": torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))}
     PartialState(cpu=cpu, **bound)
-    from .records import is_main
+    from ..rundir import is_main
 
     if not is_main():
         import warnings

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, TrainingError
 from .data import Inputs, chunk_tokens, document_title
-from .template import assistant_only_labels
+from ..chat_template import assistant_only_labels
 
 
 @dataclass

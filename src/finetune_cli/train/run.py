@@ -17,10 +17,9 @@ import dataclasses
 import importlib.util
 import math
 import time
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..config import text_or_file, to_dict
+from ..config import config_record, sources_of, text_or_file, to_dict
 from ..errors import ConfigError, TrainingError
 from ..files import umask_modes
 from ..ui import Reporter
@@ -29,7 +28,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
 from .examples import check_truncation, drop_system, masking_stats, split_val, token_batches, tokenize_inputs
-from .records import RunDir, is_main, library_versions, now
+from ..rundir import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
 # does, and is checked against run.json whichever way the processes were launched)
@@ -71,12 +70,6 @@ def _backend(name: str):
 
         return backend_hf
     return importlib.import_module(f"finetune_cli.train.backend_{name}")
-
-
-def _source(cfg: TrainConfig, name: str) -> str:
-    f = next(f for f in fields(cfg) if f.name == name)
-    default = f.default if f.default is not MISSING else None
-    return "default" if getattr(cfg, name) == default else "set"
 
 
 def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> tuple[Path, list[str]]:
@@ -128,7 +121,8 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
                 eval_steps: int, n_train: int, n_val: int, padding_free: str, system: str | None,
                 processes: int = 1, no_system: int = 0, effective_batch: int = 0) -> None:
     pe = setup.pad_eos
-    s = lambda k: "" if _source(cfg, k) == "set" else " (default)"  # noqa: E731
+    sources = sources_of(cfg)
+    s = lambda k: " (default)" if sources[k] == "default" else ""  # noqa: E731
     lines = [
         f"ft train: {name} → {path}",
         f"  model      {cfg.model} → {setup.base_model} · {setup.device} {setup.dtype} · attention {setup.attn}",
@@ -162,7 +156,7 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
                         f"examples per micro-batch"))
     lines += [f"  fixed      {c}" for c in pe.changes]
     if setup.added_tokens:
-        lines.append(f"  added      {', '.join(setup.added_tokens)} (embeddings resized; train: {cfg.train_embeddings})")
+        lines.append(f"  added      {', '.join(setup.added_tokens)} (embeddings resized; train: {cfg.embeddings_trained})")
     lines += [
         f"  data       {stats['examples']} examples ({n_train} train / {n_val} val) · {stats['tokens']:,} tokens · "
         f"length p50 {stats['length']['p50']} / p95 {stats['length']['p95']} / max {stats['length']['max']} · "
@@ -247,7 +241,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
     if val_from_file:
         train, val = examples, [e for e in tokenize_inputs(tok, val_inputs, **tok_args) if e.trainable]
     else:
-        train, val = split_val(examples, cfg.val_split, cfg.seed)
+        train, val = split_val(examples, cfg.held_out_share, cfg.seed)
     train, no_system = drop_system(tok, train, cfg.system_dropout, cfg.seed, max_len=cfg.max_len,
                                    train_on=cfg.train_on)
     # one pass over the data's examples as trained (after --system-dropout; --val-file rows are not the
@@ -280,14 +274,12 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
 
     # ---- records
     created = rd.read().get("created", now())
-    rd.write_json("config.json", {"config": to_dict(cfg), "sources": {f.name: _source(cfg, f.name) for f in fields(cfg)},
-                                  "resolved": {"learning_rate": cfg.learning_rate, "lora_alpha": cfg.lora_alpha,
-                                               "total_steps": total, "eval_steps": eval_steps,
-                                               "logging_steps": logging_steps, "padding_free": padding_free,
-                                               "optimizer": setup.optimizer, "dtype": setup.dtype,
-                                               "gradient_checkpointing": setup.gradient_checkpointing,
-                                               "world_size": processes, "effective_batch_size": effective_batch,
-                                               "micro_batches_per_epoch": len(groups) if groups else None}})
+    rd.write_json("config.json", config_record(
+        cfg, learning_rate=cfg.learning_rate, lora_alpha=cfg.lora_alpha, held_out_share=cfg.held_out_share,
+        train_embeddings=cfg.embeddings_trained, total_steps=total, eval_steps=eval_steps,
+        logging_steps=logging_steps, padding_free=padding_free, optimizer=setup.optimizer, dtype=setup.dtype,
+        gradient_checkpointing=setup.gradient_checkpointing, world_size=processes,
+        effective_batch_size=effective_batch, micro_batches_per_epoch=len(groups) if groups else None))
     rd.write_json("data.json", {"files": inputs.files, "val_files": val_inputs.files, **stats,
                                 "train_rows": len(train), "val_rows": len(val),
                                 "train_rows_without_system": no_system})

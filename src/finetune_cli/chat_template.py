@@ -1,0 +1,252 @@
+"""Chat template, pad/EOS and assistant-only labels: the three places persona tunes silently break.
+
+    name, added = choose_template(tok, "auto")          # the model's own, else ChatML (tokens added)
+    info = setup_pad_eos(tok)                          # eos = the template's end of turn; pad ≠ eos
+    ids, labels = assistant_only_labels(tok, messages, max_len=2048)
+
+Labels come from the rendered text, not from guessing token patterns: for each assistant turn we
+render the conversation up to it with ``add_generation_prompt=True`` (the prompt) and up to and
+including it (prompt + turn). The difference is the turn; it is trained up to and including the
+template's end-of-turn token, and nothing after it (ChatML's trailing newline is not a label). A
+template whose renderings are not prefixes of each other is an error, never a silent full mask.
+
+Only the tokenizer is needed here: the tests run without torch models. Train, eval, merge/verify, GGUF,
+the Modelfile and ft model tiny all read templates through this module (a shared layer: it imports no
+command).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, TrainingError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# name -> (jinja, special tokens the template needs)
+TEMPLATES = {
+    "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"]),
+    "llama3": (LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+}
+_MARK = "\u2063ftMARK\u2063"
+# tokens a vocabulary reserves for later use: a pad token can take one without resizing embeddings
+_PAD_NAMES = re.compile(r"pad", re.I)
+_RESERVED_NAMES = re.compile(r"reserved|unused", re.I)
+
+
+def render(tok, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja errors, raise_exception() in templates
+        raise TrainingError(f"the chat template failed to render a conversation: {e}") from None
+
+
+def end_of_turn(tok) -> tuple[str, int] | None:
+    """The special token the template puts right after an assistant turn's text, if any."""
+    if not getattr(tok, "chat_template", None):
+        return None
+    text = render(tok, [{"role": "user", "content": "ping"}, {"role": "assistant", "content": _MARK}])
+    if _MARK not in text:
+        return None
+    suffix = text.split(_MARK, 1)[1]
+    if not suffix:
+        return None
+    ids = tok(suffix, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return None
+    first = ids[0]
+    token = tok.convert_ids_to_tokens(first)
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    if first not in special or not suffix.startswith(token):
+        return None
+    return token, first
+
+
+def eos_token_ids(tok) -> list[int]:
+    """Ids that end a reply: the template's end of turn, then the tokenizer's EOS."""
+    ids = []
+    eot = end_of_turn(tok)
+    if eot:
+        ids.append(eot[1])
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
+def choose_template(tok, choice: str = "auto") -> tuple[str, list[str]]:
+    """Install the chat template to train with; returns (name, special tokens added to the vocabulary).
+
+    ``auto``: the model's own template, else ChatML. ``model``: the model's own (an error if none).
+    ``chatml``/``llama3``: a built-in one. ``@file``: a Jinja file.
+    """
+    if choice in ("auto", "model"):
+        if getattr(tok, "chat_template", None):
+            return "model", []
+        if choice == "model":
+            raise ConfigError("option --chat-template model: this model has no chat template",
+                              hint="use --chat-template chatml or @template.jinja")
+        choice = "chatml"
+    if choice.startswith("@"):
+        p = Path(choice[1:])
+        if not p.is_file():
+            raise ConfigError(f"option --chat-template: no such file {str(p)!r}")
+        tok.chat_template = p.read_text(encoding="utf-8")
+        return p.name, []
+    if choice not in TEMPLATES:
+        raise ConfigError(f"option --chat-template: unknown template {choice!r}",
+                          hint="auto, model, chatml, llama3 or @file.jinja")
+    jinja, needed = TEMPLATES[choice]
+    vocab = tok.get_vocab()
+    missing = [t for t in needed if t not in vocab]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    tok.chat_template = jinja
+    return choice, missing
+
+
+@dataclass
+class PadEos:
+    """What ``setup_pad_eos`` found and changed (printed at start, saved in run.json)."""
+
+    eos_token: str
+    eos_id: int
+    pad_token: str
+    pad_id: int
+    end_of_turn: str | None
+    changes: list[str] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)
+
+
+def prepare_model_and_tokenizer(model, tok, choice: str = "auto") -> tuple[str, list[str], PadEos]:
+    """What both backends do to a model they loaded: the chat template and pad ≠ eos set on the
+    tokenizer, the embeddings grown for the tokens that added (new rows at the mean of the old), and
+    the model's config and generation config told the pad and EOS ids. Returns (template, tokens
+    added, pad/EOS)."""
+    template, added = choose_template(tok, choice)
+    pad_eos = setup_pad_eos(tok)
+    added = added + pad_eos.added_tokens
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok), mean_resizing=True)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = [tok.eos_token_id]
+    return template, added, pad_eos
+
+
+def _free_reserved_token(tok, taken: set[int]) -> tuple[str, int] | None:
+    """An existing special token the template never emits, preferably one named like a pad."""
+    specials = [(t.content, i) for i, t in sorted(tok.added_tokens_decoder.items()) if t.special]
+    free = [(t, i) for t, i in specials if i not in taken]
+    for pattern in (_PAD_NAMES, _RESERVED_NAMES):
+        for t, i in free:
+            if pattern.search(t):
+                return t, i
+    return None
+
+
+def setup_pad_eos(tok) -> PadEos:
+    """Make EOS the template's end-of-turn token and give the tokenizer a pad distinct from both.
+
+    Pad == EOS is the classic "never stops" bug: collators mask pad ids out of the labels, so EOS
+    is never learned. We pick an unused reserved token where the vocabulary has one, else add one.
+    """
+    changes: list[str] = []
+    added: list[str] = []
+    eot = end_of_turn(tok)
+    if eot is not None and tok.eos_token_id != eot[1]:
+        changes.append(f"eos {tok.eos_token!r} → {eot[0]!r} (the template's end of turn)")
+        tok.eos_token = eot[0]
+    if tok.eos_token_id is None:
+        raise TrainingError("the tokenizer has no EOS token and the chat template has no end-of-turn token",
+                            hint="use --chat-template chatml")
+    stop_ids = set(eos_token_ids(tok))
+    if tok.pad_token_id is None or tok.pad_token_id in stop_ids:
+        old = tok.pad_token
+        template_ids = set()
+        if getattr(tok, "chat_template", None):
+            sample = render(tok, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                                  {"role": "assistant", "content": "a"}], add_generation_prompt=False)
+            template_ids = set(tok(sample, add_special_tokens=False)["input_ids"])
+        taken = stop_ids | template_ids | {tok.bos_token_id, tok.unk_token_id}
+        found = _free_reserved_token(tok, taken)
+        if found is None:
+            tok.add_special_tokens({"pad_token": "<|ft_pad|>"})
+            added.append("<|ft_pad|>")
+            how = "a new token"
+        else:
+            tok.pad_token = found[0]
+            how = "an unused reserved token"
+        why = "missing" if old is None else f"{old!r} equals EOS"
+        changes.append(f"pad {why} → {tok.pad_token!r} (id {tok.pad_token_id}, {how})")
+    return PadEos(eos_token=tok.eos_token, eos_id=tok.eos_token_id, pad_token=tok.pad_token,
+                  pad_id=tok.pad_token_id, end_of_turn=eot[0] if eot else None, changes=changes,
+                  added_tokens=added)
+
+
+def _trained_spans(tok, messages: list[dict], full: str, eot: str | None) -> list[tuple[int, int]]:
+    """Character spans of ``full`` to train on: each assistant turn through its end-of-turn token."""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(tok, messages[:i], add_generation_prompt=True)
+        upto = render(tok, messages[:i + 1])
+        if not upto.startswith(prompt) or not full.startswith(upto):
+            raise TrainingError(
+                f"the chat template breaks the prefix property at message {i}: the rendered prompt is not "
+                "a prefix of the rendered conversation, so assistant tokens cannot be located",
+                hint="use --chat-template chatml, or --train-on all")
+        start = len(prompt)
+        turn = upto[start:]
+        if eot is not None:
+            k = turn.rfind(eot)
+            if k < 0:
+                raise TrainingError(f"the chat template does not end assistant message {i} with {eot!r}")
+            end = start + k + len(eot)
+        else:  # no end-of-turn token in the template: EOS is appended by the caller
+            end = len(upto)
+        spans.append((start, end))
+    return spans
+
+
+def assistant_only_labels(tok, messages: list[dict], *, max_len: int, train_on: str = "assistant"
+                          ) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` for one conversation; labels are -100 except the trained tokens.
+
+    ``train_on="assistant"``: assistant turns and their end-of-turn token. ``"all"``: every token.
+    Truncated to ``max_len`` tokens.
+    """
+    eot = end_of_turn(tok)
+    full = render(tok, messages)
+    spans = _trained_spans(tok, messages, full, eot[0] if eot else None) if train_on == "assistant" else \
+        [(0, len(full))]
+    if eot is None:  # a template without an end-of-turn token: end the conversation with EOS
+        full += tok.eos_token
+        spans[-1] = (spans[-1][0], len(full))
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [-100] * len(ids)
+    s = 0
+    for j, (a, _b) in enumerate(offsets):
+        while s < len(spans) and a >= spans[s][1]:
+            s += 1
+        if s < len(spans) and spans[s][0] <= a < spans[s][1]:
+            labels[j] = ids[j]
+    return ids[:max_len], labels[:max_len]
+
