@@ -24,8 +24,9 @@ MODEL ?= smollm2-135m
 unexport MODEL
 RUN ?= $(PERSONA)-$(notdir $(MODEL))
 GGUF ?= q8_0,q4_k_m
-# ft eval --fail-if: a condition that holds for the tuned model (base exempt) stops the chain before export.
-GATES ?= eos_rate<0.95,loop_rate>0.02,leak_rate>0
+# ft eval --fail-if: a condition that holds for the tuned model (base exempt) stops the chain before export;
+# greedy: the decoding most servers and chat UIs default to.
+GATES ?= greedy.eos_rate<0.95,greedy.loop_rate>0.02,greedy.leak_rate>0
 GEN_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
