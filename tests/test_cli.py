@@ -36,6 +36,12 @@ def test_root_help_and_version():
     assert r.exit_code == 0 and r.output.strip() == f"ft {__version__}"
 
 
+def test_shell_completion_script():
+    r = runner.invoke(app, ["--show-completion", "bash"])
+    assert r.exit_code == 0 and "complete -o default -F _ft_completion ft" in r.output
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
 @pytest.mark.parametrize("path", all_commands(), ids=lambda p: " ".join(p))
 def test_every_command_has_help_and_dry_run(path):
     r = runner.invoke(app, path + ["--help"])

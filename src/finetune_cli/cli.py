@@ -24,7 +24,7 @@ app = typer.Typer(
     name="ft",
     help="ft: collect → transform → fine-tune → evaluate → export open LLMs that talk in a voice.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

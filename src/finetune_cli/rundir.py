@@ -59,9 +59,12 @@ def _record(path: Path) -> dict:
     """A JSON record that must be there and must be an object."""
     if not path.is_file():
         raise DataError("missing run record", path=str(path))
-    data = read_json(path)
+    try:
+        data = read_json(path)
+    except DataError as e:  # half-written or hand-edited: one line naming the file, not a line number
+        raise DataError(f"unreadable run record ({e.reason})", path=str(path)) from None
     if not isinstance(data, dict):
-        raise DataError("run record is not a JSON object", path=str(path))
+        raise DataError("unreadable run record (not a JSON object)", path=str(path))
     return data
 
 
