@@ -23,8 +23,9 @@ TENSOR_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
 ARCHS = {  # test id -> make_tiny_model arguments and the template's end-of-turn token
     "qwen3": (dict(arch="qwen3", pre="qwen2", head_dim=128), "<|im_end|>"),
     "gemma3": (dict(arch="gemma3_text", template="gemma"), "<end_of_turn>"),
+    "phi3": (dict(arch="phi3", pre="gpt-2"), "<|im_end|>"),  # Phi-4's shape: phi3 with a byte-level BPE
 }
-GGUF_ARCH = {"qwen3": "qwen3", "gemma3": "gemma3"}
+GGUF_ARCH = {"qwen3": "qwen3", "gemma3": "gemma3", "phi3": "phi3"}
 
 
 def train_to_stop(path, *, steps: int = 80, **tiny):
@@ -165,14 +166,17 @@ def test_every_format_loads_and_stops_in_llama_cpp(trained, tmp_path):
     assert res["llama_cpp"] == "checked"
     for f in res["files"]:
         lc = f["llama_cpp"]
-        assert lc["status"] == "ok", f
+        assert lc["status"] == "ok", lc
         assert lc["tokenizer_agrees"], (f["type"], lc)
         assert lc["greedy_next_token_agreement"] == 1.0, (f["type"], lc)
         assert lc["stopped"] and lc["stop_token"] == end, (f["type"], lc["sample"])
         assert lc["sample"] == REPLY + end, f["type"]
         assert lc["kl"] < KL_GATE[f["type"]], (f["type"], lc["kl"])
         assert not f["flagged"]
-        assert GGUFReader(f["path"]).fields["general.architecture"].contents() == GGUF_ARCH[arch]
+        fields = GGUFReader(f["path"]).fields
+        assert fields["general.architecture"].contents() == GGUF_ARCH[arch]
+        # llama.cpp would give a "phi3" name Phi-3's SentencePiece token attributes and abort on this vocabulary
+        assert fields["general.name"].contents() == {"phi3": "phi_3-tiny"}.get(arch, f"{arch}-tiny")
     assert end in (tmp_path / "gguf" / "Modelfile").read_text()
 
 

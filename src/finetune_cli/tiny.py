@@ -119,7 +119,7 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, p
 
 def _config(arch: str, common: dict, head_dim: int | None):
     """The transformers config of a tiny ``arch``: the real architecture's config class, small shapes."""
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     if arch == "llama":
         return LlamaConfig(**common)
@@ -131,6 +131,8 @@ def _config(arch: str, common: dict, head_dim: int | None):
         hd = head_dim or 256  # global): what transformers' GGUF reader assumes; window 16 so tests cross it
         return Gemma3TextConfig(**{**common, "tie_word_embeddings": True}, head_dim=hd, query_pre_attn_scalar=hd,
                                 sliding_window=16)
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj; with a ChatML tokenizer it is shaped like Phi-4
+        return Phi3Config(**common)
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
@@ -140,7 +142,7 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
     """Save a random-weight causal LM and its tokenizer to ``path``; returns the path.
 
     ``arch``: llama, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads), gemma3_text
-    (tied embeddings, head_dim 256, sliding window 16)."""
+    (tied embeddings, head_dim 256, sliding window 16), phi3."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 

@@ -1,4 +1,4 @@
-"""A focused, offline HF -> GGUF converter for Llama 2/3, Mistral, SmolLM, Qwen2, Qwen3 and Gemma 3 (text).
+"""A focused, offline HF -> GGUF converter for Llama 2/3, Mistral, SmolLM, Qwen2/3, Gemma 3 (text), Phi-3/Phi-4.
 
     info = write_gguf(Path("merged/a"), Path("merged/a/gguf/model-q4_k_m.gguf"), "q4_k_m")
 
@@ -7,7 +7,8 @@ hyperparameters as ``{arch}.*`` keys; tensors renamed with gguf-py's ``TensorNam
 architecture the Q and K projections permuted from HF's rotate-half rope layout to llama.cpp's
 interleaved one (transformers' GGUF loader applies the inverse on load); Gemma 3's RMSNorm weights stored
 as ``1 + w`` (HF multiplies by ``1 + w``, llama.cpp by the stored weight), its key length, sliding window
-and per-layer sliding pattern, local rope base; the tokenizer as ``tokenizer.ggml.*`` (``gguf_vocab``:
+and per-layer sliding pattern, local rope base; Phi-3's fused qkv and gate_up tensors as they are (llama.cpp
+splits them at run time), its partial rope and original context length; the tokenizer as ``tokenizer.ggml.*`` (``gguf_vocab``:
 byte-level BPE, or SentencePiece-style BPE as llama.cpp's "llama" tokenizer with scores). Tensors stream
 from safetensors one at a time, so memory stays at one tensor.
 
@@ -32,7 +33,8 @@ from ..errors import ExportError
 from ..ui import NULL, Reporter
 
 # HF model_type -> llama.cpp arch
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
+         "phi3": "phi3"}
 FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
 # llama.cpp's fallback for rows that K-quant blocks (256) do not divide
 FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0", "Q5_0": "F16", "Q8_0": "F16"}
@@ -255,6 +257,24 @@ def _gemma3_keys(w: Any, config: dict, head_dim: int) -> None:
             w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
 
 
+def _llama_cpp_safe_name(name: str, model_dir: Path, reporter: Reporter) -> str:
+    """llama.cpp gives a model whose general.name contains "phi3" or "phi-3" Phi-3's token attributes and aborts
+    ("unordered_map::at") when the vocabulary lacks one of Phi-3's tokens: such a name is written as phi_3."""
+    low = name.lower()
+    if "phi3" not in low and "phi-3" not in low:
+        return name
+    tj = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    have = set(tj["model"]["vocab"]) | {a["content"] for a in tj.get("added_tokens", [])}
+    if {"</s>", "<unk>", "<s>", "<|endoftext|>"} <= have:
+        return name
+    import re
+
+    safe = re.sub(r"(?i)phi-?3", lambda m: m.group(0)[:3] + "_3", name)
+    reporter.warn(f"GGUF general.name {name!r} written as {safe!r}: llama.cpp treats names containing 'phi3' as "
+                  "Phi-3's vocabulary and refuses this one")
+    return safe
+
+
 def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter = NULL,
                name: str | None = None, keep_pre: str | None = None) -> dict:
     """Write ``out_path`` from the merged HF folder; returns types used, fallbacks and bytes.
@@ -274,7 +294,7 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
     tmp = out_path.with_name(out_path.name + ".part")
     w = gguf.GGUFWriter(str(tmp), arch)
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(name or model_dir.name)
+    w.add_name(_llama_cpp_safe_name(name or model_dir.name, model_dir, reporter))
     w.add_context_length(config.get("max_position_embeddings", 2048))
     w.add_embedding_length(config["hidden_size"])
     w.add_block_count(config["num_hidden_layers"])
@@ -283,13 +303,19 @@ def write_gguf(model_dir: Path, out_path: Path, kind: str, *, reporter: Reporter
     w.add_head_count_kv(config.get("num_key_value_heads") or n_head)
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(config["vocab_size"])
-    w.add_rope_dimension_count(head_dim)
+    rope_pct = (config.get("rope_parameters") or {}).get("partial_rotary_factor",
+                                                         config.get("partial_rotary_factor", 1.0))
+    w.add_rope_dimension_count(int(rope_pct * head_dim))
     if head_dim != config["hidden_size"] // n_head or arch == "gemma3":
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     rope_freqs = _rope_keys(w, arch, config, head_dim)
     if arch == "gemma3":
         _gemma3_keys(w, config, head_dim)
+    if arch == "phi3":  # as llama.cpp's converter: 0 says "no sliding window" (Phi-4)
+        w.add_rope_scaling_orig_ctx_len(int(config.get("original_max_position_embeddings")
+                                            or config.get("max_position_embeddings", 4096)))
+        w.add_sliding_window(int(config.get("sliding_window") or 0))
     w.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[kind])))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tok_info = add_tokenizer(w, model_dir, config["vocab_size"], reporter, config=config, keep_pre=keep_pre)
