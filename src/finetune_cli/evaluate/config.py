@@ -65,7 +65,8 @@ class EvalConfig:
     seed: int = opt(0, "Sampling seed (the same for every candidate).", panel=G)
     decoding: list[str] = opt(list(DECODINGS), "Decodings, each generated for every candidate × condition: "
                                                "greedy (what most servers and chat UIs default to), sample "
-                                               "(--temperature, --top-p, --seed).", choices=DECODINGS, panel=G)
+                                               "(--temperature, --top-p, --seed). Comma-separated or repeated: "
+                                               "greedy,sample.", panel=G)
     batch_size: int = opt(16, "Prompts generated together (left-padded).", ge=1, panel=G)
     device: str = opt("auto", "Where to run: auto (CUDA when present), cpu, cuda.",
                       choices=("auto", "cpu", "cuda"), panel=G)
@@ -123,8 +124,10 @@ class EvalConfig:
                 re.compile(self.format_regex)
             except re.error as e:
                 raise ConfigError(f"option --format-regex: not a valid regex ({e})") from None
-        if not self.decoding:
-            raise ConfigError("option --decoding: pick at least one of greedy, sample")
+        self.decoding = [d.strip() for item in self.decoding for d in item.split(",") if d.strip()]
+        if not self.decoding or any(d not in DECODINGS for d in self.decoding):
+            raise ConfigError(f"option --decoding: {','.join(self.decoding) or 'nothing'}: pick from greedy, sample",
+                              hint="e.g. --decoding greedy,sample")
         for g in parse_gates(self.fail_if):
             if g.decoding and g.decoding not in self.decoding:
                 raise ConfigError(f"option --fail-if: {g} names decoding {g.decoding!r}, which is not measured",
