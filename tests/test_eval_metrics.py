@@ -157,6 +157,8 @@ def test_gates_against_the_base_and_findings():
                "tuned": {"system": {"distinct_2": 0.55, "eos_rate": 1.0, "near_copy_rate": 0.0},
                          "no_system": {"distinct_2": 0.58, "near_copy_rate": 0.1}}}
     kinds = {"base": "base", "tuned": "adapter"}
+    # results per decoding, as ft eval holds them (by_source: per prompt group, none here)
+    results = {"sample": {"results": results, "by_source": {c: {k: {} for k in v} for c, v in results.items()}}}
     cfg = EvalConfig(base="b", fail_if="distinct_2<base, eos_rate<base+0.5")
     failed = {(f["condition"], f["gate"]): f for f in check_gates(cfg, results, kinds)["failed"]}
     assert set(failed) == {("no_system", "distinct_2<base"), ("no_system", "eos_rate<base+0.5")}
