@@ -97,6 +97,21 @@ def test_merge_gguf_end_to_end(run256, tmp_path):
     assert files["q4_k_m"]["tensor_types"]["Q4_K"] >= 10 and files["q4_k_m"]["tensor_types"]["Q6_K"] >= 2
     assert files["q4_k_m"]["bytes"] < files["q8_0"]["bytes"] < files["f16"]["bytes"]
     assert any(f["path"].endswith("model-q4_k_m.gguf") and f["bytes"] > 0 for f in out["files"])
+    # the paths reported (and kept in gguf/ft_gguf.json) are where the files were published
+    from pathlib import Path
+
+    assert all(Path(g["path"]).is_file() for g in files.values()) and Path(out["gguf"]["modelfile"]).is_file()
+    kept = json.loads((tmp_path / "m" / "gguf" / "ft_gguf.json").read_text())
+    assert kept["files"][0]["path"].startswith(str(tmp_path / "m" / "gguf"))
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp"):  # the real consumer agrees (tests/test_gguf_llama_cpp.py goes further)
+        for g in files.values():
+            lc = g["llama_cpp"]
+            assert lc["status"] == "ok" and lc["tokenizer_agrees"] and lc["kl"] < 0.1, (g["type"], lc)
+        assert files["f16"]["llama_cpp"]["top1_agreement"] == 1.0
+    else:
+        assert out["gguf"]["llama_cpp"].startswith("skipped: llama-cpp-python is not installed")
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     r = GGUFReader(str(tmp_path / "m" / "gguf" / "model-q4_k_m.gguf"))

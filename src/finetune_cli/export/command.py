@@ -172,6 +172,17 @@ def _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device) -> dict:
     return result
 
 
+def _retarget(obj, tmp: Path, out: Path):
+    """``obj`` with every path under the temporary folder pointed at where it is published."""
+    if isinstance(obj, dict):
+        return {k: _retarget(v, tmp, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_retarget(v, tmp, out) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(tmp)):
+        return str(out) + obj[len(str(tmp)):]
+    return obj
+
+
 def _source_pre(src) -> str | None:
     """The pre-tokenizer name of the GGUF the base model was dequantized from, if it was (kept as it was)."""
     import json
@@ -216,6 +227,7 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
                                              name=src.run.get("name") or out.name, keep_pre=_source_pre(src))
                 from ..jsonl import write_json_atomic
 
+                result["gguf"] = _retarget(result["gguf"], tmp, out)  # paths as published, not the temporary folder
                 write_json_atomic(tmp / "gguf" / "ft_gguf.json", result["gguf"])  # drift figures, for ft card
         from ..config import config_record
         from ..jsonl import write_json_atomic

@@ -137,7 +137,7 @@ def _llama_cpp(path: Path, tok: Any, reference: Any, max_new: int, reporter: Rep
 
 def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list[str], max_kl: float = 0.1,
                 system: str | None = None, reporter: Reporter = NULL, name: str | None = None,
-                keep_pre: str | None = None, max_new: int = 48) -> dict:
+                keep_pre: str | None = None, max_new: int = 128) -> dict:
     """Write, reload (transformers and llama.cpp), generate, measure drift, flag; then a Modelfile for the
     smallest file that passed. ``name``: general.name; ``keep_pre``: the source GGUF's pre-tokenizer name."""
     from . import llama_cpp

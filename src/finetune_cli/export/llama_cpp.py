@@ -66,7 +66,7 @@ def _capture_log() -> None:
 
 
 @contextmanager
-def _no_weight_repacking():
+def no_weight_repacking():
     """Load without llama.cpp's extra CPU buffer types (weights repacked for AMX / AVX-512 kernels). They only
     change the layout, not the numbers, and their AMX path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on
     virtual machines that report AMX without enabling it, as ft's own CI machines do."""
@@ -93,7 +93,7 @@ def load(path: Path, n_ctx: int = 1024) -> Any:
 
     _capture_log()
     try:
-        with _no_weight_repacking():
+        with no_weight_repacking():
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
                          n_threads=os.cpu_count() or 1, n_batch=min(n_ctx, 512))
     except ValueError as e:
