@@ -116,3 +116,55 @@ def test_a_prompt_past_the_context_is_cut_at_its_start_and_finishes_fast(chatml)
     assert tok.decode(ids).endswith("boat Fit like?<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(ConfigError, match="--max-new-tokens"):
         generate(model, tok, [PROMPTS[0]], eos_ids=[tok.eos_token_id], max_new_tokens=ctx)
+
+
+def _with_adapter(path, seed=0):
+    """The tiny model under a LoRA adapter whose B is non-zero (a fresh adapter is the identity)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _load(path)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return peft.eval(), tok
+
+
+def test_adapter_merged_in_memory_gives_the_unmerged_greedy_tokens(tiny_model):
+    from finetune_cli.evaluate.generate import merge_lora_for_inference
+
+    model, tok = _with_adapter(tiny_model)
+    base, _ = _load(tiny_model)
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    unmerged = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=5)
+    assert unmerged != generate(base, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=5)  # it matters
+    merged, info = merge_lora_for_inference(model)
+    assert info["adapter"] == "merged" and info["max_logit_diff"] < 1e-3
+    assert not hasattr(merged, "peft_config") and "lora" not in " ".join(n for n, _ in merged.named_modules())
+    assert generate(merged, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=5) == unmerged
+
+
+def test_merge_falls_back_when_logits_differ_or_several_adapters(tiny_model):
+    from finetune_cli.evaluate.generate import merge_lora_for_inference
+
+    model, _ = _with_adapter(tiny_model)
+    same, info = merge_lora_for_inference(model, rtol=0.0)  # no rounding allowed: fp32 merging rounds a little
+    assert same is model and info["adapter"] == "unmerged" and "differ" in info["reason"]
+    assert not any(getattr(m, "merged", False) for m in model.modules())  # unmerged again
+    model.add_adapter("second", model.peft_config["default"])
+    assert merge_lora_for_inference(model)[1] == {"adapter": "unmerged", "reason": "several adapters share the base"}
+    base, _ = _load(tiny_model)
+    assert merge_lora_for_inference(base) == (base, {"adapter": None})
+
+
+def test_static_cache_and_auto_batch_give_the_same_greedy_tokens(chatml):
+    model, tok = chatml
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    plain = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=2)
+    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=2, static_cache=True) == plain
+    # --compile on CPU: the static cache, nothing compiled
+    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=0, compile=True) == plain
+    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=0) == plain

@@ -8,6 +8,12 @@ Prompts are rendered with the model's chat template (the one saved with the adap
 length so a batch holds prompts of similar length, left-padded, and generated together; results
 come back in input order. Generation stops on any of ``eos_ids`` (the template's end-of-turn token
 and the tokenizer's EOS). Greedy batched generation equals one-prompt-at-a-time generation (tested).
+
+Speed (issue 21): ``batch_size=0`` sizes the batch from the prompt count and, on CUDA, the free memory
+(``auto_batch_size``); ``merge_lora_for_inference`` folds an unquantized LoRA adapter into its base in memory
+when the logits agree (peft's unmerged layers cost several kernel launches each per step); ``compile=True``
+decodes with a static KV cache and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) on CUDA, and
+``static_cache=True`` alone gives the same greedy tokens as the default dynamic cache (tested on CPU).
 """
 
 from __future__ import annotations
@@ -66,11 +72,88 @@ def _trim(ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
+CPU_BATCH = 16  # on CPU a bigger batch buys little and pads more
+MAX_BATCH = 512
+
+
+def auto_batch_size(model, n_prompts: int, max_tokens: int) -> int:
+    """Rows per batch for ``n_prompts`` prompts of at most ``max_tokens`` tokens (prompt + reply): all of
+    them on CUDA while their KV cache, last-position logits and prefill activations fit in half the free
+    memory, else as many as do; ``CPU_BATCH`` elsewhere."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return max(1, min(n_prompts, CPU_BATCH))
+    c = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers, hidden = c.num_hidden_layers, c.hidden_size
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    inter = getattr(c, "intermediate_size", None) or 4 * hidden
+    elem = next(model.parameters()).element_size()
+    per_row = (2 * layers * kv * head_dim * max_tokens * elem       # K and V for every position
+               + max_tokens * (3 * inter + 6 * hidden) * elem       # one layer's prefill activations
+               + 3 * c.vocab_size * 4)                               # fp32 logits, scores and probabilities
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(n_prompts, MAX_BATCH, int(free * 0.5) // per_row))
+
+
+def _quantized(model) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        return "the base is loaded in 4/8 bits"
+    if getattr(base, "hf_quantizer", None) is not None or getattr(base.config, "quantization_config", None):
+        return "the base is quantized"
+    return None
+
+
+def merge_lora_for_inference(model, *, rtol: float | None = None) -> tuple[Any, dict]:
+    """``(model, info)``: a peft model with one LoRA adapter folded into its base weights in memory (the
+    adapter's layers gone, so a decoding step launches what the base's does), when the base is not quantized
+    and the merged logits on a probe equal the unmerged ones within ``rtol`` of their largest magnitude
+    (default: 1e-4 in float32, 3e-2 in 16-bit, where merging rounds ``W + BA`` once instead of adding two
+    rounded products). Otherwise the model comes back unchanged; ``info["adapter"]`` says which ("merged" or
+    "unmerged", with ``reason``) for the run record. The files on disk are never touched."""
+    import torch
+
+    if not hasattr(model, "peft_config"):
+        return model, {"adapter": None}
+    if len(model.peft_config) != 1:
+        return model, {"adapter": "unmerged", "reason": "several adapters share the base"}
+    why = _quantized(model)
+    if why:
+        return model, {"adapter": "unmerged", "reason": why}
+    param = next(model.parameters())
+    if rtol is None:
+        rtol = 1e-4 if param.dtype == torch.float32 else 3e-2
+    vocab = model.get_input_embeddings().weight.shape[0]
+    probe = (torch.arange(1, 33, device=param.device) * 7919 % vocab).unsqueeze(0)
+    with torch.inference_mode():
+        before = model(input_ids=probe).logits.float()
+        try:
+            model.merge_adapter()
+        except (ValueError, RuntimeError, NotImplementedError) as e:
+            return model, {"adapter": "unmerged", "reason": f"peft could not merge it ({str(e).splitlines()[0]})"}
+        after = model(input_ids=probe).logits.float()
+    diff = float((after - before).abs().max())
+    scale = float(before.abs().max()) or 1.0
+    info = {"max_logit_diff": round(diff, 6), "rtol": rtol}
+    if not diff <= rtol * scale:
+        model.unmerge_adapter()
+        return model, {"adapter": "unmerged", "reason": f"merged logits differ by {diff:.3g}", **info}
+    return model.unload(), {"adapter": "merged", **info}  # unload keeps the merged weights, drops LoRA
+
+
 def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              batch_size: int = 16, seed: int = 0,
-             on_batch: Callable[[int], Any] | None = None) -> list[Generation]:
-    """Generate one reply per prompt (a list of messages); ``temperature=0`` is greedy."""
+             on_batch: Callable[[int], Any] | None = None, static_cache: bool = False,
+             compile: bool = False) -> list[Generation]:
+    """Generate one reply per prompt (a list of messages); ``temperature=0`` is greedy.
+
+    ``batch_size=0``: ``auto_batch_size``. ``compile``: static KV cache and CUDA-graph decoding on CUDA (a
+    static cache alone elsewhere); ``static_cache``: the static cache without compiling."""
     import torch
     from transformers import GenerationConfig
 
@@ -86,12 +169,24 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
     budget = ctx - max_new_tokens if ctx is not None else 1 << 62
     fitted = [fit_prompt(tok, render_prompt(tok, m), budget) for m in prompts]
     order = sorted(range(len(fitted)), key=lambda i: -len(fitted[i][0]))
+    device = next(model.parameters()).device
+    if not batch_size:
+        longest = max((len(ids) for ids, _ in fitted), default=0)
+        batch_size = auto_batch_size(model, len(fitted), longest + max_new_tokens)
     sample = temperature > 0
+    cache: dict[str, Any] = {}
+    if static_cache or compile:
+        from transformers import CompileConfig
+
+        cache["cache_implementation"] = "static"
+        if compile and device.type == "cuda":
+            cache["compile_config"] = CompileConfig(mode="reduce-overhead")
+        else:
+            cache["disable_compile"] = True
     gcfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
         top_p=top_p if sample else None, top_k=None, repetition_penalty=repetition_penalty,
-        eos_token_id=list(eos_ids), pad_token_id=pad_id, bos_token_id=tok.bos_token_id)
-    device = next(model.parameters()).device
+        eos_token_id=list(eos_ids), pad_token_id=pad_id, bos_token_id=tok.bos_token_id, **cache)
     stop = set(eos_ids)
     results: list[Generation | None] = [None] * len(fitted)
     torch.manual_seed(seed)
@@ -157,6 +252,13 @@ def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(min(loss, 50.0))
+
+
+def _takes_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 class TokenStream:
@@ -229,9 +331,12 @@ class TokenStream:
         stop = set(self.eos_ids)
         shown = ""
         start = time.perf_counter()
+        # the prompt's logits but the last are never read: not computing them (vocab × prompt floats, 128k × n
+        # for a Llama-3 model) is most of what separates the first token from a bare streamer's
+        last = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
         with torch.inference_mode(), attention_kernels(device):
             for _ in range(self.max_new_tokens):
-                out = model(input_ids=step_input, past_key_values=past, use_cache=True)
+                out = model(input_ids=step_input, past_key_values=past, use_cache=True, **last)
                 past = out.past_key_values
                 scores = procs(seq, out.logits[:, -1, :].float())
                 if self.temperature > 0:
