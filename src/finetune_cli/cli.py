@@ -16,6 +16,7 @@ from .command import register
 from .evaluate import config as eval_config
 from .export import command as merge_command
 from .publish import config as publish_config
+from .pairs import PairsConfig
 from .rate.config import RateConfig
 from .train import records as train_records
 from .train.config import TrainConfig
@@ -53,6 +54,8 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 register(app, "train", TrainConfig, "train", _lazy(".train.run"),
          help="Fine-tune a model (LoRA/DoRA/rsLoRA/QLoRA/full) on conversations or text; writes runs/<name>/.")
+register(app, "pairs", PairsConfig, "pairs", _lazy(".pairs"),
+         help="Build DPO/ORPO preference pairs: chosen = the data's answer, rejected = the policy's, base's, a gate reject or a judged loser.")
 register(app, "runs", train_records.RunsConfig, "runs", train_records.run_runs,
          help="List training runs side by side: model, method, r/alpha, lr, data, steps, best eval loss, tokens/s.")
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
