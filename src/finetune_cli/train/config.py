@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ..config import opt
 from ..errors import ConfigError
 
-METHODS = ("lora", "dora", "rslora", "qlora", "full")
+METHODS = ("lora", "dora", "rslora", "qlora", "full", "dpo", "orpo")
+PREFERENCE = ("dpo", "orpo")
 
 
 @dataclass
@@ -26,7 +27,14 @@ class TrainConfig:
     model: str = opt(help="Base model: a local directory, a .gguf file, a Hugging Face id, `tiny` (random "
                           "weights, for smoke runs) or `smollm2-135m`.", short="-m", required=True, panel="Model")
     method: str = opt("lora", "Fine-tuning method: LoRA, DoRA (weight-decomposed), rsLoRA (rank-stabilized), "
-                              "QLoRA (4-bit base, CUDA only) or full fine-tuning.", choices=METHODS, panel="Model")
+                              "QLoRA (4-bit base, CUDA only), full fine-tuning, or a preference stage on "
+                              "ft pairs' data: DPO or ORPO (on a --adapter lora/dora, see --from).", choices=METHODS, panel="Model")
+    adapter: str = opt("lora", "--method dpo/orpo: the adapter trained (LoRA or DoRA).", choices=("lora", "dora"),
+                       panel="Model")
+    from_run: str | None = opt(None, "--method dpo/orpo: start from this SFT run's adapter (its base model, chat "
+                                     "template and tokenizer) instead of a fresh one.", flag="--from", panel="Model")
+    beta: float = opt(0.1, "--method dpo/orpo: DPO's beta (how far from the reference the policy may move; "
+                           "higher = closer) or ORPO's odds-ratio weight (lambda).", gt=0, panel="Model")
     backend: str = opt("auto", "Training backend: hf (transformers + peft, any device); unsloth (CUDA, also under "
                                "DDP); auto = unsloth where a CUDA GPU and the unsloth package are present and one "
                                "process trains, else hf.", choices=("auto", "hf", "unsloth"), panel="Model")
@@ -142,6 +150,10 @@ class TrainConfig:
                           "hold the longest example")
         if self.chunk_overlap >= self.chunk_tokens:
             errors.append("option --chunk-overlap must be smaller than --chunk-tokens")
+        if self.from_run and self.method not in PREFERENCE:
+            errors.append("option --from needs --method dpo or orpo")
+        if self.method in PREFERENCE and self.gpus > 1:
+            errors.append(f"option --method {self.method} trains in one process for now (--gpus 1)")
         if errors:
             raise ConfigError("\n".join(errors))
 
@@ -167,4 +179,6 @@ class TrainConfig:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.method in PREFERENCE:
+            return 5e-6 if self.method == "dpo" else 8e-6  # TRL's DPO/ORPO defaults: a nudge, not a new voice
         return 2e-5 if self.method == "full" else 2e-4

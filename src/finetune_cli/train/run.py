@@ -207,7 +207,12 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     # ---- setup
     processes = distributed.world_size()
     distributed.check(cfg, processes=processes)
-    backend = _backend(pick_backend(cfg.backend))  # before anything imports transformers (Unsloth)
+    backend_name = pick_backend(cfg.backend)  # before anything imports transformers (Unsloth)
+    if cfg.method in ("dpo", "orpo"):
+        from . import preference
+
+        return preference.run(cfg, reporter, backend_name)
+    backend = _backend(backend_name)
     distributed.join()
     try:
         return _run_joined(cfg, reporter, processes, backend)

@@ -1,0 +1,136 @@
+"""``ft train --method dpo|orpo`` on tiny random models: the margin rises on held-out pairs, the adapter reloads
+in plain peft with the same logits, ORPO runs, --from starts from the SFT adapter; weighted --data mixing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from finetune_cli.cli import app
+from test_train import ANS, QS, write_data
+
+FAST = ["--max-len", "96", "--batch-size", "4", "--grad-accum", "1", "--quiet", "--backend", "hf"]
+LOOP = "Aye, I'll tell ye the same thing, but I'll tell ye the same thing."
+
+
+def write_pairs(path: Path, n: int = 24) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            k = i % len(QS)
+            f.write(json.dumps({"prompt": [{"role": "system", "content": "Speak Doric."},
+                                           {"role": "user", "content": QS[k]}],
+                                "chosen": [{"role": "assistant", "content": ANS[k]}],
+                                "rejected": [{"role": "assistant", "content": LOOP}],
+                                "meta": {"id": f"p{i}"}}) + "\n")
+    return path
+
+
+def train(*args: str, code: int = 0):
+    res = CliRunner().invoke(app, ["train", *args])
+    assert res.exit_code == code, (res.output, res.exception)
+    return res
+
+
+def seq_logp(model, tok, prompt: list[dict], answer: str):
+    """Summed log-probability of the answer's tokens (its end-of-turn included) after the prompt."""
+    import torch
+
+    head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    ids = tok(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n = len(tok(head, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+    return lp[n - 1:].sum().item(), logits
+
+
+def margins(model, tok, pairs: list[dict]) -> float:
+    out = []
+    for p in pairs:
+        c, _ = seq_logp(model, tok, p["prompt"], p["chosen"][0]["content"])
+        r, _ = seq_logp(model, tok, p["prompt"], p["rejected"][0]["content"])
+        out.append(c - r)
+    return sum(out) / len(out)
+
+
+def test_dpo_raises_the_held_out_margin_and_reloads_in_plain_peft(tiny_model, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    train("--model", str(tiny_model), "--method", "dpo", "--data", str(pairs), "--max-steps", "12", "--lr", "5e-3",
+          "--val-split", "0.25", "--eval-steps", "6", "--name", "dpo", *FAST)
+    run = json.loads(Path("runs/dpo/run.json").read_text())
+    assert run["status"] == "completed" and run["method"] == "dpo" and run["adapter"] == "lora"
+    assert run["best_checkpoint"] and run["eval_margins"][-1] > run["eval_margins"][0]
+    held = json.loads(Path("runs/dpo/heldout_pairs.json").read_text())
+    assert len(held) == 6 and Path("runs/dpo/heldout.jsonl").is_file()
+    assert not Path("runs/dpo/adapter/ref").exists()  # TRL's frozen reference copy is not shipped
+
+    tok = AutoTokenizer.from_pretrained("runs/dpo/adapter")
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    before = margins(base, tok, held)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32),
+                                      "runs/dpo/adapter").eval()
+    after = margins(tuned, tok, held)
+    print(f"held-out chosen-over-rejected margin (nats): base {before:.3f} → DPO {after:.3f}")
+    assert after > before + 1.0
+
+    from finetune_cli.models import load_for_inference
+
+    loaded = load_for_inference("runs/dpo", device="cpu")
+    _, want = seq_logp(tuned, tok, held[0]["prompt"], "Aye.")
+    _, got = seq_logp(loaded.model, loaded.tokenizer, held[0]["prompt"], "Aye.")
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_orpo_runs_a_few_steps(tiny_model, tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 12)
+    train("--model", str(tiny_model), "--method", "orpo", "--adapter", "dora", "--data", str(pairs),
+          "--max-steps", "3", "--val-split", "0.25", "--name", "orpo", *FAST)
+    run = json.loads(Path("runs/orpo/run.json").read_text())
+    assert run["status"] == "completed" and run["global_step"] == 3 and run["adapter"] == "dora"
+    assert Path("runs/orpo/adapter/adapter_model.safetensors").is_file()
+
+
+def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_data(tmp_path / "sft.jsonl", 12)
+    train("--model", str(tiny_model), "--data", str(data), "--max-steps", "3", "--lr", "1e-2", "--val-split", "0",
+          "--name", "sft", *FAST)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
+    from finetune_cli.train import preference
+
+    seen = {}
+    real = preference._trainer
+
+    def spy(cfg, setup, model, *a, **kw):
+        seen["B"] = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_B.default" in k}
+        return real(cfg, setup, model, *a, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(preference, "_trainer", spy)
+    try:
+        train("--model", str(tiny_model), "--method", "dpo", "--from", "runs/sft", "--data", str(pairs),
+              "--max-steps", "1", "--val-split", "0", "--name", "dpo-from", *FAST)
+    finally:
+        mp.undo()
+    sft = load_file("runs/sft/adapter/adapter_model.safetensors")
+    sft_b = {k: v for k, v in sft.items() if "lora_B" in k}
+    assert sft_b and len(seen["B"]) == len(sft_b)
+    for k, v in sft_b.items():  # the DPO run began exactly where the SFT run ended
+        assert torch.equal(seen["B"][k.replace("lora_B.weight", "lora_B.default.weight")], v)
+    run = json.loads(Path("runs/dpo-from/run.json").read_text())
+    assert run["from_run"] == "runs/sft" and run["status"] == "completed"
+
+
+def test_from_without_a_preference_method_is_refused(tiny_model, tmp_path):
+    res = train("--model", str(tiny_model), "--from", "runs/x", "--data", "x.jsonl", code=2)
+    assert "--from needs --method dpo or orpo" in res.output
