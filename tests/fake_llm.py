@@ -56,6 +56,7 @@ class FakeLLM:
         self.reasoning = False  # answer as OpenAI's reasoning models: max_tokens and temperature refused
         self.topic_replies: dict[str, list[list[str]]] = {}  # group (as in the prompt) -> replies, in order
         self.doc_faults: dict[str, str] = {}  # a word of a passage -> how answers about it misbehave
+        self.judge = None  # (user message, rng) -> text: answers pairwise judge requests ("Reply 1:") instead
         self.counts: Counter = Counter()       # (needle, request hash) -> times seen
         self.served: Counter = Counter()       # behaviour -> responses
         self.requests = 0
@@ -221,6 +222,8 @@ class FakeLLM:
 
     def _text(self, system: str, messages: list[dict], rng: random.Random) -> str:
         last = str(messages[-1].get("content", "")) if messages else ""
+        if self.judge is not None and "Reply 1:" in last:
+            return self.judge(last, rng)
         if "<passage " in system or "<passage " in last:
             return self._doc_text(system, last, rng)
         if "You play the user" in system:

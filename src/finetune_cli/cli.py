@@ -18,6 +18,7 @@ from .export import command as merge_command
 from .publish import config as publish_config
 from .pairs import PairsConfig
 from .rate.config import RateConfig
+from .sweep.config import SweepConfig
 from .train import records as train_records
 from .train.config import TrainConfig
 
@@ -58,6 +59,8 @@ register(app, "pairs", PairsConfig, "pairs", _lazy(".pairs"),
          help="Build DPO/ORPO preference pairs: chosen = the data's answer, rejected = the policy's, base's, a gate reject or a judged loser.")
 register(app, "runs", train_records.RunsConfig, "runs", train_records.run_runs,
          help="List training runs side by side: model, method, r/alpha, lr, data, steps, best eval loss, tokens/s.")
+register(app, "sweep", SweepConfig, "sweep", _lazy(".sweep.run"),
+         help="Train a grid of variants (ft train options), evaluate them alike, rank them on one leaderboard.")
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
 register(model_app, "tiny", models.TinyConfig, "model_tiny", models.run_tiny,
          help="Build a tiny random-weight model (2 layers, hidden 64) for smoke runs and CI, offline.")
