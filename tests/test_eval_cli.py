@@ -264,7 +264,9 @@ def test_a_gguf_or_alias_base_is_the_base_for_gates_and_findings(base, tiny_mode
     name = str(tiny_gguf) if base == "gguf" else "smollm2-135m"
     _adapter(tiny_model, tmp_path / "ad", 1)
     (tmp_path / "p.txt").write_text("Fit like?\nFit's the news?\nAye?\n")
-    args = ["--base", name, "--adapter", "ad", "--prompts", "p.txt", "--no-probes", "--conditions", "no_system"]
+    # unmerged: the stand-in tells the tuned model by its peft layers
+    args = ["--base", name, "--adapter", "ad", "--prompts", "p.txt", "--no-probes", "--conditions", "no_system",
+            "--no-merge-adapter"]
     r = invoke(args + ["-o", "worse", "--fail-if", "distinct_2<base"])
     assert r.exit_code == 1, r.output
     doc = json.loads((tmp_path / "worse" / "results.json").read_text())

@@ -6,6 +6,8 @@
 
 An adapter whose base is already loaded for another adapter is added to that model (peft ``load_adapter``)
 and picked with ``set_adapter`` before it answers: one base in memory however many adapters share it.
+An adapter alone on its base is folded into it in memory (``merge_lora_for_inference``, as ft eval does)
+unless ``merge_adapters=False``: the same answers, without peft's extra work per layer and token.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _adapter_source(source: str, base: str | None) -> tuple[Path, str, dict] | N
 
 
 def load_candidates(sources: list[str], *, base: str | None = None, device: str | None = None,
-                    trust_remote_code: bool = False, on_load=None) -> list[Candidate]:
+                    trust_remote_code: bool = False, on_load=None, merge_adapters: bool = True) -> list[Candidate]:
     """Load every source as ``ft eval`` would (``models.load_for_inference``), sharing bases between adapters."""
     from transformers import AutoTokenizer
 
@@ -111,6 +113,14 @@ def load_candidates(sources: list[str], *, base: str | None = None, device: str 
         out.append(cand)
         if on_load:
             on_load(cand, False)
+    if merge_adapters:
+        from ..evaluate.generate import merge_lora_for_inference
+
+        for c in out:
+            if c.adapter_name is not None and sum(o.model is c.model for o in out) == 1:
+                model, info = merge_lora_for_inference(c.model)
+                if info["adapter"] == "merged":
+                    c.model, c.adapter_name = model, None
     seen: dict[str, int] = {}
     for c in out:  # names head the columns and the JSON lines: make them unique
         seen[c.name] = seen.get(c.name, 0) + 1

@@ -28,6 +28,9 @@ class ChatConfig:
                       panel=M)
     trust_remote_code: bool = opt(False, "Run a model's own Python code (auto_map in its config.json), for a source "
                                          "you trust.", panel=M)
+    merge_adapter: bool = opt(True, "Fold an adapter alone on its base into it in memory (unquantized bases, when "
+                                    "the logits agree within float rounding); --no-merge-adapter keeps peft's "
+                                    "layers.", panel=M)
 
     max_new_tokens: int = opt(256, "Tokens per answer at most (/max N in chat); an answer that reaches it without "
                                    "an end-of-turn token is flagged.", ge=1, panel=G)

@@ -85,7 +85,8 @@ def run(cfg: ChatConfig, reporter: Reporter):
         reporter.info(f"loaded {c.name} ({c.kind}{', ' + how if how else ''})")
 
     cands = load_candidates(cfg.models, base=cfg.base, device=None if cfg.device == "auto" else cfg.device,
-                            trust_remote_code=cfg.trust_remote_code, on_load=loaded)
+                            trust_remote_code=cfg.trust_remote_code, on_load=loaded,
+                            merge_adapters=cfg.merge_adapter)
     if scripted:
         hit = answer_prompts(cfg, cands, settings, reporter)
         if hit:

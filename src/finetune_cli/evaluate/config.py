@@ -67,7 +67,14 @@ class EvalConfig:
                                                "greedy (what most servers and chat UIs default to), sample "
                                                "(--temperature, --top-p, --seed). Comma-separated or repeated: "
                                                "greedy,sample.", panel=G)
-    batch_size: int = opt(16, "Prompts generated together (left-padded).", ge=1, panel=G)
+    batch_size: int = opt(0, "Prompts generated together (left-padded); 0: auto (every prompt of a candidate × "
+                             "condition × decoding at once on CUDA, as far as half the free memory holds; 16 "
+                             "on CPU).", ge=0, panel=G)
+    merge_adapter: bool = opt(True, "Fold a LoRA adapter into its (unquantized) base in memory for generation, "
+                                    "when the merged logits equal the adapter's within float rounding; "
+                                    "--no-merge-adapter runs peft's unmerged layers.", panel=G)
+    compile: bool = opt(False, "CUDA only: decode with a static KV cache and torch.compile "
+                               "(reduce-overhead, CUDA graphs); ignored on CPU.", panel=G)
     device: str = opt("auto", "Where to run: auto (CUDA when present), cpu, cuda.",
                       choices=("auto", "cpu", "cuda"), panel=G)
 

@@ -206,8 +206,12 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]+", "-", s).strip("-") or "eval"
 
 
+def _on_cuda(model) -> bool:
+    return next(model.parameters()).device.type == "cuda"
+
+
 def run(cfg: EvalConfig, reporter: Reporter) -> dict:
-    from .generate import generate, heldout_loss, perplexity
+    from .generate import generate, heldout_loss, merge_lora_for_inference, perplexity
 
     cands = plan(cfg)
     prompts = gather_prompts(cfg, cands, reporter)
@@ -255,7 +259,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     cand_info: list[dict] = []
     timing: dict[str, dict] = {}
     gen_kw = dict(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                  batch_size=cfg.batch_size, seed=cfg.seed)
+                  batch_size=cfg.batch_size, seed=cfg.seed, compile=cfg.compile)
     sampling = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=cfg.temperature, top_p=cfg.top_p)}
     total = len(cands) * len(conditions) * len(decodings) * len(prompts)
     with reporter.progress("generating", total=total) as task:
@@ -264,6 +268,11 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
             # --base is the base whatever its format (a .gguf file, an alias, a merged folder): a base typed
             # by its format would leave findings and `<base` gates with nothing to compare against
             kind = c.kind if c.kind in ("checkpoint", "base") else loaded.kind
+            path = {"adapter": None}
+            if loaded.kind == "adapter":
+                path = {"adapter": "unmerged", "reason": "--no-merge-adapter"}
+                if cfg.merge_adapter:
+                    loaded.model, path = merge_lora_for_inference(loaded.model)
             system = forced or loaded.system_prompt or shared
             index = None
             if cfg.near_copy and c.run_dir is not None:
@@ -283,7 +292,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 from .retention import retention_metrics
 
                 retained = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
-            t0, n_tok = time.perf_counter(), 0
+            t0, n_tok, gen_secs = time.perf_counter(), 0, 0.0
             for cond in conditions:
                 sys_ = system if cond == "system" else None
                 try:
@@ -293,8 +302,10 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                     reporter.warn(f"{c.name}: no held-out loss ({e})")
                     loss = None
                 for dec in decodings:
+                    g0 = time.perf_counter()
                     gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
                                     eos_ids=loaded.eos_token_ids, on_batch=task.advance, **sampling[dec], **gen_kw)
+                    gen_secs += time.perf_counter() - g0
                     n_tok += sum(g.n_tokens for g in gens)
                     cut = sum(g.prompt_truncated for g in gens)
                     if cut and dec == decodings[0]:
@@ -313,7 +324,12 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                                         **({"prompt_truncated": True} if g.prompt_truncated else {})})
             secs = time.perf_counter() - t0
             timing[c.name] = {"seconds": round(secs, 2), "generated_tokens": n_tok,
-                              "tokens_per_s": round(n_tok / secs, 1) if secs else None}
+                              "tokens_per_s": round(n_tok / secs, 1) if secs else None,
+                              # generation alone (tokens_per_s above includes held-out loss and retention)
+                              "generate_seconds": round(gen_secs, 2),
+                              "generate_tokens_per_s": round(n_tok / gen_secs, 1) if gen_secs else None,
+                              "generation_path": {**path, "compile": cfg.compile and _on_cuda(loaded.model),
+                                                  "batch_size": cfg.batch_size or "auto"}}
             del loaded
             gc.collect()
             _empty_cuda_cache()
