@@ -134,3 +134,30 @@ def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):
 def test_from_without_a_preference_method_is_refused(tiny_model, tmp_path):
     res = train("--model", str(tiny_model), "--from", "runs/x", "--data", "x.jsonl", code=2)
     assert "--from needs --method dpo or orpo" in res.output
+
+
+def test_weighted_data_makes_up_its_share_of_the_mixture_and_is_recorded(tiny_model, tmp_path):
+    from finetune_cli.train.data import load_inputs
+
+    persona = write_data(tmp_path / "persona.jsonl", 80)
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"General question {i}?"},
+                                                        {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"
+                               for i in range(50)))
+    mixed = load_inputs([str(persona), f"{general}:0.2"], seed=1)
+    n_general = sum(c.source.startswith(str(general)) for c in mixed.conversations)
+    assert n_general == 20 and len(mixed.conversations) == 100  # 20% of the mixture, all 80 persona rows
+    assert len({c.source for c in mixed.conversations if c.source.startswith(str(general))}) == 20  # no repeats
+    again = load_inputs([str(persona), f"{general}:0.2"], seed=1)
+    assert [c.source for c in again.conversations] == [c.source for c in mixed.conversations]  # seeded
+    small = load_inputs([str(persona), f"{general}:0.6"], seed=1)  # 120 wanted from 50 rows: copies + sample
+    assert sum(c.source.startswith(str(general)) for c in small.conversations) == 120
+
+    train("--model", str(tiny_model), "--data", str(persona), "--data", f"{general}:0.2", "--max-steps", "1",
+          "--val-split", "0", "--name", "mix", *FAST)
+    files = json.loads(Path("runs/mix/data.json").read_text())["files"]
+    assert files[1] == {"path": str(general), "sha256": files[1]["sha256"], "rows": 20, "rows_read": 50,
+                        "weight": 0.2}
+    assert json.loads(Path("runs/mix/run.json").read_text())["train_rows"] == 100
+    res = train("--model", str(tiny_model), "--data", f"{persona}:0.5", "--data", f"{general}:0.6", code=2)
+    assert "summing below 1" in res.output

@@ -45,6 +45,25 @@ def _row(name: str, kind: str, values: dict, runs_dir: str, results: dict, cond:
     return row
 
 
+def check_gates(fail_if: str | None, results: dict, conditions: list[str]) -> tuple[list[str], list[dict]]:
+    """--fail-if (ft eval's gate language) over every variant × condition; a gate against ``base`` compares
+    with the base model in the same condition. The base itself is exempt."""
+    from ..evaluate.config import parse_gates
+
+    gates = parse_gates(fail_if)
+    failed = []
+    for cand, conds in results.items():
+        if cand == "base":
+            continue
+        for cond in conditions:
+            m = conds.get(cond) or {}
+            for g in gates:
+                ref = (results.get("base") or {}).get(cond, {}).get(g.metric) if g.relative else None
+                if g.fails(m.get(g.metric), ref):
+                    failed.append({"candidate": cand, "condition": cond, "gate": str(g)})
+    return [str(g) for g in gates], failed
+
+
 def _key(row: dict) -> tuple:
     def num(v, sign=1.0):
         return sign * v if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
@@ -57,7 +76,7 @@ def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
     doc = read_json(eval_dir / "results.json") if eval_dir else {}
     results, conds = doc.get("results", {}), doc.get("conditions", [])
     cond = _primary(conds)
-    gates = (doc.get("gates") or {}).get("failed", [])
+    checked, gates = check_gates(cfg.fail_if, results, conds)
     human: dict = {}
     if eval_dir is not None and (eval_dir / "ratings.jsonl").is_file():
         from .arena import human_ratings
@@ -79,7 +98,7 @@ def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
         rows.append(base)
     best = rows[0] if rows and rows[0]["kind"] == "variant" and rows[0]["status"] == "completed" else None
     return {"ft_sweep_leaderboard": 1, "sweep": ledger["name"], "base": ledger["base"], "rule": RULE,
-            "condition": cond, "gates": (doc.get("gates") or {}).get("checked", []),
+            "condition": cond, "gates": checked,
             "eval_dir": str(eval_dir) if eval_dir else None,
             "generation": doc.get("generation"), "keys": sorted({k for v in ledger["variants"] for k in v["values"]}),
             "arena": {k: v for k, v in (arena or {}).items() if k != "ratings"} or None,

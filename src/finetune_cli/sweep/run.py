@@ -231,7 +231,8 @@ def visible_gpus() -> int:
 
 
 def evaluate(cfg, ledger: Ledger, names: list[str], reporter: Reporter) -> Path:
-    """ft eval of the base and ``names`` into sweeps/<name>/eval, reused while nothing it read changed."""
+    """ft eval of the base and ``names`` into sweeps/<name>/eval, reused while nothing it read changed
+    (the gates are the leaderboard's: a new --fail-if does not generate again)."""
     from ..evaluate.config import EvalConfig
     from ..evaluate.run import run as eval_run
 
@@ -239,7 +240,7 @@ def evaluate(cfg, ledger: Ledger, names: list[str], reporter: Reporter) -> Path:
     options = dict(base=cfg.model, adapter=[str(Path(cfg.runs_dir) / n) for n in names],
                    trust_remote_code=cfg.trust_remote_code, prompts=cfg.prompts, max_prompts=cfg.max_prompts,
                    probes=cfg.probes, general=cfg.general, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, seed=cfg.eval_seed, fail_if=cfg.fail_if, out=str(out),
+                   temperature=cfg.temperature, seed=cfg.eval_seed, out=str(out),
                    decoding=["greedy"] if cfg.temperature == 0 else None)
     known = {f.name for f in fields(EvalConfig)}  # ft eval's options as this version has them
     ecfg = EvalConfig(**{k: v for k, v in options.items() if k in known and v is not None})

@@ -512,12 +512,15 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
         logging_nan_inf_filter=False,  # a sync per step; ft stops on a non-finite loss instead
         dataloader_pin_memory=setup.device == "cuda",
         accelerator_config={"non_blocking": setup.device == "cuda"},  # pinned batches copied without waiting
-        report_to="none",
+        report_to=cfg.report_to,  # "none" unless --report-to names a tracker
+        run_name=os.path.basename(os.path.dirname(output_dir)),  # the run's name (output_dir is RUN/checkpoints)
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=setup.device == "cpu",
     )
+    if cfg.report_to == "tensorboard":  # read by transformers' TensorBoardCallback; next to the run's records
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(os.path.dirname(output_dir), "tensorboard")
     args = TrainingArguments(**{**args, **several})
     all_callbacks = list(callbacks)
     if evaluating and cfg.early_stopping:

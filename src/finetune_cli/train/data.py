@@ -11,11 +11,12 @@ Accepted: ft's messages JSONL (``{"messages": [...]}``), ShareGPT JSONL (``{"con
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..jsonl import read_rows
 from ..sharegpt import normalize_turns, with_system
 
@@ -77,11 +78,54 @@ def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None)
         raise DataError(f"no 'messages', 'conversations' or 'text' field (keys: {keys})", path=path, line=line)
 
 
-def load_inputs(paths: list[str], *, system: str | None = None) -> Inputs:
-    """Read every input file in order. The first bad row stops with ``file:line: reason``."""
+def split_weight(raw: str) -> tuple[str, float | None]:
+    """``general.jsonl:0.2`` → (general.jsonl, 0.2); a path without a numeric ``:W`` tail has no weight."""
+    path, sep, tail = raw.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return raw, None
+
+
+def mix(out: Inputs, spans: list[tuple[dict, list]], seed: int) -> Inputs:
+    """Weighted mixing. A file given as ``PATH:W`` makes up the share W (0 < W < 1) of the training mixture;
+    files without a weight keep all their rows. With U unweighted rows and weights summing to S, a weighted
+    file contributes round(W / (1 - S) · U) rows: a seeded sample without replacement, or whole copies of the
+    file plus a sample when it has fewer rows than that."""
+    weights = [f["weight"] for f, _ in spans if f.get("weight") is not None]
+    if not weights:
+        return out
+    total = sum(weights)
+    if any(not 0 < w < 1 for w in weights) or total >= 1:
+        raise ConfigError(f"option --data: weights are shares of the mixture, each between 0 and 1 and summing "
+                          f"below 1 (got {', '.join(f'{w:g}' for w in weights)})",
+                          hint="e.g. --data persona.jsonl --data general.jsonl:0.2")
+    unweighted = sum(f["rows"] for f, _ in spans if f.get("weight") is None)
+    if not unweighted:
+        raise ConfigError("option --data: every file has a weight; leave the main data unweighted (all its rows)")
+    mixed = Inputs(files=out.files)
+    for f, items in spans:
+        if f.get("weight") is not None:
+            want = round(f["weight"] / (1 - total) * unweighted)
+            rng = random.Random(f"{seed}:{f['path']}")
+            items = items * (want // len(items)) + rng.sample(items, want % len(items))
+            f["rows_read"], f["rows"] = f["rows"], len(items)
+        for it in items:
+            (mixed.documents if isinstance(it, Document) else mixed.conversations).append(it)
+    return mixed
+
+
+def load_inputs(paths: list[str], *, system: str | None = None, seed: int = 0) -> Inputs:
+    """Read every input file in order (``PATH:W`` weighted, see :func:`mix`). The first bad row stops with
+    ``file:line: reason``."""
     out = Inputs()
-    for raw in paths:
+    spans = []
+    for given in paths:
+        raw, weight = split_weight(given)
         p = Path(raw)
+        n_conv, n_doc = len(out.conversations), len(out.documents)
         if not p.is_file():
             raise DataError("no such file" if not p.exists() else "not a file", path=raw)
         before = len(out)
@@ -101,8 +145,10 @@ def load_inputs(paths: list[str], *, system: str | None = None) -> Inputs:
                 _add_row(out, row, path=raw, line=line, system=system)
         if len(out) == before:
             raise DataError("no training rows", path=raw)
-        out.files.append({"path": raw, "sha256": _sha256(p), "rows": len(out) - before})
-    return out
+        out.files.append({"path": raw, "sha256": _sha256(p), "rows": len(out) - before,
+                          **({"weight": weight} if weight is not None else {})})
+        spans.append((out.files[-1], out.conversations[n_conv:] + out.documents[n_doc:]))
+    return mix(out, spans, seed)
 
 
 def _datasets_rows(p: Path, kind: str):

@@ -24,6 +24,8 @@ class RunsConfig:
     runs_dir: str = opt("runs", "Where runs are.")
     sort: str = opt("created", "Order: newest first, best eval loss first, or by name.",
                     choices=("created", "best-eval", "name"))
+    sweep: str | None = opt(None, "Only the runs of this sweep: its name (under sweeps/) or directory; its "
+                                  "runs directory comes from its sweep.json.")
 
 
 def _num(v: Any) -> str:
@@ -76,7 +78,19 @@ def _runs_elsewhere(runs_dir: str) -> str | None:
     return None
 
 
+def _sweep_runs(cfg: RunsConfig) -> set[str]:
+    d = Path(cfg.sweep) if Path(cfg.sweep, "sweep.json").is_file() else Path("sweeps") / cfg.sweep
+    if not (d / "sweep.json").is_file():
+        raise ConfigError(f"option --sweep: no sweep {cfg.sweep!r} (no {d / 'sweep.json'})",
+                          hint="pass a sweep's name (sweeps/NAME) or its directory")
+    doc = read_json(d / "sweep.json")
+    if cfg.runs_dir == "runs":
+        cfg.runs_dir = doc.get("runs_dir", "runs")
+    return {v["name"] for v in doc.get("variants", [])}
+
+
 def run_runs(cfg: RunsConfig, reporter: Reporter) -> dict:
+    only = _sweep_runs(cfg) if cfg.sweep else None
     where = Path(cfg.runs_dir).resolve()
     if not Path(cfg.runs_dir).is_dir():
         raise ConfigError(f"option --runs-dir: no such directory {cfg.runs_dir!r} ({where})",

@@ -32,7 +32,7 @@ from ..rundir import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
 # does, and is checked against run.json whichever way the processes were launched)
-RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir", "gpus"}
+RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir", "gpus", "report_to"}
 
 
 def pick_backend(choice: str) -> str:
@@ -207,8 +207,10 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     # ---- setup
     processes = distributed.world_size()
     distributed.check(cfg, processes=processes)
-    backend_name = pick_backend(cfg.backend)  # before anything imports transformers (Unsloth)
-    if cfg.method in ("dpo", "orpo"):
+    preference_stage = cfg.method in ("dpo", "orpo")  # hf only for now: auto means hf there
+    # before anything imports transformers (Unsloth)
+    backend_name = pick_backend("hf" if preference_stage and cfg.backend == "auto" else cfg.backend)
+    if preference_stage:
         from . import preference
 
         return preference.run(cfg, reporter, backend_name)
@@ -229,7 +231,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
     checkpoint, damaged = _check_resume(cfg, rd, processes) if cfg.resume else (None, [])
     system = text_or_file(cfg.system)
-    inputs = load_inputs(cfg.data, system=system)
+    inputs = load_inputs(cfg.data, system=system, seed=cfg.seed)  # PATH:W weights mixed, seeded
     val_inputs = load_inputs([cfg.val_file], system=system) if cfg.val_file else Inputs()
     with distributed.main_first():  # rank 0 builds a model cache first (and every rank has checked the run dir)
         from ..models import resolve_model
