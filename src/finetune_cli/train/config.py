@@ -18,6 +18,22 @@ from ..config import opt
 from ..errors import ConfigError
 
 METHODS = ("lora", "dora", "rslora", "qlora", "full", "dpo", "orpo")
+# --report-to choices and the packages each needs (any one of them)
+TRACKERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",),
+            "trackio": ("trackio",), "mlflow": ("mlflow",)}
+
+
+def report_to_missing(tracker: str) -> str | None:
+    """One line when --report-to's package is not installed (found without importing it)."""
+    import importlib.util
+
+    pkgs = TRACKERS.get(tracker, ())
+    if not pkgs or any(importlib.util.find_spec(p) is not None for p in pkgs):
+        return None
+    return (f"option --report-to {tracker}: the {pkgs[0]} package is not installed (uv pip install {pkgs[0]}, "
+            "or --report-to none)")
+
+
 PREFERENCE = ("dpo", "orpo")
 
 
@@ -136,9 +152,15 @@ class TrainConfig:
     runs_dir: str = opt("runs", "Where runs are written.", panel="Output")
     resume: bool = opt(False, "Continue the run --name from its last checkpoint (model, optimizer, scheduler, "
                               "RNG and data position).", panel="Output")
+    report_to: str = opt("none", "Experiment tracker the Trainer logs to (its report_to): tensorboard (offline, "
+                                 "events in runs/<name>/tensorboard), wandb, trackio, mlflow, or none. Each "
+                                 "needs its own package.", choices=tuple(TRACKERS), panel="Output")
 
     def validate(self) -> None:
         errors = []
+        missing = report_to_missing(self.report_to)
+        if missing:
+            errors.append(missing)
         if self.resume and not self.name:
             errors.append("option --resume needs --name (the run to continue)")
         if self.early_stopping and not (self.val_file or self.val_split):
