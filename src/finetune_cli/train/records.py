@@ -96,7 +96,7 @@ def run_runs(cfg: RunsConfig, reporter: Reporter) -> dict:
         raise ConfigError(f"option --runs-dir: no such directory {cfg.runs_dir!r} ({where})",
                           hint=_runs_elsewhere(cfg.runs_dir)
                           or "train one with `ft train`, or point --runs-dir at your runs")
-    rows = list_runs(cfg.runs_dir, cfg.sort)
+    rows = [r for r in list_runs(cfg.runs_dir, cfg.sort) if only is None or r["name"] in only]
     cols = ["name", "status", "model", "method", "r_alpha", "lr", "scheduler", "train_rows", "steps",
             "best_eval_loss", "tokens_per_s"]
     heads = ["run", "status", "model", "method", "r/α", "lr", "sched", "rows", "steps", "best eval", "tok/s"]
