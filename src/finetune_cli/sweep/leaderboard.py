@@ -3,7 +3,7 @@
 Order (RULE): finished variants before failed ones; then variants passing every --fail-if gate
 before those failing one (fewer failures first); then the judge arena's rating (higher first, when
 the arena ran), then people's rating (ft rate), then the held-out loss ft eval measured (lower
-first), then the name. The base model is listed last, unranked.
+first), then the training's best eval loss (with --no-eval), then the name. The base model is listed last, unranked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ..rundir import RunDir
 from ..ui import Reporter
 
 RULE = ("finished before failed; passing every --fail-if gate before failing (fewer failures first); "
-        "higher judge-arena rating; higher human rating (ft rate); lower held-out loss (ft eval); name")
+        "higher judge-arena rating; higher human rating (ft rate); lower held-out loss (ft eval); lower "
+        "best eval loss (training); name")
 FAILURE_METRICS = ["eos_rate", "loop_rate", "break_rate", "leak_rate", "script_rate", "distinct_2", "words_mean"]
 COST = ["train_seconds", "tokens_per_s", "peak_mem_gib", "global_step", "best_eval_loss"]
 
@@ -69,7 +70,7 @@ def _key(row: dict) -> tuple:
         return sign * v if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
 
     return (row["status"] != "completed", len(row["gates_failed"]), num(row["rating"], -1),
-            num(row["human_rating"], -1), num(row["heldout_loss"]), row["run"])
+            num(row["human_rating"], -1), num(row["heldout_loss"]), num(row["best_eval_loss"]), row["run"])
 
 
 def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
