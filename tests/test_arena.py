@@ -12,6 +12,7 @@ import pytest
 from finetune_cli.evaluate.judge import Judge
 from finetune_cli.rate import stats
 from finetune_cli.sweep.arena import human_ratings, run_arena
+from finetune_cli.ui import NULL as NULL_REPORTER
 from tests.fake_llm import FakeLLM
 
 STRENGTH = {"q0": 1.0, "q1": 2.0, "q2": 4.0, "q3": 8.0}  # Bradley–Terry truth: q3 beats q0 8 times in 9
@@ -93,3 +94,45 @@ def test_grid_errors_name_the_key(bad):
 
     with pytest.raises(ConfigError, match="option --grid"):
         parse_grid(bad)
+
+
+def test_arena_from_eval_joins_the_leaderboard_with_human_ratings(tmp_path):
+    """The arena over an eval dir as ft sweep leaves it, and the leaderboard ranks by its rating first."""
+    from types import SimpleNamespace
+
+    from finetune_cli.sweep import leaderboard
+    from finetune_cli.sweep.arena import arena_from_eval
+
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    names = ["base", "s-lr=1", "s-lr=2"]  # answering as q0, q3, q1: s-lr=1 is best whatever its loss
+    quality = {"base": "q0", "s-lr=1": "q3", "s-lr=2": "q1"}
+    prompts = [{"id": f"p{i}", "source": "heldout", "turns": [{"role": "user", "content": f"Q{i}?"}]}
+               for i in range(12)]
+    results = {n: {"system": {"heldout_loss": loss, "eos_rate": 1.0, "loop_rate": 0.0}}
+               for n, loss in zip(names, (3.0, 2.9, 2.5))}
+    (ev / "results.json").write_text(json.dumps({
+        "candidates": [{"name": n, "system_prompt": "Speak Doric."} for n in names], "conditions": ["system"],
+        "primary_decoding": "greedy", "prompts": prompts, "results": results, "generation": "greedy <i>"}))
+    (ev / "outputs.jsonl").write_text("".join(
+        json.dumps({"candidate": n, "condition": "system", "decoding": "greedy", "prompt_id": p["id"],
+                    "text": f"Answer to {p['id']} by {quality[n]}."}) + "\n" for p in prompts for n in names))
+    (ev / "ratings.jsonl").write_text("".join(json.dumps(
+        {"rater": "ann", "pair": f"x{i}", "candidates": ["base", "s-lr=1"], "choice": "B", "winner": "s-lr=1"}) + "\n"
+        for i in range(5)))
+    with FakeLLM() as srv:
+        srv.judge = known_judge(bias=0.0)
+        cfg = SimpleNamespace(judge="openai", judge_model="j", judge_base_url=srv.openai_url, judge_workers=4,
+                              judge_prompts=10, arena_budget=0, fail_if="loop_rate>0.5")
+        arena = arena_from_eval(cfg, ev, tmp_path / "arena.jsonl", NULL_REPORTER)
+    assert arena["comparisons"] == 2 * 10 and arena["all_pairs_calls"] == 2 * 3 * 10
+    ledger = {"name": "s", "base": "tiny", "runs_dir": str(tmp_path / "runs"),
+              "variants": [{"name": n, "values": {"lr": v}, "status": "completed"}
+                           for n, v in (("s-lr=1", "<b>1</b>"), ("s-lr=2", "2"))]}
+    board = leaderboard.build(cfg, ledger, ev, arena)
+    assert [r["run"] for r in board["rows"]] == ["s-lr=1", "s-lr=2", "base"]  # rating before loss
+    assert board["rows"][0]["human_rating"] > board["rows"][2]["human_rating"]
+    assert board["rows"][0]["rating_lo"] <= board["rows"][0]["rating"] <= board["rows"][0]["rating_hi"]
+    page = leaderboard.render_html(board)
+    assert "<b>1</b>" not in page and "&lt;b&gt;1&lt;/b&gt;" in page and "greedy &lt;i&gt;" in page
+    assert "position bias" in leaderboard.render_md(board)

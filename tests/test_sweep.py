@@ -180,3 +180,18 @@ def test_report_to_tensorboard_writes_events(tiny_model, tmp_path):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     assert len(acc.Scalars("train/loss")) == 3
+
+
+def test_a_subprocess_on_its_own_gpu_gets_the_variant_exactly():
+    """--parallel-gpus launches `ft train` with flags: they must rebuild the variant's TrainConfig."""
+    from finetune_cli.config import to_dict
+    from finetune_cli.sweep.config import SweepConfig
+    from finetune_cli.sweep.run import train_argv, train_config, variants
+
+    cfg = SweepConfig(name="g", grid="method=dora;lr=3e-4,1e-3", model="tiny", data=["d.jsonl"], max_steps=3,
+                      target_modules=["q_proj", "v_proj"], packing=False, alpha=8.0)
+    cfg.validate()
+    tc = train_config(cfg, variants(cfg)[1])
+    res = invoke(["train", *train_argv(tc), "--dry-run", "--json"])
+    assert {k: v["value"] for k, v in json.loads(res.stdout).items()} == to_dict(tc)
+    assert tc.name == "g-lr=1e-3" and tc.lr == 1e-3 and tc.method == "dora"
