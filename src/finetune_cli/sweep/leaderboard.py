@@ -154,7 +154,7 @@ def render_md(board: dict) -> str:
     heads, rows = table(board)
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = [f"# Sweep {cell(board['sweep'])}", "", f"Base `{cell(board['base'])}`; eval condition "
-             f"`{board['condition']}`; {cell(board.get('generation') or '')}.", "", f"Order: {RULE}.", ""]
+             f"`{board['condition'] or 'none (--no-eval)'}`; {cell(board.get('generation') or '')}.", "", f"Order: {RULE}.", ""]
     if board["gates"]:
         lines += [f"Gates: `{cell(', '.join(board['gates']))}`", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
@@ -173,7 +173,7 @@ def render_html(board: dict) -> str:
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}tr:first-child td{font-weight:bold}"
             "</style></head><body>"
             f"<h1>Sweep {e(board['sweep'])}</h1><p>Base {e(board['base'])} · eval condition "
-            f"{e(board['condition'])} · {e(board.get('generation') or '')}</p><p>Order: {e(RULE)}.</p>"
+            f"{e(board['condition'] or 'none (--no-eval)')} · {e(board.get('generation') or '')}</p><p>Order: {e(RULE)}.</p>"
             + (f"<p>Gates: {e(', '.join(board['gates']))}</p>" if board["gates"] else "")
             + "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>\n" + body + "</table>"
             + (f"<p>{e(bias)}</p>" if bias else "") + "</body></html>\n")
