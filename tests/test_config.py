@@ -212,9 +212,22 @@ def test_example_configs_load():
     for f in files:
         data = C.load_toml(f)
         assert data, f
+        lines = f.read_text(encoding="utf-8").splitlines()
         for section in data:
             assert section in C.SECTIONS, f"{f}: [{section}]"
-            C.load_config(C.SECTIONS[section], section, config_file=f, environ={})
+            C.load_config(C.SECTIONS[section], section, config_file=f, environ={},
+                          flags=_positional_args(C.SECTIONS[section], lines[lines.index(f"[{section}]") - 1]))
+
+
+def _positional_args(cls, comment: str) -> dict:
+    """A command's arguments (``ft chat MODEL``) as written in the line that opens its example section."""
+    import dataclasses
+    import shlex
+
+    words = [w for w in shlex.split(comment[2:])[1:] if not w.startswith("-")]
+    positional = [fl for fl in dataclasses.fields(cls) if fl.metadata.get("positional")]
+    values = [w for w in words if "/" in w or "." in w][: len(positional)]
+    return {fl.name: ([v] if "list" in str(fl.type) else v) for fl, v in zip(positional, values)}
 
 
 def test_example_sections_open_with_the_command_that_runs_them():
@@ -236,6 +249,11 @@ def test_example_sections_open_with_the_command_that_runs_them():
             argv = shlex.split(comment[2:])[1:]
             assert argv[argv.index("--config") + 1] == str(f.relative_to(ROOT)), comment
             argv[argv.index("--config") + 1] = str(f)
+            if section == "push":  # its --dry-run lists the files it would upload: the run must exist
+                cfg = C.load_config(C.SECTIONS[section], section, config_file=f, environ={},
+                                    flags=_positional_args(C.SECTIONS[section], comment))
+                assert {k: cfg.sources[k] for k in table} == {k: f"file:{f}" for k in table}, section
+                continue
             r = CliRunner().invoke(app, [*argv, "--dry-run", "--json"])
             assert r.exit_code == 0, f"{comment}: {r.output}"
             resolved = orjson.loads(r.stdout)

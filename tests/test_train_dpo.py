@@ -68,6 +68,9 @@ def test_dpo_raises_the_held_out_margin_and_reloads_in_plain_peft(tiny_model, tm
     run = json.loads(Path("runs/dpo/run.json").read_text())
     assert run["status"] == "completed" and run["method"] == "dpo" and run["adapter"] == "lora"
     assert run["best_checkpoint"] and run["eval_margins"][-1] > run["eval_margins"][0]
+    # the best checkpoint is the one with the largest held-out margin (accuracy saturates too early to choose)
+    assert run["best_eval_margin"] == max(run["eval_margins"])
+    assert run["best_checkpoint"].endswith(f"checkpoint-{6 * (run['eval_margins'].index(max(run['eval_margins'])) + 1)}")
     held = json.loads(Path("runs/dpo/heldout_pairs.json").read_text())
     assert len(held) == 6 and Path("runs/dpo/heldout.jsonl").is_file()
     assert not Path("runs/dpo/adapter/ref").exists()  # TRL's frozen reference copy is not shipped

@@ -11,7 +11,6 @@ import typer
 
 from . import __version__, gen, models, sharegpt, topics
 from .chat.config import ChatConfig
-from .chat.config import ChatConfig
 from .command import register
 from .evaluate import config as eval_config
 from .export import command as merge_command
@@ -77,8 +76,6 @@ register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
          help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
 register(app, "eval", eval_config.EvalConfig, "eval", _lazy(".evaluate.run"),
          help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
-register(app, "chat", ChatConfig, "chat", _lazy(".chat.run"),
-         help="Talk to a model as it was trained to talk, streamed; --compare several side by side.")
 register(app, "rate", RateConfig, "rate", _lazy(".rate.run"),
          help="Serve a local page where people judge blind A/B pairs of ft eval's answers; --summary for results.")
 register(app, "chat", ChatConfig, "chat", _lazy(".chat.run"),
