@@ -144,9 +144,10 @@ def test_planted_broken_quantization_is_flagged(run256, tmp_path, monkeypatch):
 
     monkeypatch.setattr(kquants, "quantize_q4_k", scrambled_scales)
     res = CliRunner().invoke(app, ["merge", "--run", str(run256), "--out", str(tmp_path / "m"), "--gguf",
-                                   "q8_0,q4_k_m", "--samples", "3", "--no-verify"])
+                                   "q8_0,q4_k_m", "--samples", "3", "--no-verify", "--no-llama-cpp"])
     assert res.exit_code == 1
     assert "this q4_k_m differs badly: do not ship it" in res.stderr
+    assert "llama.cpp check skipped: turned off (--no-llama-cpp)" in res.stderr
     assert "q8_0 differs" not in res.stderr
     # the files stay for inspection, but the Modelfile points at the sound one
     assert (tmp_path / "m" / "gguf" / "model-q4_k_m.gguf").is_file()
@@ -250,7 +251,8 @@ def test_an_exported_chatml_gguf_loads_as_a_model(run256, tmp_path):
 
     from finetune_cli.models import resolve_model
 
-    res = CliRunner().invoke(app, ["merge", "--run", str(run256), "--out", str(tmp_path / "m"), "--gguf", "f16",
+    res = CliRunner().invoke(app, ["merge", "--run", str(run256), "--out", str(tmp_path / "m"), "--no-llama-cpp",
+                                   "--gguf", "f16",
                                    "--samples", "2", "--quiet"])
     assert res.exit_code == 0, res.output
     gguf = tmp_path / "m" / "gguf" / "model-f16.gguf"

@@ -49,6 +49,9 @@ class MergeConfig:
     max_kl: float = opt(0.1, "Drift threshold, nats/token: a GGUF whose mean KL divergence from the 16-bit model "
                              "on held-out text is above this is flagged 'do not ship it' and ft exits 1.",
                         gt=0, panel="GGUF")
+    llama_cpp: bool = opt(True, "Load each GGUF in the real llama.cpp (llama-cpp-python, the llama extra) and compare "
+                                "it with the 16-bit model; off, or not installed, the check is reported skipped.",
+                          panel="GGUF")
     trust_remote_code: bool = opt(False, "Run the base model's own Python code (auto_map in its config.json), for "
                                          "a source you trust; without it ft refuses such a model (it never "
                                          "prompts).", panel="Source")
@@ -224,7 +227,8 @@ def run(cfg: MergeConfig, reporter: Reporter) -> dict:
 
                 result["gguf"] = export_gguf(tmp, tmp / "gguf", cfg.gguf_types, texts=texts, max_kl=cfg.max_kl,
                                              system=src.run.get("system_prompt"), reporter=reporter,
-                                             name=src.run.get("name") or out.name, keep_pre=_source_pre(src))
+                                             name=src.run.get("name") or out.name, keep_pre=_source_pre(src),
+                                             llama_check=cfg.llama_cpp)
                 from ..jsonl import write_json_atomic
 
                 result["gguf"] = _retarget(result["gguf"], tmp, out)  # paths as published, not the temporary folder

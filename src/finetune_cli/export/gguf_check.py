@@ -137,7 +137,7 @@ def _llama_cpp(path: Path, tok: Any, reference: Any, max_new: int, reporter: Rep
 
 def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list[str], max_kl: float = 0.1,
                 system: str | None = None, reporter: Reporter = NULL, name: str | None = None,
-                keep_pre: str | None = None, max_new: int = 128) -> dict:
+                keep_pre: str | None = None, max_new: int = 128, llama_check: bool = True) -> dict:
     """Write, reload (transformers and llama.cpp), generate, measure drift, flag; then a Modelfile for the
     smallest file that passed. ``name``: general.name; ``keep_pre``: the source GGUF's pre-tokenizer name."""
     from . import llama_cpp
@@ -161,7 +161,7 @@ def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list
 
         msgs = ([{"role": "system", "content": system}] if system else []) + BUILTIN_CHATS[0][:1]
         prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    skipped = llama_cpp.unavailable()
+    skipped = llama_cpp.unavailable() if llama_check else "turned off (--no-llama-cpp)"
     reference = None if skipped else _reference(ref_model, tok, texts, ids, ref, prompt, max_new)
     if skipped:
         reporter.warn(f"llama.cpp check skipped: {skipped}")
