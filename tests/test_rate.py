@@ -58,6 +58,22 @@ def test_pairs_are_blind_and_ordered_per_rater(eval_dir):
     assert all(sides[("ana", p)][0] != sides[("ana", p)][1] for p in ana)  # two different candidates
 
 
+def test_people_rate_the_primary_decodings_answers(tmp_path):
+    """ft eval writes an answer per decoding; the page shows the primary decoding's (the one the judge rated)."""
+    d = make_eval_dir(tmp_path / "eval", prompts=1, conditions=("system",),
+                      text=lambda c, cond, i: f"sampled answer of {c}")
+    doc = json.loads((d / "results.json").read_text())
+    doc.update(decodings=["greedy", "sample"], primary_decoding="sample")
+    (d / "results.json").write_text(json.dumps(doc))
+    rows = [json.loads(line) for line in (d / "outputs.jsonl").read_text().splitlines()]
+    both = [dict(r, decoding="sample") for r in rows]
+    both += [dict(r, decoding="greedy", text=f"greedy answer of {r['candidate']}") for r in rows]
+    (d / "outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in both))
+    pairs, _ = store_mod.load_pairs(d)
+    assert len(pairs) == 1 and {pairs[0].text_a, pairs[0].text_b} == {"sampled answer of base",
+                                                                       "sampled answer of tuned"}
+
+
 def test_verdict_row_and_no_second_verdict(eval_dir):
     client = TestClient(make_app(eval_dir))
     state = client.get("/api/next", params={"rater": "ana"}).json()

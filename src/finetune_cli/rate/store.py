@@ -52,7 +52,12 @@ def load_pairs(eval_dir: str | Path) -> tuple[list[Pair], dict]:
     order = [c["name"] for c in doc.get("candidates", [])]
     turns = {p["id"]: tuple(p.get("turns") or ()) for p in doc.get("prompts", [])}
     texts: dict[tuple[str, str], dict[str, str]] = {}
+    # ft eval answers each prompt once per decoding (greedy, sample): people rate the primary decoding's answers,
+    # the ones the LLM judge rated, so the two can be compared
+    primary = doc.get("primary_decoding")
     for line, row in read_rows(d / "outputs.jsonl"):
+        if primary and row.get("decoding", primary) != primary:
+            continue
         try:
             texts.setdefault((row["condition"], row["prompt_id"]), {})[row["candidate"]] = str(row["text"])
         except KeyError as e:
