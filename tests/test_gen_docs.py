@@ -169,7 +169,7 @@ def test_offline_stand_in_from_public_domain_text_into_ft_train(tiny_model):
         assert any(s.strip() and s.strip() in text[src["start"]:src["end"]]
                    for s in x["messages"][-1]["content"].split(". ")[1:2])
     res = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", "d.jsonl", "--max-steps", "2",
-                                   "--max-len", "256", "--batch-size", "4", "--grad-accum", "1", "--quiet",
+                                   "--max-len", "512", "--batch-size", "4", "--grad-accum", "1", "--quiet",
                                    "--name", "docs"])
     assert res.exit_code == 0, res.output
     assert (Path("runs") / "docs" / "adapter" / "adapter_model.safetensors").exists()
