@@ -129,3 +129,12 @@ def count(n: int, noun: str) -> str:
 
 
 NULL = Reporter(quiet=True)
+
+
+def human_size(n: float) -> str:
+    """Bytes as a person reads them: 512 B, 3.2 MiB, 1.4 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

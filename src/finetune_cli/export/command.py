@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..config import opt
 from ..errors import ConfigError, ExportError
-from ..ui import Reporter
+from ..ui import Reporter, human_size as _size
 
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
 
@@ -92,14 +92,6 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def _files(out: Path) -> list[dict]:
     return [{"path": str(p), "bytes": p.stat().st_size} for p in sorted(out.rglob("*")) if p.is_file()]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _report_diff(reporter: Reporter, label: str, d, dtype: str) -> dict:

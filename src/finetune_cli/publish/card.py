@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..ui import Reporter
+from ..ui import human_size as _size
 from .config import CardConfig
 from .sources import Source, read_dataset, read_source, sha256
 
@@ -44,14 +45,6 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_n(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _yaml(meta: dict) -> str:
