@@ -2,9 +2,10 @@
 
     cd merged/a/gguf && ollama create doric -f Modelfile && ollama run doric
 
-Ollama does not run Jinja: the template used in training is recognised by what it renders (ChatML or
-Llama-3 headers) and translated. Any other template is not guessed at: the Modelfile says it could
-not be translated and carries the Jinja as a comment for a human to port.
+Ollama does not run Jinja: the template used in training is recognised by what it renders (ChatML, Phi-4's
+ChatML with ``<|im_sep|>``, Llama-3 headers, Phi-3's ``<|user|>`` turns or Gemma's ``<start_of_turn>``) and
+translated. Any other template is not guessed at: the Modelfile says it could not be translated and carries
+the Jinja as a comment for a human to port.
 """
 
 from __future__ import annotations
@@ -14,15 +15,45 @@ from typing import Any
 
 from ..ui import NULL, Reporter
 
-CHATML_GO = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-             "<|im_start|>assistant\n")
-LLAMA3_GO = ("{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
-             "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n")
+# family -> (a turn's opening with {role}, its close): every message is open + content + close, and the
+# generation prompt is the assistant's opening
+TURNS = {
+    "chatml": ("<|im_start|>{role}\n", "<|im_end|>\n"),
+    "phi4": ("<|im_start|>{role}<|im_sep|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>"),
+    "phi3": ("<|{role}|>\n", "<|end|>\n"),
+}
+# Gemma has no system role: a leading system message is folded into the first turn, and the assistant is "model"
+GEMMA_GO = ('{{- $sys := "" }}{{- $first := true }}{{- range $i, $_ := .Messages }}'
+            '{{ if and (eq $i 0) (eq .Role "system") }}{{ $sys = .Content }}'
+            '{{ else }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+            '{{ if and $first $sys }}{{ $sys }}\n\n{{ end }}{{ $first = false }}{{ .Content }}<end_of_turn>\n'
+            '{{ end }}{{ end }}<start_of_turn>model\n')
 _PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
 
 
+def _go_turns(family: str) -> str:
+    open_, close = TURNS[family]
+    return ("{{- range .Messages }}" + open_.format(role="{{ .Role }}") + "{{ .Content }}" + close + "{{ end }}"
+            + open_.format(role="assistant"))
+
+
+CHATML_GO = _go_turns("chatml")
+LLAMA3_GO = _go_turns("llama3")
+
+
+def _expected(family: str) -> tuple[str, str]:
+    """What the family's template renders for the probe conversation, and its generation prompt."""
+    if family == "gemma":
+        return ("<start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n",
+                "<start_of_turn>model\n")
+    open_, close = TURNS[family]
+    return "".join(open_.format(role=m["role"]) + m["content"] + close for m in _PROBE), open_.format(role="assistant")
+
+
 def template_family(tok: Any) -> str | None:
-    """``chatml``, ``llama3`` or None, from what the template renders (not from its source text)."""
+    """``chatml``, ``phi4``, ``llama3``, ``phi3`` or ``gemma`` (``-bos`` added where the template writes BOS
+    itself), or None: from what the template renders, not from its source text."""
     if not getattr(tok, "chat_template", None):
         return None
     try:
@@ -30,14 +61,13 @@ def template_family(tok: Any) -> str | None:
         gen = tok.apply_chat_template(_PROBE[:2], tokenize=False, add_generation_prompt=True)
     except Exception:  # noqa: BLE001 - a template that cannot render our probe is not one we can translate
         return None
-    chatml = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n"
-    if text == chatml and gen.endswith("<|im_start|>assistant\n"):
-        return "chatml"
-    bos = tok.bos_token or ""
-    llama3 = ("<|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>"
-              "\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>")
-    if text in (llama3, bos + llama3) and gen.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n"):
-        return "llama3-bos" if bos and text.startswith(bos) else "llama3"
+    bos, eos = tok.bos_token or "", tok.eos_token or ""
+    for family in (*TURNS, "gemma"):
+        want, want_gen = _expected(family)
+        # Phi-3's own template ends a conversation without a generation prompt with EOS
+        for body in (want, want + eos) if eos else (want,):
+            if text in (body, bos + body) and gen.endswith(want_gen):
+                return family + "-bos" if bos and text.startswith(bos) else family
     return None
 
 
@@ -50,16 +80,15 @@ def modelfile_text(gguf_name: str, tok: Any, system: str | None) -> tuple[str, s
 
     family = template_family(tok)
     lines = [f"# Ollama Modelfile written by ft merge: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
-    if family == "chatml":
-        lines.append(f"TEMPLATE {_quote(CHATML_GO)}")
-    elif family in ("llama3", "llama3-bos"):
+    if family is not None:
+        base = family.removesuffix("-bos")
         # llama.cpp adds BOS itself only when the tokenizer does; the training template wrote it explicitly
         adds_bos = bool(tok("a")["input_ids"]) and tok("a")["input_ids"][0] == tok.bos_token_id
-        prefix = tok.bos_token if family == "llama3-bos" and not adds_bos else ""
-        lines.append(f"TEMPLATE {_quote(prefix + LLAMA3_GO)}")
+        prefix = tok.bos_token if family.endswith("-bos") and not adds_bos else ""
+        lines.append(f"TEMPLATE {_quote(prefix + (GEMMA_GO if base == 'gemma' else _go_turns(base)))}")
     else:
-        lines.append("# ft could not translate this chat template to Ollama's Go template (only ChatML and Llama-3")
-        lines.append("# are recognised); write TEMPLATE by hand. The Jinja template used in training was:")
+        lines.append("# ft could not translate this chat template to Ollama's Go template (only ChatML, Llama-3, Phi")
+        lines.append("# and Gemma turns are recognised); write TEMPLATE by hand. The Jinja template used in training was:")
         lines += ["#   " + ln for ln in (getattr(tok, "chat_template", None) or "(none)").splitlines()]
     for i in eos_token_ids(tok):
         lines.append(f"PARAMETER stop {_quote_simple(tok.convert_ids_to_tokens(i))}")
