@@ -258,3 +258,67 @@ def test_help_does_not_import_the_web_stack(args):
     mods = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
             if line.startswith("import time:") and "|" in line}
     assert "typer" in mods and not mods & {"starlette", "uvicorn", "numpy"}
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def reported_eval_dir(tmp_path, candidates):
+    """An eval folder whose report.html/.md ft eval's own writer made (judge with pairwise verdicts)."""
+    from finetune_cli.evaluate.report import write_reports
+
+    judge = [{"condition": "system", "prompt_id": f"p{i}", "a": candidates[0], "b": candidates[1], "winner": w}
+             for i, w in enumerate(["a", "b", "tie"])]
+    d = make_eval_dir(tmp_path / "eval", candidates=candidates, prompts=3, conditions=("system",), judge_items=judge)
+    doc = json.loads((d / "results.json").read_text())
+    doc.update(created="now", generation="greedy", definitions={}, gates={"checked": [], "failed": []},
+               results={c: {"system": {"n": 3}} for c in candidates})
+    doc["judge"]["usage"] = {"requests": 3, "cached": 0, "failed": 0, "input_tokens": 1, "output_tokens": 1}
+    for c in doc["candidates"]:
+        c["source"] = "src"
+    write_reports(d, doc, [])
+    return d, doc
+
+
+def test_summary_puts_peoples_verdicts_into_the_eval_report(tmp_path):
+    from finetune_cli.evaluate.report import write_reports
+    from finetune_cli.rate.report import BEGIN, END
+
+    d, doc = reported_eval_dir(tmp_path, ["base", f"tuned{EVIL}"])
+    assert BEGIN not in (d / "report.html").read_text()  # nobody rated yet: no section
+    client = TestClient(make_app(d, seed=1))
+    for rater, choice in (("ana", "A"), ("ben", "B")):
+        state = client.get("/api/next", params={"rater": rater}).json()
+        while state["pair"]:
+            state = client.post("/api/rate", json={"rater": rater, "pair": state["pair"]["id"], "choice": choice,
+                                                   "reason": f"because {EVIL}"}).json()
+    r = runner.invoke(cli_app, ["rate", "--summary", str(d), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert json.loads((d / "ratings_summary.json").read_text()) == s
+    page = (d / "report.html").read_text()
+    section = page[page.index(BEGIN):page.index(END)]
+    assert page.index(END) < page.index('<h2 id="outputs">')
+    [w] = s["win_rates"]
+    ja, ag = s["judge_agreement"], s["rater_agreement"]
+    assert ja["available"] and ja["kappa"] is not None and ag["mean_kappa"] is not None
+    for want in (f"<td>{w['a_win_rate']:.2f}</td>", f"<td>{w['ci95'][0]:.2f}–{w['ci95'][1]:.2f}</td>",
+                 f"kappa {ja['kappa']:.2f}", f"mean Cohen&#x27;s kappa {ag['mean_kappa']:.2f}",
+                 f"<td>{s['bradley_terry'][0]['strength']:.3f}</td>"):
+        assert want in section, want
+    assert "<script" not in page and "because &lt;script&gt;alert(1)&lt;/script&gt;" in section
+    assert "tuned&lt;script&gt;" in section
+    md = (d / "report.md").read_text()
+    md_section = md[md.index(BEGIN):md.index(END)]
+    assert f"kappa {ja['kappa']:.2f}" in md_section and "<script" not in md_section
+    assert md.index(END) < md.index("## Examples")
+
+    r = runner.invoke(cli_app, ["rate", "--summary", str(d)])  # a second summary replaces the section
+    assert r.exit_code == 0, r.output
+    assert (d / "report.html").read_text() == page and (d / "report.md").read_text() == md
+    assert page.count(BEGIN) == page.count(END) == md.count(BEGIN) == 1
+
+    (d / "ratings_summary.json").unlink()
+    write_reports(d, doc, [])  # ft eval re-run in a rated folder: the section comes back, once
+    assert (d / "report.html").read_text() == page and (d / "report.md").read_text() == md
+    assert json.loads((d / "ratings_summary.json").read_text()) == s

@@ -264,10 +264,15 @@ def render_md(doc: dict, outputs: list[dict], *, examples: int = 10) -> str:
 
 
 def write_reports(out: Path, doc: dict, outputs: list[dict]) -> dict[str, str]:
-    """results.json, report.html, report.md (each written atomically); returns their paths."""
+    """results.json, report.html, report.md (each written atomically); returns their paths. A folder that
+    people rated (ft rate's ratings.jsonl, kept across a re-run) gets their verdicts section again."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "html": out / "report.html", "md": out / "report.md"}
     write_json_atomic(paths["results"], doc)
     write_text_atomic(paths["html"], render_html(doc, outputs))
     write_text_atomic(paths["md"], render_md(doc, outputs))
+    if (out / "ratings.jsonl").is_file():
+        from ..rate.report import refresh  # numpy only when there are ratings
+
+        refresh(out)
     return {k: str(v) for k, v in paths.items()}

@@ -2,5 +2,6 @@
 
 Modules: ``config`` (options; the only one the CLI imports), ``store`` (pairs from outputs.jsonl, the
 per-rater schedule, ratings.jsonl), ``app`` (the Starlette app and its page, ``page.html``), ``stats``
-(win rates, Bradley–Terry, kappa: plain functions), ``summary`` (the report), ``run`` (serve or summarise).
+(win rates, Bradley–Terry, kappa: plain functions), ``summary`` (the numbers), ``report`` (them in ft
+eval's report.html/.md and ratings_summary.json), ``run`` (serve or summarise).
 """

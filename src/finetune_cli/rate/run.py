@@ -3,7 +3,8 @@
     ft rate eval/doric-smollm2-135m                              # http://127.0.0.1:8765/
     ft rate eval/doric-smollm2-135m --pairs 30 --rater ana --rater ben
     ft rate eval/doric-smollm2-135m --host 0.0.0.0               # exposed: links carry a token
-    ft rate eval/doric-smollm2-135m --summary [--json]
+    ft rate eval/doric-smollm2-135m --summary [--json]            # also writes ratings_summary.json and
+                                                                 # People's verdicts into report.html/.md
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ def links(host: str, port: int, token: str | None, raters: list[str]) -> list[st
 
 def run(cfg: RateConfig, reporter: Reporter) -> dict:
     if cfg.summary:
+        from .report import refresh
         from .summary import print_summary, summarize
 
         s = summarize(cfg.eval_dir)
         print_summary(reporter, s)
+        written = refresh(cfg.eval_dir, s)  # ratings_summary.json and the section in ft eval's reports
+        if written:
+            reporter.info("wrote " + ", ".join(written))
         return s
 
     import uvicorn
