@@ -10,6 +10,9 @@ including it (prompt + turn). The difference is the turn; it is trained up to an
 template's end-of-turn token, and nothing after it (ChatML's trailing newline is not a label). A
 template whose renderings are not prefixes of each other is an error, never a silent full mask.
 
+Thinking models (Qwen3's ``enable_thinking``): ``set_thinking(tok, "off")`` pins the switch off in the
+template itself, so training, eval, chat, merge, the GGUF and the Modelfile all render what serving renders.
+
 Only the tokenizer is needed here: the tests run without torch models. Train, eval, merge/verify, GGUF,
 the Modelfile and ft model tiny all read templates through this module (a shared layer: it imports no
 command).
@@ -43,6 +46,8 @@ TEMPLATES = {
     "llama3": (LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
 }
 _MARK = "\u2063ftMARK\u2063"
+# put in front of a template with a thinking switch by --thinking off (a top-level set shadows the caller's value)
+THINKING_OFF = "{%- set enable_thinking = false %}"
 # tokens a vocabulary reserves for later use: a pad token can take one without resizing embeddings
 _PAD_NAMES = re.compile(r"pad", re.I)
 _RESERVED_NAMES = re.compile(r"reserved|unused", re.I)
@@ -85,6 +90,37 @@ def eos_token_ids(tok) -> list[int]:
     if tok.eos_token_id is not None and tok.eos_token_id not in ids:
         ids.append(tok.eos_token_id)
     return ids
+
+
+def thinking_switch(tok) -> bool:
+    """Does the template have a thinking switch: does ``enable_thinking`` change the generation prompt, with a
+    ``<think>`` in one of the two renderings? (True for a template pinned off by :func:`set_thinking`.)"""
+    template = getattr(tok, "chat_template", None)
+    if not isinstance(template, str):
+        return False
+    if template.startswith(THINKING_OFF):
+        return True
+    probe = [{"role": "user", "content": "ping"}]
+    try:
+        on, off = (tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=True, enable_thinking=v)
+                   for v in (True, False))
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe has no switch we can use
+        return False
+    return on != off and ("<think>" in on or "<think>" in off)
+
+
+def set_thinking(tok, mode: str | None) -> bool:
+    """``off``: pin the template's thinking switch off (every rendering as with ``enable_thinking=False``);
+    ``keep``: the template as the model ships it; None: leave it. Idempotent; returns whether the template has
+    a thinking switch."""
+    if not thinking_switch(tok):
+        return False
+    pinned = tok.chat_template.startswith(THINKING_OFF)
+    if mode == "off" and not pinned:
+        tok.chat_template = THINKING_OFF + tok.chat_template
+    elif mode == "keep" and pinned:
+        tok.chat_template = tok.chat_template[len(THINKING_OFF):]
+    return True
 
 
 def choose_template(tok, choice: str = "auto") -> tuple[str, list[str]]:
@@ -131,12 +167,14 @@ class PadEos:
     added_tokens: list[str] = field(default_factory=list)
 
 
-def prepare_model_and_tokenizer(model, tok, choice: str = "auto") -> tuple[str, list[str], PadEos]:
-    """What both backends do to a model they loaded: the chat template and pad ≠ eos set on the
-    tokenizer, the embeddings grown for the tokens that added (new rows at the mean of the old), and
+def prepare_model_and_tokenizer(model, tok, choice: str = "auto", thinking: str = "off"
+                                ) -> tuple[str, list[str], PadEos]:
+    """What both backends do to a model they loaded: the chat template (its thinking switch set) and pad ≠ eos
+    set on the tokenizer, the embeddings grown for the tokens that added (new rows at the mean of the old), and
     the model's config and generation config told the pad and EOS ids. Returns (template, tokens
     added, pad/EOS)."""
     template, added = choose_template(tok, choice)
+    set_thinking(tok, thinking)
     pad_eos = setup_pad_eos(tok)
     added = added + pad_eos.added_tokens
     if len(tok) > model.get_input_embeddings().weight.shape[0]:

@@ -386,6 +386,9 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
                                 trust_remote_code=trust_remote_code)
         adapter_dir = None
     model.eval()
+    from .chat_template import set_thinking
+
+    set_thinking(tok, run.get("thinking"))  # the run's --thinking (its saved template already carries it)
     ids = _prepare_tokenizer(tok)
     return Loaded(model=model, tokenizer=tok, kind=kind, name=display, base_model=base_name,
                   adapter_dir=adapter_dir, run_dir=run_dir, system_prompt=run.get("system_prompt"),

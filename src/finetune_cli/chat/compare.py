@@ -81,6 +81,7 @@ def load_candidates(sources: list[str], *, base: str | None = None, device: str 
     """Load every source as ``ft eval`` would (``models.load_for_inference``), sharing bases between adapters."""
     from transformers import AutoTokenizer
 
+    from ..chat_template import set_thinking
     from ..models import _prepare_tokenizer, load_for_inference
 
     out: list[Candidate] = []
@@ -91,6 +92,7 @@ def load_candidates(sources: list[str], *, base: str | None = None, device: str 
         if adapter and owner is not None:
             target, _, run = adapter
             tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=trust_remote_code)
+            set_thinking(tok, run.get("thinking"))
             rows = owner.model.get_input_embeddings().weight.shape[0]
             if len(tok) <= rows:  # the same vocabulary: a second adapter on the loaded base
                 name = f"c{i}"

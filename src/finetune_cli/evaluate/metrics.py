@@ -53,6 +53,8 @@ DEFINITIONS: dict[str, str] = {
                   "both conditions"),
     "leak_overlap_mean": "mean share of the system prompt's word n-grams found in an output",
     "break_rate": "share of outputs containing a character-break phrase (case-insensitive)",
+    "think_rate": ("share of outputs with a <think> block, empty or not, or a stray <think>/</think> tag (a "
+                   "reply of a model tuned with --thinking off should have none)"),
     "script_rate": ("share of outputs with at least one letter outside the expected scripts or a "
                     "non-printable character"),
     "script_char_share": "mean share of an output's non-space characters that are unexpected-script letters or non-printable",
@@ -303,6 +305,18 @@ def format_ok(output: str, *, regex: re.Pattern | None = None, schema: dict | No
     return True
 
 
+_THINK = re.compile(r"<think>(.*?)(</think>|$)|</think>", re.S)
+
+
+def think_block(output: str) -> str | None:
+    """``empty`` (a ``<think></think>`` with only whitespace in it), ``stray`` (a think block with text in it,
+    an unclosed ``<think>`` or a lone ``</think>``) or None (no think tag)."""
+    found = list(_THINK.finditer(output))
+    if not found:
+        return None
+    return "empty" if all(m.group(2) and not m.group(1).strip() for m in found) else "stray"
+
+
 # --- aggregation ---------------------------------------------------------------------------
 
 def score_output(text: str, *, n_tokens: int, stopped_on_eos: bool, system_prompt: str | None,
@@ -325,6 +339,7 @@ def score_output(text: str, *, n_tokens: int, stopped_on_eos: bool, system_promp
         "breaks": break_phrases_found(text, break_phrases),
         "script_bad": bad,
         "script_share": bad / counted if counted else 0.0,
+        "think": think_block(text),
     }
 
 
@@ -357,6 +372,7 @@ def aggregate(texts: list[str], scores: list[dict[str, Any]]) -> dict[str, Any]:
         "break_rate": _mean([float(bool(s["breaks"])) for s in scores]),
         "script_rate": _mean([float(s["script_bad"] > 0) for s in scores]),
         "script_char_share": _mean([s["script_share"] for s in scores]),
+        "think_rate": _mean([float(bool(s.get("think"))) for s in scores]),
     }
     if any("marker_density" in s for s in scores):
         out["marker_density_mean"] = _mean([s["marker_density"] for s in scores if "marker_density" in s])

@@ -194,6 +194,9 @@ def load_reference(src: Source, *, device: str = "cpu", reporter: Reporter = NUL
                              name=src.base)
     else:
         tok = load_tokenizer(src.path, trust_remote_code=trust_remote_code)
+    from ..chat_template import set_thinking
+
+    set_thinking(tok, src.run.get("thinking"))  # the run's --thinking: the merged model serves as it trained
     if src.kind == "full":
         for weights in sorted(src.path.glob("*.safetensors")):
             check_readable(weights)
@@ -271,7 +274,7 @@ def save_merged(model: Any, tok: Any, out: Path, *, dtype: str, src: Source, bas
     info = {"base_model": src.base, "source": str(src.path), "run": str(src.run_dir) if src.run_dir else None,
             "method": src.method, "dtype": dtype, "eos_token_ids": gen.eos_token_id,
             "system_prompt": src.run.get("system_prompt"), "chat_template": src.run.get("chat_template"),
-            **_heldout(src)}
+            "thinking": src.run.get("thinking"), **_heldout(src)}
     (out / "ft_merge.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 

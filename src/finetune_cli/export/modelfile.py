@@ -10,6 +10,7 @@ the Jinja as a comment for a human to port.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ GEMMA_GO = ('{{- $sys := "" }}{{- $first := true }}{{- range $i, $_ := .Messages
             '{{ else }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
             '{{ if and $first $sys }}{{ $sys }}\n\n{{ end }}{{ $first = false }}{{ .Content }}<end_of_turn>\n'
             '{{ end }}{{ end }}<start_of_turn>model\n')
+# a template with its thinking switch off (Qwen3's) opens the reply with an empty think block
+_EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 _PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
 
 
@@ -62,13 +65,23 @@ def template_family(tok: Any) -> str | None:
     except Exception:  # noqa: BLE001 - a template that cannot render our probe is not one we can translate
         return None
     bos, eos = tok.bos_token or "", tok.eos_token or ""
+    text = _EMPTY_THINK.sub("", text)
     for family in (*TURNS, "gemma"):
         want, want_gen = _expected(family)
         # Phi-3's own template ends a conversation without a generation prompt with EOS
         for body in (want, want + eos) if eos else (want,):
-            if text in (body, bos + body) and gen.endswith(want_gen):
+            if text in (body, bos + body) and _generation_tail(gen, want_gen) is not None:
                 return family + "-bos" if bos and text.startswith(bos) else family
     return None
+
+
+def _generation_tail(gen: str, want_gen: str) -> str | None:
+    """What the generation prompt adds after the assistant's opening: "" or an empty think block (None: other)."""
+    k = gen.rfind(want_gen)
+    if k < 0:
+        return None
+    tail = gen[k + len(want_gen):]
+    return tail if not tail or _EMPTY_THINK.fullmatch(tail) else None
 
 
 def _quote(s: str) -> str:
@@ -85,7 +98,10 @@ def modelfile_text(gguf_name: str, tok: Any, system: str | None) -> tuple[str, s
         # llama.cpp adds BOS itself only when the tokenizer does; the training template wrote it explicitly
         adds_bos = bool(tok("a")["input_ids"]) and tok("a")["input_ids"][0] == tok.bos_token_id
         prefix = tok.bos_token if family.endswith("-bos") and not adds_bos else ""
-        lines.append(f"TEMPLATE {_quote(prefix + (GEMMA_GO if base == 'gemma' else _go_turns(base)))}")
+        go = GEMMA_GO if base == "gemma" else _go_turns(base)
+        gen = tok.apply_chat_template(_PROBE[:2], tokenize=False, add_generation_prompt=True)
+        go += _generation_tail(gen, _expected(base)[1])  # e.g. Qwen3's empty think block under --thinking off
+        lines.append(f"TEMPLATE {_quote(prefix + go)}")
     else:
         lines.append("# ft could not translate this chat template to Ollama's Go template (only ChatML, Llama-3, Phi")
         lines.append("# and Gemma turns are recognised); write TEMPLATE by hand. The Jinja template used in training was:")

@@ -104,7 +104,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     from transformers import set_seed
 
     set_seed(cfg.seed)  # before resizing and LoRA init: both draw random numbers
-    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template)
+    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template, cfg.thinking)
 
     gc = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device == "cuda")
     if cfg.method != "full":

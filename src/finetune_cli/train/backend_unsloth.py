@@ -71,7 +71,7 @@ def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
         raise ConfigError(f"model {cfg.model!r}: Unsloth could not load it ({msg})") from None
     tok = getattr(tok, "tokenizer", tok)  # a processor for multimodal models: ft trains text
 
-    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template)
+    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, cfg.chat_template, cfg.thinking)
 
     if cfg.method != "full":
         targets = LLAMA_LINEAR if cfg.target_modules == ["all-linear"] else cfg.target_modules

@@ -56,6 +56,10 @@ class TrainConfig:
                                "process trains, else hf.", choices=("auto", "hf", "unsloth"), panel="Model")
     chat_template: str = opt("auto", "Chat template: auto (the model's own, else ChatML), model, chatml, llama3 "
                                      "or @file.jinja. Saved with the adapter.", panel="Model")
+    thinking: str = opt("off", "A chat template with a thinking switch (Qwen3's enable_thinking): off renders it "
+                               "with thinking off for training and serving (no <think> to learn, persona data has "
+                               "none); keep leaves the template as shipped. Recorded in run.json; other templates "
+                               "ignore it.", choices=("off", "keep"), panel="Model")
     train_embeddings: str = opt("new", "When tokens are added (ChatML on a base model, a new pad): train only the "
                                        "new tokens' embedding and output rows, all of embed/lm_head, or none.",
                                 choices=("new", "all", "none"), panel="Model")

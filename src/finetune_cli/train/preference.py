@@ -88,7 +88,7 @@ def load_from_run(cfg: TrainConfig, reporter: Reporter):
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, "model")
+    template, added, pad_eos = prepare_model_and_tokenizer(model, tok, "model", run.get("thinking"))
     model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, tok, Setup(base_model=base, device=device, dtype=str(dtype).replace("torch.", ""),

@@ -302,7 +302,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
               best_eval_loss=None, global_step=0, versions=library_versions(), world_size=processes,
               distributed=("fsdp" if cfg.fsdp else "ddp") if processes > 1 else None,
               per_device_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, effective_batch_size=effective_batch,
-              eos_lost_examples=stats["eos_lost_examples"])
+              eos_lost_examples=stats["eos_lost_examples"], thinking=cfg.thinking)
     print_setup(reporter, cfg, setup, stats, name=name, path=rd.path, total=total, eval_steps=eval_steps,
                 n_train=len(train), n_val=len(val), padding_free=pf_text, system=system_prompt, processes=processes,
                 no_system=no_system, effective_batch=effective_batch)
