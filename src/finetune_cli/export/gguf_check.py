@@ -14,12 +14,12 @@ default ``--max-kl``). A file above the threshold is flagged, left out of the Mo
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from ..ui import NULL, Reporter
 from .gguf_write import write_gguf
+from .verify import drift  # noqa: F401  (tests and callers read it here too)
 
 ORDER = ("q4_k_m", "q8_0", "f16")  # smallest first: the Modelfile uses the smallest file that passed
 
@@ -32,35 +32,6 @@ def _load_gguf(path: Path):
 
     quiet_gguf()
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-
-
-def drift(ref_logits: list[Any], logits_of: Any, ids: list[Any]) -> dict:
-    """KL(ref ‖ model), top-1 agreement, perplexities and |Δlogit| on the same token ids.
-
-    ``logits_of(ids)`` is the model under test: a 1-D id tensor -> its (len, vocab) logits."""
-    import torch
-
-    kl_sum = agree = n = 0.0
-    nll_ref = nll_q = 0.0
-    n_pred = 0
-    max_abs = 0.0
-    with torch.no_grad():
-        for ref, x in zip(ref_logits, ids):
-            got = logits_of(x)
-            if not torch.isfinite(got).all():
-                return {"kl": math.inf, "top1_agreement": 0.0, "ppl_16bit": math.nan, "ppl_gguf": math.inf,
-                        "max_abs_logit_diff": math.inf, "tokens": int(x.numel())}
-            lp_ref, lp_q = ref.log_softmax(-1), got.log_softmax(-1)
-            kl_sum += (lp_ref.exp() * (lp_ref - lp_q)).sum().item()
-            agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
-            n += ref.shape[0]
-            tgt = x[1:]
-            nll_ref -= lp_ref[:-1].gather(1, tgt[:, None]).sum().item()
-            nll_q -= lp_q[:-1].gather(1, tgt[:, None]).sum().item()
-            n_pred += tgt.numel()
-            max_abs = max(max_abs, (got - ref).abs().max().item())
-    return {"kl": kl_sum / n, "top1_agreement": agree / n, "ppl_16bit": math.exp(nll_ref / max(n_pred, 1)),
-            "ppl_gguf": math.exp(nll_q / max(n_pred, 1)), "max_abs_logit_diff": max_abs, "tokens": int(n)}
 
 
 def _generate(model: Any, tok: Any, prompt: str, n: int = 8) -> tuple[int, str]:

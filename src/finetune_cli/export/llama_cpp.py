@@ -137,7 +137,7 @@ def greedy(llm: Any, prompt_ids: list[int], max_new: int) -> tuple[list[int], bo
 def check(path: Path, tok: Any, ref: Reference, *, max_new: int) -> dict:
     """Load ``path`` in llama.cpp and compare it with the 16-bit model; raises ExportError if it cannot load."""
     from ..gguf_pretok import llama_cpp_table
-    from .gguf_check import drift
+    from .verify import drift
 
     n_ctx = max([len(x) for x in ref.ids] + [len(ref.prompt_ids) + max(len(ref.greedy_ids), max_new)]) + 16
     llm = load(path, n_ctx=max(n_ctx, 256))
@@ -173,5 +173,4 @@ def check(path: Path, tok: Any, ref: Reference, *, max_new: int) -> dict:
             "stops_on": sorted({tok.convert_ids_to_tokens(i) for i in ref.end_ids if is_end(llm, i)}),
         }
     finally:
-        llm.close() if hasattr(llm, "close") else None
-        del llm
+        llm.close()  # frees the model and context now, not at garbage collection

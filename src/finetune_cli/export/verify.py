@@ -114,3 +114,32 @@ def compare(ref: list[Any], got: list[Any]) -> Diff:
     max_abs = d.max().item() if torch.isfinite(d).all() else math.inf
     mean_abs = d.mean().item() if torch.isfinite(d).all() else math.inf
     return Diff(max_abs=max_abs, mean_abs=mean_abs, scale=max(scale, 1e-12), tokens=r.shape[0])
+
+
+def drift(ref_logits: list[Any], logits_of: Any, ids: list[Any]) -> dict:
+    """KL(ref ‖ model), top-1 agreement, perplexities and |Δlogit| on the same token ids.
+
+    ``logits_of(ids)`` is the model under test: a 1-D id tensor -> its (len, vocab) logits."""
+    import torch
+
+    kl_sum = agree = n = 0.0
+    nll_ref = nll_q = 0.0
+    n_pred = 0
+    max_abs = 0.0
+    with torch.no_grad():
+        for ref, x in zip(ref_logits, ids):
+            got = logits_of(x)
+            if not torch.isfinite(got).all():
+                return {"kl": math.inf, "top1_agreement": 0.0, "ppl_16bit": math.nan, "ppl_gguf": math.inf,
+                        "max_abs_logit_diff": math.inf, "tokens": int(x.numel())}
+            lp_ref, lp_q = ref.log_softmax(-1), got.log_softmax(-1)
+            kl_sum += (lp_ref.exp() * (lp_ref - lp_q)).sum().item()
+            agree += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+            n += ref.shape[0]
+            tgt = x[1:]
+            nll_ref -= lp_ref[:-1].gather(1, tgt[:, None]).sum().item()
+            nll_q -= lp_q[:-1].gather(1, tgt[:, None]).sum().item()
+            n_pred += tgt.numel()
+            max_abs = max(max_abs, (got - ref).abs().max().item())
+    return {"kl": kl_sum / n, "top1_agreement": agree / n, "ppl_16bit": math.exp(nll_ref / max(n_pred, 1)),
+            "ppl_gguf": math.exp(nll_q / max(n_pred, 1)), "max_abs_logit_diff": max_abs, "tokens": int(n)}
