@@ -67,7 +67,6 @@ def reference_logprobs(base) -> Reference:
 def mean_kl(ref_lps: list, model, ids_list: list[list[int]], vocab: int) -> float:
     """Mean over positions of KL(base ‖ model) in nats. The model's extra vocabulary (tokens added in tuning)
     is left out: its share of probability only makes the KL larger, never smaller."""
-    import torch
 
     total, n = 0.0, 0
     for ref, ids in zip(ref_lps, ids_list):

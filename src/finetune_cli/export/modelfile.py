@@ -92,7 +92,7 @@ def modelfile_text(gguf_name: str, tok: Any, system: str | None) -> tuple[str, s
     from ..chat_template import eos_token_ids
 
     family = template_family(tok)
-    lines = [f"# Ollama Modelfile written by ft merge: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
+    lines = ["# Ollama Modelfile written by ft merge: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
     if family is not None:
         base = family.removesuffix("-bos")
         # llama.cpp adds BOS itself only when the tokenizer does; the training template wrote it explicitly
