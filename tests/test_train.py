@@ -486,6 +486,41 @@ def test_bad_inputs_give_one_clear_line(tiny_model, args, code, message):
     assert not Path("runs").exists() or not any(Path("runs").iterdir())  # a failed start leaves no run
 
 
+def check_fails(tiny_model, message: str):
+    write_data(Path("d.jsonl"), 4)
+    res = CliRunner().invoke(app, ["train", "--model", str(tiny_model), "--data", "d.jsonl", *FAST])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output, res.output
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())  # refused before anything was made
+
+
+@pytest.mark.parametrize("version", ["4.57.1", "5.18.0"])
+def test_a_transformers_outside_the_tested_range_is_refused_at_start(tiny_model, monkeypatch, version):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    check_fails(tiny_model, f"transformers {version} is outside the range ft train is tested with (>=5.0,<=5.17.0)")
+
+
+@pytest.mark.parametrize("name", ["_maybe_log_save_evaluate", "_get_output_dir"])
+def test_a_transformers_without_a_private_name_ft_relies_on_is_refused_at_start(tiny_model, monkeypatch, name):
+    from transformers import Trainer
+
+    monkeypatch.delattr(Trainer, name)
+    check_fails(tiny_model, f"Trainer has no {name}, which ft's Trainer relies on")
+
+
+def test_the_tested_transformers_range_is_the_train_extras():
+    import tomllib
+
+    from finetune_cli.train.trainer import TESTED
+
+    extra = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())
+    pins = [d for d in extra["project"]["optional-dependencies"]["train"] if d.startswith("transformers")]
+    assert pins == [f"transformers>={TESTED[0]},<={TESTED[1]}"]
+
+
 def test_model_tiny_command(tmp_path):
     res = CliRunner().invoke(app, ["model", "tiny", str(tmp_path / "m"), "--template", "llama3"])
     assert res.exit_code == 0, res.output

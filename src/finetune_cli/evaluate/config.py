@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..config import opt
 from ..errors import ConfigError
@@ -120,10 +121,15 @@ class EvalConfig:
     out: str | None = opt(None, "Output directory; default eval/<first candidate>-<time>.", short="-o", panel=O)
     save_outputs: bool = opt(True, "Write outputs.jsonl (every prompt × candidate × condition).", panel=O)
 
+    @cached_property
+    def gates(self) -> list[Gate]:
+        """``--fail-if`` parsed, once: validate() reads it first, so a gate that does not parse fails at start."""
+        return parse_gates(self.fail_if)
+
     def validate(self) -> None:
         if not (self.base or self.adapter or self.merged or self.run):
             raise ConfigError("ft eval: no candidate; pass --base, --adapter, --merged or --run")
-        if any(g.relative for g in parse_gates(self.fail_if)) and not self.base:
+        if any(g.relative for g in self.gates) and not self.base:
             raise ConfigError("option --fail-if: a gate against `base` needs the base model evaluated too",
                               hint="add --base MODEL")
         if self.format_regex is not None:
@@ -135,7 +141,7 @@ class EvalConfig:
         if not self.decoding or any(d not in DECODINGS for d in self.decoding):
             raise ConfigError(f"option --decoding: {','.join(self.decoding) or 'nothing'}: pick from greedy, sample",
                               hint="e.g. --decoding greedy,sample")
-        for g in parse_gates(self.fail_if):
+        for g in self.gates:
             if g.decoding and g.decoding not in self.decoding:
                 raise ConfigError(f"option --fail-if: {g} names decoding {g.decoding!r}, which is not measured",
                                   hint=f"add it to --decoding (now {','.join(self.decoding)})")
@@ -145,7 +151,7 @@ class EvalConfig:
             raise ConfigError("option --retention: compares candidates with the base model", hint="add --base MODEL")
         if not self.conditions:
             raise ConfigError("option --conditions: pick at least one of system, no_system")
-        if self.judge == "none" and (self.fail_if or "").find("judge_") >= 0:
+        if self.judge == "none" and any(g.metric.startswith("judge_") for g in self.gates):
             raise ConfigError("option --fail-if: judge_* gates need --judge openai|anthropic")
 
 

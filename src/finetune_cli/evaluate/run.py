@@ -24,7 +24,7 @@ from ..jsonl import read_json, write_json_atomic, write_rows_atomic
 from ..ui import Reporter
 from . import metrics as M
 from .candidates import Candidate, plan, training_answers
-from .config import EvalConfig, parse_gates
+from .config import EvalConfig
 from .prompts import Prompt, common_system, general_prompts, load_prompts, probe_prompts
 
 
@@ -129,7 +129,7 @@ def primary_decoding(decodings: list[str]) -> str:
 def check_gates(cfg: EvalConfig, by_decoding: dict, kinds: dict[str, str]) -> dict[str, Any]:
     """Gates over ``by_decoding[decoding]`` (``results`` and ``by_source``): a gate's decoding (else the
     primary one), its prompt group (else all prompts)."""
-    gates = parse_gates(cfg.fail_if)
+    gates = cfg.gates
     primary = primary_decoding(list(by_decoding))
     any_results = by_decoding[primary]["results"]
     base = base_candidate(any_results, kinds)

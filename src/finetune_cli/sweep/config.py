@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 from ..config import opt
 from ..errors import ConfigError
@@ -79,8 +80,18 @@ def _copied(cls: type, skip: set[str] = frozenset()) -> list[tuple[str, typing.A
     return out
 
 
+def _gates(self) -> list:
+    """``--fail-if`` parsed, once (ft eval's gates): validate() reads it first, so a gate that does not parse
+    fails before any variant trains."""
+    from ..evaluate.config import parse_gates
+
+    return parse_gates(self.fail_if)
+
+
 def _validate(self) -> None:
     from .grid import parse_grid
+
+    self.gates  # noqa: B018
 
     grid = parse_grid(self.grid)
     if self.random == 0 and any(not isinstance(v, list) for v in grid.values()):
@@ -94,7 +105,8 @@ _own, _train = _copied(SweepOptions), _copied(TrainConfig, TRAIN_ONLY)
 assert not {n for n, _, _ in _own} & {n for n, _, _ in _train}, "sweep options shadow train options"
 
 SweepConfig = dataclasses.make_dataclass("SweepConfig", _own + _train,
-                                         namespace={"validate": _validate, "__module__": __name__})
+                                         namespace={"validate": _validate, "gates": cached_property(_gates),
+                                                    "__module__": __name__})
 
 
 def train_options(cfg) -> dict[str, typing.Any]:

@@ -46,12 +46,9 @@ def _row(name: str, kind: str, values: dict, runs_dir: str, results: dict, cond:
     return row
 
 
-def check_gates(fail_if: str | None, results: dict, conditions: list[str]) -> tuple[list[str], list[dict]]:
+def check_gates(gates: list, results: dict, conditions: list[str]) -> tuple[list[str], list[dict]]:
     """--fail-if (ft eval's gate language) over every variant × condition; a gate against ``base`` compares
     with the base model in the same condition. The base itself is exempt."""
-    from ..evaluate.config import parse_gates
-
-    gates = parse_gates(fail_if)
     failed = []
     for cand, conds in results.items():
         if cand == "base":
@@ -77,7 +74,7 @@ def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
     doc = read_json(eval_dir / "results.json") if eval_dir else {}
     results, conds = doc.get("results", {}), doc.get("conditions", [])
     cond = _primary(conds)
-    checked, gates = check_gates(cfg.fail_if, results, conds)
+    checked, gates = check_gates(cfg.gates, results, conds)
     human: dict = {}
     if eval_dir is not None and (eval_dir / "ratings.jsonl").is_file():
         from .arena import human_ratings

@@ -210,6 +210,9 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     preference_stage = cfg.method in ("dpo", "orpo")  # hf only for now: auto means hf there
     # before anything imports transformers (Unsloth)
     backend_name = pick_backend("hf" if preference_stage and cfg.backend == "auto" else cfg.backend)
+    from .trainer import check_transformers
+
+    check_transformers()  # a transformers ft's Trainer was not tested with fails here, not mid-run
     if preference_stage:
         from . import preference
 
