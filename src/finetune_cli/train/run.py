@@ -82,7 +82,7 @@ def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> tuple[Path, l
         now_cfg = to_dict(cfg)
         diff = [k for k in now_cfg if k not in RESUME_FREE and k in old and old[k] != now_cfg[k]]
         if diff:
-            raise ConfigError(f"option --resume: options differ from the run being resumed: "
+            raise ConfigError("option --resume: options differ from the run being resumed: "
                               + ", ".join(f"{k} ({old[k]!r} → {now_cfg[k]!r})" for k in diff),
                               hint="resume with the run's own options (see its config.json)")
     before = rd.read().get("world_size", 1)
@@ -139,7 +139,7 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
            if cfg.batch_tokens else
            f" = {cfg.batch_size * cfg.grad_accum * processes} examples per step{s('batch_size')}")
         + f" · max len {cfg.max_len}{s('max_len')} · seed {cfg.seed}",
-        f"  eval       " + (f"{n_val} rows, every {eval_steps} steps · best checkpoint kept"
+        "  eval       " + (f"{n_val} rows, every {eval_steps} steps · best checkpoint kept"
                             + (f" · early stopping after {cfg.early_stopping}" if cfg.early_stopping else "")
                             if n_val else "off (no validation rows)"),
         f"  template   {setup.template} · eos {pe.eos_token!r} (id {pe.eos_id}) · pad {pe.pad_token!r} (id {pe.pad_id})"
