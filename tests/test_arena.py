@@ -100,6 +100,8 @@ def test_arena_from_eval_joins_the_leaderboard_with_human_ratings(tmp_path):
     """The arena over an eval dir as ft sweep leaves it, and the leaderboard ranks by its rating first."""
     from types import SimpleNamespace
 
+    from finetune_cli.evaluate.config import parse_gates
+
     from finetune_cli.sweep import leaderboard
     from finetune_cli.sweep.arena import arena_from_eval
 
@@ -123,7 +125,8 @@ def test_arena_from_eval_joins_the_leaderboard_with_human_ratings(tmp_path):
     with FakeLLM() as srv:
         srv.judge = known_judge(bias=0.0)
         cfg = SimpleNamespace(judge="openai", judge_model="j", judge_base_url=srv.openai_url, judge_workers=4,
-                              judge_prompts=10, arena_budget=0, fail_if="loop_rate>0.5")
+                              judge_prompts=10, arena_budget=0, fail_if="loop_rate>0.5",
+                              gates=parse_gates("loop_rate>0.5"))
         arena = arena_from_eval(cfg, ev, tmp_path / "arena.jsonl", NULL_REPORTER)
     assert arena["comparisons"] == 2 * 10 and arena["all_pairs_calls"] == 2 * 3 * 10
     ledger = {"name": "s", "base": "tiny", "runs_dir": str(tmp_path / "runs"),
