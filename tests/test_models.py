@@ -27,12 +27,16 @@ def _no_network(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the hub was asked")
 
+    tries: list[tuple] = []
+
     def unreachable(*a, **k):
+        tries.append(a)
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    return tries  # every connection attempt: a retrying client would make many
 
 
 def test_resolve_local_dir_and_hub_id(tiny_model, tmp_path, monkeypatch):
@@ -46,13 +50,11 @@ def test_resolve_local_dir_and_hub_id(tiny_model, tmp_path, monkeypatch):
 
 
 def test_a_mistyped_name_offline_fails_at_once_with_the_nearest_name(tmp_path, monkeypatch):
-    import time
-
     from typer.testing import CliRunner
 
     from finetune_cli.cli import app
 
-    _no_network(monkeypatch)
+    tries = _no_network(monkeypatch)
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE") as e:
         resolve_model("smollm2-13m")
     assert "did you mean 'smollm2-135m'" in str(e.value)
@@ -70,13 +72,13 @@ def test_a_mistyped_name_offline_fails_at_once_with_the_nearest_name(tmp_path, m
     monkeypatch.setattr(huggingface_hub_constants(), "HF_HUB_OFFLINE", False)
     with pytest.raises(ConfigError, match="unreachable.*did you mean 'smollm2-135m'"):
         resolve_model("smollm2-13m")
-    # through a command: one line, exit 2, fast
+    # through a command: one line, exit 2, at once: one look for a route to the hub, no retries
     (tmp_path / "p.txt").write_text("Fit like?\n")
-    t0 = time.perf_counter()
+    tries.clear()
     r = CliRunner().invoke(app, ["eval", "--base", "smollm2-13m", "--prompts", "p.txt", "--system", "Hi.", "-q"])
     assert r.exit_code == 2, r.output
     assert "smollm2-13m" in r.output and "did you mean 'smollm2-135m'" in r.output
-    assert len(r.output.strip().splitlines()) == 1 and time.perf_counter() - t0 < 10
+    assert len(r.output.strip().splitlines()) == 1 and len(tries) <= 1
 
 
 def huggingface_hub_constants():
@@ -208,8 +210,6 @@ def _data(tmp_path):
 @pytest.mark.parametrize("command", ["train", "eval", "merge"])
 def test_custom_code_is_refused_without_the_flag_and_never_prompts(command, custom_code_model, tiny_model, tmp_path,
                                                                    monkeypatch):
-    import time
-
     from typer.testing import CliRunner
 
     from finetune_cli.cli import app
@@ -228,12 +228,11 @@ def test_custom_code_is_refused_without_the_flag_and_never_prompts(command, cust
     args = {"train": ["train", "--model", str(model), "--data", "d.jsonl", "--max-steps", "1", "--name", "r"],
             "eval": ["eval", "--base", str(model), "--prompts", "p.txt", "--no-probes", "--system", "Hi."],
             "merge": ["merge", "--adapter", "ad", "--base", str(model), "--out", "m"]}[command]
-    t0 = time.perf_counter()
-    r = CliRunner().invoke(app, [*args, "-q"])
+    r = CliRunner().invoke(app, [*args, "-q"])  # a prompt would fail the test through builtins.input above
     assert r.exit_code == 2, (r.output, r.exception)
     [line] = r.output.strip().splitlines()
     assert str(model) in line and "--trust-remote-code" in line
-    assert not ran.exists() and time.perf_counter() - t0 < 15
+    assert not ran.exists()
 
 
 def test_custom_code_runs_with_the_flag_and_the_run_records_it(custom_code_model, tmp_path):
