@@ -30,6 +30,23 @@ def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float,
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def wins_matrix(order: Sequence[Hashable], games: Sequence[tuple]) -> np.ndarray:
+    """``wins[i, j]``: how often ``order[i]`` beat ``order[j]``, from ``(first, second, winner)`` games where
+    winner is "a" (the first won), "b" (the second won) or anything else (a tie: half a win each)."""
+    idx = {c: i for i, c in enumerate(order)}
+    wins = np.zeros((len(order), len(order)))
+    for first, second, winner in games:
+        i, j = idx[first], idx[second]
+        if winner == "a":
+            wins[i, j] += 1
+        elif winner == "b":
+            wins[j, i] += 1
+        else:
+            wins[i, j] += 0.5
+            wins[j, i] += 0.5
+    return wins
+
+
 def bradley_terry(wins: np.ndarray, *, prior: float = 0.0, max_iter: int = 10_000,
                   tol: float = 1e-12) -> np.ndarray:
     """Bradley–Terry strengths (summing to 1) by Hunter's MM iterations.

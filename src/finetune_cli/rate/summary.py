@@ -68,16 +68,7 @@ def summarize(eval_dir: str | Path) -> dict:
                           "both_bad": t["both_bad"], "a_win_rate": score / n, "ci95": [lo, hi]})
 
     idx = {c: i for i, c in enumerate(order)}
-    wins = np.zeros((len(order), len(order)))
-    for v in verdicts:
-        i, j = idx[v["candidates"][0]], idx[v["candidates"][1]]
-        if v["label"] == "a":
-            wins[i, j] += 1
-        elif v["label"] == "b":
-            wins[j, i] += 1
-        else:
-            wins[i, j] += 0.5
-            wins[j, i] += 0.5
+    wins = stats.wins_matrix(order, [(v["candidates"][0], v["candidates"][1], v["label"]) for v in verdicts])
     strengths = stats.bradley_terry(wins, prior=BT_PRIOR)
     elo = stats.elo_scale(strengths)
     bt = sorted(({"candidate": c, "strength": float(strengths[i]), "elo": float(elo[i])}

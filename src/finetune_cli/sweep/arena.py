@@ -52,18 +52,7 @@ def load_verdicts(path: Path) -> dict[str, dict]:
 
 
 def wins_matrix(cands: list[str], rows: list[dict]) -> np.ndarray:
-    idx = {c: i for i, c in enumerate(cands)}
-    w = np.zeros((len(cands), len(cands)))
-    for r in rows:
-        i, j = idx[r["a"]], idx[r["b"]]
-        if r["winner"] == "a":
-            w[i, j] += 1
-        elif r["winner"] == "b":
-            w[j, i] += 1
-        else:
-            w[i, j] += 0.5
-            w[j, i] += 0.5
-    return w
+    return stats.wins_matrix(cands, [(r["a"], r["b"], r["winner"]) for r in rows])
 
 
 def strengths(cands: list[str], rows: list[dict]) -> np.ndarray:
