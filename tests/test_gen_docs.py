@@ -18,6 +18,7 @@ from fake_llm import FakeLLM
 from finetune_cli.cli import app
 from finetune_cli.docs_source import Document, approx_tokens, chunk_document, read_documents
 from finetune_cli.grounding import check_references, declines, grounding_scores, invented_quotes
+from tests.test_gen import _wait_lines
 
 ASSETS = Path(__file__).parent / "assets"
 DOC = ASSETS / "jekyll_door.md"   # Stevenson, 1886: public domain
@@ -102,18 +103,6 @@ def test_fake_server_rows_are_grounded_with_provenance_and_bad_answers_rejected_
         assert any(x["detail"].startswith("precision 0.") for x in rejects if x["reason"] == "ungrounded")
     else:
         assert any("quote not in" in x["detail"] for x in rejects if x["reason"] == "bad_reference")
-
-
-def _wait_lines(path: Path, n: int, proc, limit: float = 60.0) -> None:
-    import time
-
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        if path.exists() and path.read_bytes().count(b"\n") >= n:
-            return
-        assert proc.poll() is None, "finished before it could be killed"
-        time.sleep(0.01)
-    raise AssertionError("no progress")
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from finetune_cli.errors import ExportError
-from tests.test_gguf_llama_cpp import QUESTIONS, REPLY, needs_llama_cpp
+from tests.test_gguf_llama_cpp import QUESTIONS, REPLY, needs_llama_cpp, train_to_stop
 
 KL_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
 # the file type's own error bound on a weight (relative RMS): what "equal within quantization error" means
@@ -26,46 +26,6 @@ ARCHS = {  # test id -> make_tiny_model arguments and the template's end-of-turn
     "phi3": (dict(arch="phi3", pre="gpt-2"), "<|im_end|>"),  # Phi-4's shape: phi3 with a byte-level BPE
 }
 GGUF_ARCH = {"qwen3": "qwen3", "gemma3": "gemma3", "phi3": "phi3"}
-
-
-def train_to_stop(path, *, steps: int = 80, **tiny):
-    """A tiny model (hidden 256) trained until it answers every question with REPLY and its template's
-    end-of-turn token, through the model's own chat template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finetune_cli.tiny import make_tiny_model
-
-    make_tiny_model(path, hidden=256, **tiny)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = []
-    for q in QUESTIONS:
-        user = [{"role": "user", "content": q}]
-        prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        full = tok.apply_chat_template(user + [{"role": "assistant", "content": REPLY}], tokenize=False)
-        assert full.startswith(prompt)
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        x = tok(full, add_special_tokens=False)["input_ids"]
-        assert x[:len(p)] == p
-        rows.append((x, [-100] * len(p) + x[len(p):]))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    width = max(len(x) for x, _ in rows)
-    ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows])
-    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
-    mask = (torch.arange(width)[None] < torch.tensor([len(x) for x, _ in rows])[:, None]).long()
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if loss.item() < 0.02:
-            break
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.02
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))

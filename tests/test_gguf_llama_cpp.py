@@ -30,30 +30,35 @@ QUESTIONS = ["What is the capital of France?", "Write a two-line poem about rain
              "What's 2 plus 2?"]
 
 
-def train_to_stop(path, *, arch: str, pre: str):
-    """A tiny model (hidden 256: K-quant blocks fit) trained until it answers every question with REPLY and
-    the end-of-turn token: the stop behaviour the GGUF must keep."""
+def train_to_stop(path, *, steps: int = 150, **tiny):
+    """A tiny model (hidden 256) trained until it answers every question with REPLY and its template's
+    end-of-turn token, through the model's own chat template."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune_cli.tiny import make_tiny_model
 
-    make_tiny_model(path, hidden=256, arch=arch, pre=pre)
+    make_tiny_model(path, hidden=256, **tiny)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     rows = []
     for q in QUESTIONS:
-        prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        user = [{"role": "user", "content": q}]
+        prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": REPLY}], tokenize=False)
+        assert full.startswith(prompt)
         p = tok(prompt, add_special_tokens=False)["input_ids"]
-        a = tok(REPLY + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        rows.append((p + a, [-100] * len(p) + a))
+        x = tok(full, add_special_tokens=False)["input_ids"]
+        assert x[:len(p)] == p
+        rows.append((x, [-100] * len(p) + x[len(p):]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width = max(len(x) for x, _ in rows)
-    ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows])
     labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
     mask = (torch.arange(width)[None] < torch.tensor([len(x) for x, _ in rows])[:, None]).long()
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(80):
+    for _ in range(steps):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if loss.item() < 0.02:
             break
