@@ -209,3 +209,112 @@ def test_bad_topic_files_name_the_problem(data, message):
     with pytest.raises(DataError) as e:
         load_topics("bad.json")
     assert message in str(e.value) and "bad.json" in str(e.value)
+
+
+# -- resumable: a run that dies keeps its accepted topics; the same command again finishes the job --------
+
+# one group at a time: the requests (so the fake's answers) come in one order; rounds never run out
+RESUMABLE = ("--per-group", 5, "--batch", 2, "--max-rounds", 30, "--max-concurrency", 1)
+
+
+class KeyRevokedAfter(FakeLLM):
+    """The fake LLM, except that every request after the first ``ok`` is refused with a 401: a fatal
+    provider error that ends the run mid-way (retries do not help)."""
+
+    def __init__(self, ok: int):
+        super().__init__()
+        self.ok = ok
+
+    def _behaviour(self, messages, body):
+        return "401" if self.requests > self.ok else super()._behaviour(messages, body)
+
+
+def env_for(srv) -> dict:
+    return {"OPENAI_BASE_URL": srv.openai_url, "OPENAI_API_KEY": KEY}
+
+
+def progress_rows(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def uninterrupted() -> tuple[dict, int]:
+    """What a run on GROUPED that nothing stopped writes, and the requests it takes."""
+    Path("ref.json").write_text(json.dumps(GROUPED))
+    with FakeLLM() as srv:
+        r = expand("--input", "ref.json", "--output", "ref.out.json", *RESUMABLE, env=env_for(srv))
+        assert r.exit_code == 0, r.output
+        return json.loads(Path("ref.out.json").read_text()), srv.requests
+
+
+def test_a_run_that_dies_keeps_its_topics_and_the_same_command_finishes_it():
+    Path("in.json").write_text(json.dumps(GROUPED))
+    args = ("--input", "in.json", "--output", "out.json")
+    full, total = uninterrupted()
+    accepted = [(g, t) for g, ts in full.items() for t in ts[len(GROUPED[g]):]]  # in the order they came
+    assert len(accepted) == 10 and total >= 6
+
+    with KeyRevokedAfter(ok=2) as srv:  # at most 2 topics a request: "work" is not finished when the key goes
+        r = expand(*args, *RESUMABLE, env=env_for(srv))
+    assert r.exit_code == 1 and "authentication failed (HTTP 401)" in r.stderr, r.output
+    assert not Path("out.json").exists()
+    rows = progress_rows("out.json.partial.jsonl")
+    assert rows[0]["header"]["per_group"] == 5 and len(rows[0]["header"]["input_sha256"]) == 64
+    kept = len(rows) - 1
+    assert 0 < kept < 5 and [(row["group"], row["topic"]) for row in rows[1:]] == accepted[:kept]
+    with open("out.json.partial.jsonl", "ab") as f:
+        f.write(b'{"group": "work", "top')  # killed mid-write: half a line
+
+    with FakeLLM() as srv:
+        r = expand(*args, *RESUMABLE, "--json", env=env_for(srv))
+        assert r.exit_code == 0, r.output
+        assert srv.requests == total - 2  # only what was missing was asked for
+    assert json.loads(Path("out.json").read_text()) == full
+    assert result(r)["resumed"] == kept and result(r)["added"] == {"work": 5, "daily_life": 5}
+    assert not Path("out.json.partial.jsonl").exists()
+
+
+def test_progress_from_another_input_or_settings_is_refused_and_overwrite_discards_it():
+    Path("in.json").write_text(json.dumps(GROUPED))
+    args = ("--input", "in.json", "--output", "out.json")
+    with KeyRevokedAfter(ok=1) as srv:
+        assert expand(*args, *RESUMABLE, env=env_for(srv)).exit_code == 1
+    progress = Path("out.json.partial.jsonl").read_bytes()
+    assert len(progress.splitlines()) > 1  # the header, then the topics the one answered request gave
+
+    with FakeLLM() as srv:
+        r = expand(*args, "--per-group", 6, "--batch", 2, "--max-rounds", 30, "--max-concurrency", 1, env=env_for(srv))
+        assert r.exit_code == 2, r.output
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "holds the progress of a run with --per-group 5 (now 6)" in errors[0]
+
+        Path("in.json").write_text(json.dumps({**GROUPED, "work": GROUPED["work"] + ["a new topic"]}))
+        r = expand(*args, *RESUMABLE, env=env_for(srv))
+        assert r.exit_code == 2, r.output
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "out.json.partial.jsonl holds the progress of a run on another input" in errors[0]
+        assert "--overwrite" in errors[0] and srv.requests == 0
+        assert Path("out.json.partial.jsonl").read_bytes() == progress and not Path("out.json").exists()
+
+        r = expand(*args, *RESUMABLE, "--overwrite", "--json", env=env_for(srv))
+        assert r.exit_code == 0, r.output
+    assert result(r)["resumed"] == 0
+    assert not Path("out.json.partial.jsonl").exists()
+
+
+def test_in_place_run_that_dies_leaves_the_input_byte_identical_and_resumes():
+    full, _ = uninterrupted()
+    Path("topics.json").write_text(json.dumps(GROUPED))
+    before = Path("topics.json").read_bytes()
+    with KeyRevokedAfter(ok=3) as srv:
+        r = expand("--input", "topics.json", "--in-place", *RESUMABLE, env=env_for(srv))
+    assert r.exit_code == 1, r.output
+    assert Path("topics.json").read_bytes() == before  # never rewritten before the end
+    kept = len(progress_rows("topics.json.partial.jsonl")) - 1
+    assert kept > 0
+
+    with FakeLLM() as srv:
+        r = expand("--input", "topics.json", "--in-place", *RESUMABLE, env=env_for(srv))
+    assert r.exit_code == 0, r.output
+    assert f"resuming: {kept} topics already accepted (topics.json.partial.jsonl)" in r.stderr
+    assert json.loads(Path("topics.json").read_text()) == full
+    assert not Path("topics.json.partial.jsonl").exists()

@@ -14,10 +14,19 @@ must not repeat a word more than twice, and must not be a fuzzy duplicate (rapid
 token_sort_ratio ≥ --similarity) of any existing or new topic. Existing topics stay, in order.
 Without an LLM (no OPENAI_API_KEY, OPENAI_BASE_URL or ANTHROPIC_API_KEY) it exits 2: ft never
 invents topics offline.
+
+Resumable: each accepted topic is appended at once to ``<output>.partial.jsonl`` (``<input>.partial.jsonl``
+with --in-place), after a header line with the input's sha256 and the settings that decide what is
+accepted. A run that dies (Ctrl-C, a kill, a revoked key) keeps those topics; running the same
+command again loads them, rebuilds the dedup state and asks only for the topics still missing per
+group. A re-run on another input or with other settings is refused (``--overwrite`` discards the
+progress instead). The output (or, with --in-place, the input) is written atomically once, at the
+end, and the progress file removed; until then the input is never touched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -27,8 +36,8 @@ import orjson
 
 from .config import opt
 from .errors import ConfigError, DataError, ProviderError
-from .jsonl import read_json, write_json_atomic
-from .ui import Reporter
+from .jsonl import AppendWriter, read_json, read_rows, repair_tail, write_json_atomic
+from .ui import Reporter, count
 
 DEFAULT_GROUP = "general"
 BANNED_PREFIXES = ("the importance of", "importance of", "a guide to", "guide to", "an introduction to",
@@ -149,6 +158,8 @@ class ExpandConfig:
     timeout: float = opt(60.0, "Per-request timeout, in seconds.", gt=0)
     max_retries: int = opt(6, "Retries of one request on 429, 5xx, timeouts.", ge=0)
     temperature: float = opt(1.0, "Sampling temperature (higher: more varied topics).", ge=0, le=2)
+    overwrite: bool = opt(False, "Start over: delete the progress file (<output>.partial.jsonl) an interrupted "
+                                 "run left, instead of resuming from it (default: resume).")
 
     def validate(self) -> None:
         if bool(self.output) == bool(self.in_place):
@@ -165,14 +176,65 @@ comparison, problem to solve). Do not start with "The importance of", "A guide t
 Reply with a JSON array of strings only."""
 
 
-async def _expand_group(provider, group: str, existing: list[str], everything: list[str], cfg: ExpandConfig,
-                        stats: Counter, failures: Counter) -> list[str]:
+def progress_path(target: str | Path) -> Path:
+    """Where a run appends the topics it accepts until the output is written: ``<target>.partial.jsonl``."""
+    p = Path(target)
+    return p.with_name(p.name + ".partial.jsonl")
+
+
+def _progress_header(cfg: ExpandConfig, input_sha256: str) -> dict:
+    """What a resumed run must share with the run it continues: the same input, and the settings that
+    decide which and how many topics are accepted (not --model, --batch or --temperature)."""
+    return {"ft": "topics expand", "input_sha256": input_sha256, "per_group": cfg.per_group,
+            "groups": sorted(cfg.groups), "similarity": cfg.similarity}
+
+
+_SETTING_FLAGS = {"per_group": "--per-group", "groups": "--groups", "similarity": "--similarity"}
+
+
+def load_progress(path: Path, header: dict, cfg: ExpandConfig, targets: list[str]) -> dict[str, list[str]] | None:
+    """``{group: [accepted topics]}`` from an interrupted run's progress file, or None when there is none.
+
+    Progress made from another input or with other settings raises :class:`ConfigError`: mixing the two
+    would write topics the command did not ask for."""
+    if not path.exists():
+        return None
+    repair_tail(path)  # a run killed mid-write leaves half a line
+    found, done = None, {}
+    for line, row in read_rows(path):
+        if found is None:
+            found = row.get("header")
+            if not isinstance(found, dict) or found.get("ft") != "topics expand":
+                raise DataError("not a progress file of ft topics expand (no header line)", path=str(path),
+                                hint="move it away, or add --overwrite to delete it")
+            if found.get("input_sha256") != header["input_sha256"]:
+                raise ConfigError(f"{path} holds the progress of a run on another input ({cfg.input} is not the "
+                                  "file it started from)", hint="run it with that input to resume, or add "
+                                                                "--overwrite to discard the progress")
+            changed = [f"{_SETTING_FLAGS[k]} {found.get(k)!r} (now {v!r})" for k, v in header.items()
+                       if k in _SETTING_FLAGS and found.get(k) != v]
+            if changed:
+                raise ConfigError(f"{path} holds the progress of a run with {', '.join(changed)}",
+                                  hint="run the same command to resume, or add --overwrite to discard the progress")
+            continue
+        group, topic = row.get("group"), row.get("topic")
+        if group not in targets or not isinstance(topic, str):
+            raise DataError(f"expected {{group, topic}} of a group being expanded, got {row!r}", path=str(path),
+                            line=line, hint="add --overwrite to discard the progress")
+        items = done.setdefault(group, [])
+        if topic not in items:  # a line written twice
+            items.append(topic)
+    return None if found is None else done
+
+
+async def _expand_group(provider, group: str, existing: list[str], done: list[str], everything: list[str],
+                        cfg: ExpandConfig, stats: Counter, failures: Counter, log: AppendWriter) -> list[str]:
     from rapidfuzz import fuzz, process
     from rapidfuzz.utils import default_process
 
     from .providers import JobFailed
 
-    new: list[str] = []
+    new = list(done)  # accepted by an interrupted run: the prompts go on from where it stopped
     cutoff = cfg.similarity * 100
     for _ in range(cfg.max_rounds):
         if len(new) >= cfg.per_group:
@@ -203,25 +265,27 @@ async def _expand_group(provider, group: str, existing: list[str], everything: l
                 continue
             new.append(t)
             everything.append(t)
+            log.write({"group": group, "topic": t})
             stats["added"] += 1
             if len(new) >= cfg.per_group:
                 break
     return new
 
 
-async def _expand(provider, grouped: dict[str, list[str]], cfg: ExpandConfig, reporter: Reporter):
+async def _expand(provider, grouped: dict[str, list[str]], done: dict[str, list[str]], targets: list[str],
+                  cfg: ExpandConfig, reporter: Reporter, log: AppendWriter):
     import asyncio  # not at the top: `ft --help` should not pay for it
 
-    everything = [t for items in grouped.values() for t in items]
+    everything = [t for items in grouped.values() for t in items] + [t for items in done.values() for t in items]
     stats: Counter = Counter()
     failures: Counter = Counter()  # provider error -> requests
     sem = asyncio.Semaphore(cfg.max_concurrency)
-    targets = [g for g in grouped if not cfg.groups or g in cfg.groups]
 
     with reporter.progress("expanding topics", total=len(targets)) as task:
         async def one(g: str) -> tuple[str, list[str]]:
             async with sem:
-                got = await _expand_group(provider, g, grouped[g], everything, cfg, stats, failures)
+                got = await _expand_group(provider, g, grouped[g], done.get(g, []), everything, cfg, stats,
+                                          failures, log)
                 task.advance(1)
                 return g, got
 
@@ -241,6 +305,17 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     if unknown:
         raise ConfigError(f"--groups: no group {', '.join(map(repr, unknown))} in {cfg.input} "
                           f"(groups: {', '.join(grouped)})")
+    targets = [g for g in grouped if not cfg.groups or g in cfg.groups]
+    target = Path(cfg.input if cfg.in_place else cfg.output)
+    partial = progress_path(target)
+    if cfg.overwrite:
+        partial.unlink(missing_ok=True)
+    header = _progress_header(cfg, hashlib.sha256(Path(cfg.input).read_bytes()).hexdigest())
+    done = load_progress(partial, header, cfg, targets)
+    fresh, done = done is None, done or {}
+    resumed = sum(map(len, done.values()))
+    if resumed:
+        reporter.info(f"resuming: {count(resumed, 'topic')} already accepted ({partial})")
     kind = choose_provider(cfg.provider)
     if kind == "template":
         raise ConfigError("ft topics expand needs an LLM: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local "
@@ -250,7 +325,15 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
                            temperature=cfg.temperature)
     import asyncio
 
-    new, stats, failures = asyncio.run(_expand(provider, grouped, cfg, reporter))
+    log = AppendWriter(partial)
+    try:
+        with log:
+            if fresh:
+                log.write({"header": header})
+            new, stats, failures = asyncio.run(_expand(provider, grouped, done, targets, cfg, reporter, log))
+    finally:
+        if not resumed and log.count == (1 if fresh else 0):  # nothing accepted: no progress worth keeping
+            partial.unlink(missing_ok=True)
     if not any(new.values()):  # nothing usable: the input stays as it is, and the run fails
         counts = (f"invalid {stats['invalid']}, duplicates {stats['duplicate']}, bad replies {stats['bad_reply']}, "
                   f"failed requests {stats['failed']}")
@@ -261,12 +344,12 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
         raise DataError(f"no new topic passed the checks ({counts})", path=cfg.input,
                         hint="run again, or try another --model")
     out = {g: items + new.get(g, []) for g, items in grouped.items()}
-    target = cfg.input if cfg.in_place else cfg.output
     if shape == "records":  # the records as they were (their order across groups, any extra keys), then the new
         data = raw + [{"topic": t, "group": g} for g, items in new.items() for t in items]
     else:
         data = dump_topics(shape, out)
     write_json_atomic(target, data)
+    partial.unlink(missing_ok=True)  # only now: a crash before the rename keeps every accepted topic
     rows = [[g, len(grouped[g]), len(new.get(g, [])), len(out[g])] for g in grouped]
     reporter.table(f"ft topics expand → {target}", ["group", "existing", "added", "total"], rows)
     short = [g for g in new if len(new[g]) < cfg.per_group]
@@ -274,5 +357,6 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
         reporter.warn(f"{len(short)} groups got fewer than {cfg.per_group} new topics "
                       f"(invalid {stats['invalid']}, duplicates {stats['duplicate']}, bad replies "
                       f"{stats['bad_reply']}, failed requests {stats['failed']}); run again to add more")
-    return {"output": str(target), "added": {g: len(v) for g, v in new.items()}, "stats": dict(stats),
+    return {"output": str(target), "added": {g: len(v) for g, v in new.items()}, "resumed": resumed,
+            "stats": dict(stats),
             "requests": provider.stats.requests, "provider": kind, "model": provider.model}
