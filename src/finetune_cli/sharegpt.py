@@ -1,12 +1,16 @@
-"""``ft to-sharegpt``: OpenAI messages JSONL ⇄ ShareGPT conversations JSONL.
+"""``ft to-sharegpt``: OpenAI messages JSONL ⇄ ShareGPT conversations JSONL; alpaca rows in, either way.
 
     ft to-sharegpt --input datasets/doric.jsonl --output datasets/doric.sharegpt.jsonl
     ft to-sharegpt --input sg.jsonl --output msgs.jsonl --reverse --system @system.txt
+    ft to-sharegpt --input alpaca.jsonl --output alpaca.sharegpt.jsonl
 
 Accepts role/content and from/value turns and the usual role aliases (user/human/input,
-assistant/gpt/output, system), as Unsloth's ``standardize_sharegpt`` does. A conversation with an
-unknown role, empty content, two turns of one role in a row, or no final assistant turn is an error
-naming ``file:line`` (or is skipped and counted with ``--on-error skip``). Output order is input order.
+assistant/gpt/output, system), as Unsloth's ``standardize_sharegpt`` does. Alpaca rows
+(``{"instruction", "input", "output", "system"}``, input and system optional) become one exchange
+(:func:`alpaca_turns`) and are written as ShareGPT, or as messages with ``--reverse``. A conversation with an
+unknown role, empty content, two turns of one role in a row, or no final assistant turn, and an alpaca row with
+a missing or mistyped field, is an error naming ``file:line`` (or is skipped and counted with
+``--on-error skip``). Output order is input order.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ ROLE_ALIASES = {
     "assistant": "assistant", "gpt": "assistant", "output": "assistant",
 }
 TO_SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt"}
+ALPACA_KEYS = ("instruction", "input", "output", "system")
 
 
 @dataclass
 class ToShareGPTConfig:
-    input: str = opt(help="Input JSONL (.jsonl or .jsonl.gz; - for stdin).", short="-i", required=True)
+    input: str = opt(help="Input JSONL: messages, ShareGPT with --reverse, or alpaca rows either way (.jsonl or "
+                          ".jsonl.gz; - for stdin).", short="-i", required=True)
     output: str = opt(help="Output JSONL, written atomically (- for stdout).", short="-o", required=True)
-    reverse: bool = opt(False, "Convert ShareGPT conversations back to OpenAI messages.")
+    reverse: bool = opt(False, "Convert ShareGPT conversations (or alpaca rows) to OpenAI messages.")
     drop_meta: bool = opt(False, "Drop each row's meta object.")
     system: str | None = opt(None, "Add or replace the system turn: TEXT or @file.")
     on_error: str = opt("fail", "What a bad row does: stop with its file:line, or skip it and count it.",
@@ -82,6 +88,46 @@ def _normalize_turns(turns: Any) -> list[tuple[str, str]]:
     return out
 
 
+def is_alpaca(row: dict) -> bool:
+    """An alpaca row: it has ``instruction`` or ``output`` (``input`` and ``system`` alone say nothing)."""
+    return "instruction" in row or "output" in row
+
+
+def alpaca_turns(row: dict) -> list[tuple[str, str]]:
+    """An alpaca row → ``[(role, content), ...]``: the system turn when ``system`` is non-empty, the user turn
+    ``instruction`` (then a newline and ``input`` when that is non-empty), the assistant turn ``output``.
+
+    The newline join is LLaMA-Factory's (``"\\n".join([instruction, input])``) and Axolotl's chat styles'
+    (``{instruction}\\n{input}``). A null ``input`` or ``system`` counts as absent, as it does in .json/.parquet
+    files read through ``datasets``. Raises ValueError naming the field; the caller adds file:line.
+    """
+    mixed = [k for k in ("messages", "conversations") if k in row]
+    if mixed:
+        raise ValueError(f"row mixes shapes: {mixed[0]!r} and alpaca 'instruction'/'output'; keep one per row")
+    for key in ("instruction", "output"):
+        if key not in row:
+            raise ValueError(f"alpaca row has no {key!r}")
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise ValueError(f"{key!r} must be a non-empty string (got {_describe(row[key])})")
+    for key in ("input", "system"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise ValueError(f"{key!r} must be a string (got {_describe(row[key])})")
+    user = row["instruction"]
+    if (row.get("input") or "").strip():
+        user += "\n" + row["input"]
+    turns = [("user", user), ("assistant", row["output"])]
+    if (row.get("system") or "").strip():
+        turns.insert(0, ("system", row["system"]))
+    return turns
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return "an empty string" if not value else "only whitespace"
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def with_system(turns: list[tuple[str, str]], system: str | None) -> list[tuple[str, str]]:
     if system is None:
         return turns
@@ -93,21 +139,26 @@ def with_system(turns: list[tuple[str, str]], system: str | None) -> list[tuple[
 def convert_row(row: dict, *, reverse: bool, drop_meta: bool, system: str | None) -> dict:
     src_key, dst_key = ("conversations", "messages") if reverse else ("messages", "conversations")
     turns = row.get(src_key)
-    if turns is None:
+    if is_alpaca(row):
+        src_keys = ALPACA_KEYS
+        turns = with_system(alpaca_turns(row), system)
+    elif turns is None:
         other = "messages" if reverse else "conversations"
         if other in row:
             hint = " (it has 'conversations': did you mean --reverse?)" if not reverse else \
                 " (it has 'messages': drop --reverse?)"
             raise ValueError(f"missing {src_key!r}{hint}")
-        raise ValueError(f"missing {src_key!r}")
-    turns = with_system(normalize_turns(turns, src_key), system)
+        raise ValueError(f"missing {src_key!r} (or alpaca 'instruction' and 'output')")
+    else:
+        src_keys = (src_key,)
+        turns = with_system(normalize_turns(turns, src_key), system)
     if reverse:
         conv = [{"role": r, "content": c} for r, c in turns]
     else:
         conv = [{"from": TO_SHAREGPT[r], "value": c} for r, c in turns]
     out = {dst_key: conv}
     for k, v in row.items():
-        if k == src_key or (drop_meta and k == "meta"):
+        if k in src_keys or (drop_meta and k == "meta"):
             continue
         out[k] = v
     return out

@@ -70,10 +70,10 @@ class TrainConfig:
                                          "prompts). Recorded in run.json.", panel="Model")
 
     # Data
-    data: list[str] = opt(help="Training files: messages or ShareGPT JSONL, .json/.parquet/.csv (datasets), "
-                               ".txt/.md raw text for completion training. Repeat or comma-separate. PATH:W "
-                               "makes a file the share W of the mixture (general.jsonl:0.2 = 20% of the "
-                               "training rows, seeded sample; unweighted files keep all their rows). With "
+    data: list[str] = opt(help="Training files: messages, ShareGPT or alpaca JSONL, .json/.parquet/.csv "
+                               "(datasets), .txt/.md raw text for completion training. Repeat or "
+                               "comma-separate. PATH:W makes a file the share W of the mixture (general.jsonl:0.2 = "
+                               "20% of the training rows, seeded sample; unweighted files keep all their rows). With "
                                "--method dpo/orpo: ft pairs' preference pairs.",
                           short="-d", required=True, panel="Data")
     system: str | None = opt(None, "System prompt baked into every conversation (replaces theirs): TEXT or @file.",

@@ -4,8 +4,10 @@
     chunks = chunk_tokens(ids, size=1024, overlap=128)
 
 Accepted: ft's messages JSONL (``{"messages": [...]}``), ShareGPT JSONL (``{"conversations": [...]}``),
-``{"text": ...}`` rows (completion training), the same rows in .json/.parquet/.csv through
-``datasets``, and .txt/.md files (one document each, completion training).
+alpaca JSONL (``{"instruction", "input", "output", "system"}``, input and system optional; see
+:func:`~finetune_cli.sharegpt.alpaca_turns`), ``{"text": ...}`` rows (completion training), the same rows in
+.json/.parquet/.csv through ``datasets``, and .txt/.md files (one document each, completion training). Rows of
+different shapes may share a file; one row with two conversation shapes is an error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..jsonl import read_rows
-from ..sharegpt import normalize_turns, with_system
+from ..sharegpt import alpaca_turns, is_alpaca, normalize_turns, with_system
 
 TEXT_SUFFIXES = {".txt", ".md"}
 DATASETS_SUFFIXES = {".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -58,12 +60,14 @@ def _sha256(path: Path) -> str:
 
 def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None) -> None:
     if not isinstance(row, dict):
-        raise DataError("expected an object with 'messages', 'conversations' or 'text'", path=path, line=line)
+        raise DataError("expected an object with 'messages', 'conversations', 'instruction'/'output' (alpaca) "
+                        "or 'text'", path=path, line=line)
     key = "messages" if "messages" in row else "conversations"
     turns = row.get(key)
-    if turns is not None:
+    alpaca = is_alpaca(row)  # before 'text': alpaca exports often carry the rendered prompt as 'text' too
+    if turns is not None or alpaca:
         try:
-            pairs = with_system(normalize_turns(turns, key), system)
+            pairs = with_system(alpaca_turns(row) if alpaca else normalize_turns(turns, key), system)
         except ValueError as e:
             raise DataError(str(e), path=path, line=line) from None
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
@@ -75,7 +79,8 @@ def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None)
         out.documents.append(Document(row["text"], f"{path}:{line}", row.get("title")))
     else:
         keys = ", ".join(sorted(row)[:6]) or "none"
-        raise DataError(f"no 'messages', 'conversations' or 'text' field (keys: {keys})", path=path, line=line)
+        raise DataError(f"no 'messages', 'conversations' or 'text' field (keys: {keys}); alpaca rows need "
+                        "'instruction' and 'output'", path=path, line=line)
 
 
 def split_weight(raw: str) -> tuple[str, float | None]:
