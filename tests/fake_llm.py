@@ -37,8 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from finetune_cli.persona import load_persona  # noqa: E402
-from finetune_cli.extractive import OFF_SUBJECT, extract_answer, make_question  # noqa: E402
-from finetune_cli.template_voice import compose_answer  # noqa: E402
+from finetune_cli.gen.extractive import OFF_SUBJECT, extract_answer, make_question  # noqa: E402
+from finetune_cli.gen.template_provider import compose_answer  # noqa: E402
 
 ENGLISH = ("Here is a plain answer in standard English. Start small, plan your week, ask for help when you "
            "need it, and keep notes of what works so that you can improve over time without stress.")

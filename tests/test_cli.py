@@ -93,7 +93,7 @@ def test_json_mode_keeps_library_prints_off_stdout():
     import typer
 
     from finetune_cli.command import register
-    from finetune_cli.config import SECTIONS, opt
+    from finetune_cli.config import opt
 
     @dataclass
     class Noisy:
@@ -104,12 +104,10 @@ def test_json_mode_keeps_library_prints_off_stdout():
         return {"n": cfg.n}
 
     demo = typer.Typer()
-    register(demo, "noisy", Noisy, "noisy_demo", run, help="demo")
-    register(demo, "other", Noisy, "noisy_demo2", run, help="demo")
-    try:
-        r = runner.invoke(demo, ["noisy", "--n", "3", "--json"])
-        assert r.exit_code == 0, r.output
-        assert orjson.loads(r.stdout) == {"n": 3}
-        assert "banner" in r.stderr
-    finally:
-        SECTIONS.pop("noisy_demo", None), SECTIONS.pop("noisy_demo2", None)
+    sections = {"noisy_demo": Noisy, "noisy_demo2": Noisy}
+    register(demo, "noisy", Noisy, "noisy_demo", run, help="demo", sections=sections)
+    register(demo, "other", Noisy, "noisy_demo2", run, help="demo", sections=sections)
+    r = runner.invoke(demo, ["noisy", "--n", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout) == {"n": 3}
+    assert "banner" in r.stderr

@@ -23,13 +23,6 @@ class Demo:
     note: str | None = opt(None, "note")
 
 
-@pytest.fixture(autouse=True)
-def _demo_section():
-    C.SECTIONS["demo"] = Demo
-    yield
-    C.SECTIONS.pop("demo", None)
-
-
 def write(tmp_path, text, name="ft.toml"):
     p = tmp_path / name
     p.write_text(text)
@@ -205,7 +198,7 @@ def test_cli_config_error_exit_2_one_line(tmp_path):
 
 def test_example_configs_load():
     """Every example config in the repo is valid for every section it has."""
-    from finetune_cli import cli  # noqa: F401  (registers all sections)
+    from finetune_cli.cli import SECTIONS
 
     files = sorted((ROOT / "examples").glob("*.toml"))
     assert files, "no example configs"
@@ -214,9 +207,9 @@ def test_example_configs_load():
         assert data, f
         lines = f.read_text(encoding="utf-8").splitlines()
         for section in data:
-            assert section in C.SECTIONS, f"{f}: [{section}]"
-            C.load_config(C.SECTIONS[section], section, config_file=f, environ={},
-                          flags=_positional_args(C.SECTIONS[section], lines[lines.index(f"[{section}]") - 1]))
+            assert section in SECTIONS, f"{f}: [{section}]"
+            C.load_config(SECTIONS[section], section, config_file=f, environ={}, sections=SECTIONS,
+                          flags=_positional_args(SECTIONS[section], lines[lines.index(f"[{section}]") - 1]))
 
 
 def _positional_args(cls, comment: str) -> dict:
@@ -237,7 +230,7 @@ def test_example_sections_open_with_the_command_that_runs_them():
 
     import orjson
 
-    from finetune_cli import cli  # noqa: F401  (registers all sections)
+    from finetune_cli.cli import SECTIONS
 
     for f in sorted((ROOT / "examples").glob("*.toml")):
         data = C.load_toml(f)
@@ -250,8 +243,8 @@ def test_example_sections_open_with_the_command_that_runs_them():
             assert argv[argv.index("--config") + 1] == str(f.relative_to(ROOT)), comment
             argv[argv.index("--config") + 1] = str(f)
             if section == "push":  # its --dry-run lists the files it would upload: the run must exist
-                cfg = C.load_config(C.SECTIONS[section], section, config_file=f, environ={},
-                                    flags=_positional_args(C.SECTIONS[section], comment))
+                cfg = C.load_config(SECTIONS[section], section, config_file=f, environ={}, sections=SECTIONS,
+                                    flags=_positional_args(SECTIONS[section], comment))
                 assert {k: cfg.sources[k] for k in table} == {k: f"file:{f}" for k in table}, section
                 continue
             r = CliRunner().invoke(app, [*argv, "--dry-run", "--json"])
@@ -261,9 +254,9 @@ def test_example_sections_open_with_the_command_that_runs_them():
 
 
 def test_example_config_documents_every_command():
-    from finetune_cli import cli  # noqa: F401  (registers all sections)
+    from finetune_cli.cli import SECTIONS
 
     documented = set()
     for f in (ROOT / "examples").glob("*.toml"):
         documented |= set(C.load_toml(f))
-    assert set(C.SECTIONS) - {"demo"} <= documented
+    assert set(SECTIONS) <= documented

@@ -12,7 +12,7 @@ from rapidfuzz.utils import default_process
 
 from finetune_cli.dedup import find_duplicates, find_duplicates_all_pairs, normalize
 from finetune_cli.persona import load_persona
-from finetune_cli.template_voice import compose_answer
+from finetune_cli.gen.template_provider import compose_answer
 
 
 def tsr(a: str, b: str) -> float:

@@ -235,7 +235,7 @@ def test_adapter_runs_on_the_base_given_even_when_it_records_another(tiny_model,
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model, tmp_path_factory):
-    from finetune_cli.export.gguf_write import write_gguf
+    from finetune_cli.merge.gguf_write import write_gguf
 
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
     write_gguf(tiny_model, path, "f16")

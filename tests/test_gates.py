@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_cli.gates import REASONS, check_answer, detect_foreign, ends_sentence, explain, prompt_overlap
+from finetune_cli.gen.gates import REASONS, check_answer, detect_foreign, ends_sentence, explain, prompt_overlap
 from finetune_cli.persona import load_persona
 
 GOOD = ("Aye, ye'll manage fine wi' a wee bit o' patience. Start sma, mak a list o' fit ye need, an dinna fash "

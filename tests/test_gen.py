@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from fake_llm import FakeLLM
 from finetune_cli.cli import app
-from finetune_cli.gates import check_answer
+from finetune_cli.gen.gates import check_answer
 from finetune_cli.persona import load_persona
 
 TOPICS = {"daily_life": ["planning a week of cheap family meals", "keeping a small flat warm in winter",
@@ -133,7 +133,7 @@ def test_compose_answer_follows_the_bank_shares():
     from dataclasses import replace
 
     from finetune_cli.persona import Bank
-    from finetune_cli.template_voice import compose_answer
+    from finetune_cli.gen.template_provider import compose_answer
 
     bank = Bank(openers=["OPENER aye."], bodies=[f"Body {i} wi' {{w}}." for i in range(8)],
                 closers=["CLOSER aye."], refusals=["REFUSE aye."], redirects=["REDIRECT aye."],
@@ -171,7 +171,7 @@ def test_compose_answer_follows_the_bank_shares():
 
 
 def test_uncap_keeps_i_and_acronyms():
-    from finetune_cli.template_voice import _uncap
+    from finetune_cli.gen.template_provider import _uncap
 
     assert _uncap("Dinna fash.") == "dinna fash."
     assert _uncap("I ken.") == "I ken." and _uncap("I'll dee it.") == "I'll dee it."

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from fake_llm import FakeLLM
 from finetune_cli.cli import app
-from finetune_cli.docs_source import Document, approx_tokens, chunk_document, read_documents
-from finetune_cli.grounding import check_references, declines, grounding_scores, invented_quotes
+from finetune_cli.gen.docs_source import Document, approx_tokens, chunk_document, read_documents
+from finetune_cli.gen.grounding import check_references, declines, grounding_scores, invented_quotes
 from tests.test_gen import _wait_lines
 
 ASSETS = Path(__file__).parent / "assets"

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_cli.cli import app
-from finetune_cli.export import kquants
+from finetune_cli.merge import kquants
 
 
 def rel_rmse(a, b):
@@ -43,7 +43,7 @@ def test_k_quants_round_trip_through_gguf_py_decoders():
 def test_qk_permutation_is_what_transformers_undoes():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from finetune_cli.export.gguf_write import permute_qk
+    from finetune_cli.merge.gguf_write import permute_qk
 
     w = np.arange(8 * 64 * 3, dtype=np.float32).reshape(8 * 64, 3)
     for heads in (8, 2):
@@ -158,7 +158,7 @@ def test_qwen2_writes_without_permutation_and_reloads(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_cli.export.gguf_write import write_gguf
+    from finetune_cli.merge.gguf_write import write_gguf
     from finetune_cli.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path / "qwen", arch="qwen2")
@@ -177,7 +177,7 @@ def test_qwen2_writes_without_permutation_and_reloads(tmp_path):
 def test_modelfile_templates(tiny_model, tiny_llama3, tiny_base):
     from transformers import AutoTokenizer
 
-    from finetune_cli.export.modelfile import modelfile_text, template_family
+    from finetune_cli.merge.modelfile import modelfile_text, template_family
 
     chatml = AutoTokenizer.from_pretrained(tiny_model)
     assert template_family(chatml) == "chatml"
@@ -197,12 +197,12 @@ def test_modelfile_templates(tiny_model, tiny_llama3, tiny_base):
 
 def test_unsupported_models_are_clear(tmp_path):
     from finetune_cli.errors import ExportError
-    from finetune_cli.export.gguf_write import plan
+    from finetune_cli.merge.gguf_write import plan
 
     with pytest.raises(ExportError, match="supports llama, mistral, qwen2, .* models; this one is 'gpt2'"):
         plan({"model_type": "gpt2"}, {}, "f16")
     cfg = json.loads('{"model_type": "llama", "num_hidden_layers": 1, "num_attention_heads": 4}')
-    from finetune_cli.export.gguf_write import _rope_keys
+    from finetune_cli.merge.gguf_write import _rope_keys
 
     class W:
         def add_rope_freq_base(self, v):
@@ -215,7 +215,7 @@ def test_unsupported_models_are_clear(tmp_path):
 def test_q4_k_m_recipe_follows_llama_cpp():
     """Q6_K for the output (the token embedding when tied), for attn_v/ffn_down in use_more_bits layers;
     K-quant rows that 256 does not divide fall back like llama-quantize (Q4_K→Q5_0, Q6_K→Q8_0)."""
-    from finetune_cli.export import gguf_write
+    from finetune_cli.merge import gguf_write
 
     def plan_for(tied, hidden):
         names = {"model.embed_tokens.weight": (1024, hidden), "lm_head.weight": (1024, hidden),

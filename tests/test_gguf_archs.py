@@ -47,7 +47,7 @@ def _hf_tensors_as_gguf(path):
     """The HF weights, transformed as the GGUF stores them, by GGUF name."""
     from safetensors.numpy import load_file
 
-    from finetune_cli.export.gguf_write import read_model_dir, plan, tensor_shapes, transform
+    from finetune_cli.merge.gguf_write import read_model_dir, plan, tensor_shapes, transform
 
     config, files = read_model_dir(path)
     weights = load_file(str(path / "model.safetensors"))
@@ -61,7 +61,7 @@ def test_tensors_read_back_within_quantization_error(trained, tmp_path):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from finetune_cli.export.gguf_write import write_gguf
+    from finetune_cli.merge.gguf_write import write_gguf
 
     arch, path, _ = trained
     want = _hf_tensors_as_gguf(path)
@@ -79,12 +79,12 @@ def test_tensors_read_back_within_quantization_error(trained, tmp_path):
 def test_every_format_reloads_in_transformers_and_matches(trained, tmp_path):
     """transformers' GGUF reader loads each file; the f16 file's greedy tokens equal the HF model's, and each
     file's KL against the 16-bit model is under the gate."""
-    from finetune_cli.export import gguf_check
+    from finetune_cli.merge import gguf_check
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_cli.export.gguf_write import write_gguf
+    from finetune_cli.merge.gguf_write import write_gguf
 
     arch, path, _ = trained
     tok = AutoTokenizer.from_pretrained(path)
@@ -118,7 +118,7 @@ def test_every_format_loads_and_stops_in_llama_cpp(trained, tmp_path):
     answer token for token, answers REPLY itself and stops on the template's end-of-turn token."""
     from gguf import GGUFReader
 
-    from finetune_cli.export.gguf_check import export_gguf
+    from finetune_cli.merge.gguf_check import export_gguf
 
     arch, path, end = trained
     res = export_gguf(path, tmp_path / "gguf", ["f16", "q8_0", "q4_k_m"], texts=_chat_texts(path),
@@ -141,7 +141,7 @@ def test_every_format_loads_and_stops_in_llama_cpp(trained, tmp_path):
 
 
 def test_an_unsupported_architecture_is_refused_in_one_line():
-    from finetune_cli.export.gguf_write import plan
+    from finetune_cli.merge.gguf_write import plan
 
     with pytest.raises(ExportError) as e:
         plan({"model_type": "gpt_neox", "num_hidden_layers": 2, "num_attention_heads": 4}, {}, "f16")
@@ -154,7 +154,7 @@ def test_gemma3_metadata_is_what_llama_cpp_reads(tmp_path):
     SentencePiece tokenizer as llama.cpp's "llama" model with scores, BYTE tokens and no space prefix."""
     from gguf import GGUFReader, TokenType
 
-    from finetune_cli.export.gguf_write import plan, read_model_dir, tensor_shapes, write_gguf
+    from finetune_cli.merge.gguf_write import plan, read_model_dir, tensor_shapes, write_gguf
     from finetune_cli.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path / "m", template="gemma", arch="gemma3_text", hidden=256, layers=2)

@@ -119,7 +119,7 @@ def test_every_gguf_format_loads_and_stops_in_llama_cpp(arch, pre, tmp_path):
     answers greedily with the trained reply, stopping on <|im_end|>."""
     from gguf import GGUFReader
 
-    from finetune_cli.export.gguf_check import export_gguf
+    from finetune_cli.merge.gguf_check import export_gguf
 
     model = train_to_stop(tmp_path / "m", arch=arch, pre=pre)
     texts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{REPLY}<|im_end|>\n" for q in QUESTIONS[:3]]
@@ -144,8 +144,8 @@ def test_every_gguf_format_loads_and_stops_in_llama_cpp(arch, pre, tmp_path):
 @needs_llama_cpp
 def test_a_file_llama_cpp_refuses_is_flagged(tmp_path, monkeypatch):
     """The bug this suite exists for: a pre-tokenizer name llama.cpp does not know. ft must see the refusal."""
-    from finetune_cli.export import gguf_check
-    from finetune_cli.export.gguf_check import export_gguf
+    from finetune_cli.merge import gguf_check
+    from finetune_cli.merge.gguf_check import export_gguf
 
     model = train_to_stop(tmp_path / "m", arch="llama", pre="gpt-2")
     monkeypatch.setattr(gguf_check, "write_gguf", _write_with_pre(gguf_check.write_gguf, "gpt2"))
@@ -182,7 +182,7 @@ def test_smollm2_through_ft_and_back_into_llama_cpp(smollm2_gguf, tmp_path, monk
     <|im_end|>."""
     from transformers import AutoTokenizer
 
-    from finetune_cli.export.gguf_check import export_gguf
+    from finetune_cli.merge.gguf_check import export_gguf
     from finetune_cli.models import resolve_model
 
     monkeypatch.setenv("FT_HOME", str(tmp_path / "home"))

@@ -1,7 +1,7 @@
 """The shared layer never imports a command (docs/architecture.md).
 
 Shared modules are what every command reads: config, records, errors, output, the chat template, model
-loading. Everything else under ``finetune_cli`` (train/, evaluate/, export/, gen, ...) is a command; a new
+loading. Everything else under ``finetune_cli`` (train/, evaluate/, merge/, gen/, runs, ...) is a command; a new
 package counts as one until it is listed here. Imports inside functions count too: a lazy import of a
 command from the shared layer still ties the layers together.
 """

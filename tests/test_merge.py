@@ -114,7 +114,7 @@ def test_verification_catches_a_broken_merge(tiny_model, tmp_path, monkeypatch):
                 mod.scaling = {k: v / (8 ** 0.5) for k, v in mod.scaling.items()}
         return model.merge_and_unload()
 
-    monkeypatch.setattr("finetune_cli.export.merge.merge", wrong_scale)
+    monkeypatch.setattr("finetune_cli.merge.weights.merge", wrong_scale)
     res = invoke("--adapter", adapter, "--base", tiny_model, "--out", tmp_path / "merged")
     assert res.exit_code == 1
     assert "do not reproduce base+adapter" in res.stderr and "nothing written" in res.stderr
@@ -170,7 +170,7 @@ def test_run_dir_uses_heldout_rows_and_base(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    from finetune_cli.export.verify import sample_texts
+    from finetune_cli.merge.verify import sample_texts
 
     texts = sample_texts(tok, run_dir=run, n=3)
     assert "answer 2, loon" in texts[2]

@@ -48,7 +48,7 @@ def _tokenizer(family: str):
     ("gemma", ["<end_of_turn>", "<eos>"]), ("phi3", ["<|end|>", "<|endoftext|>"]), ("phi4", ["<|im_end|>"]),
     ("chatml", ["<|im_end|>"]), ("llama3", ["<|eot_id|>"])])
 def test_modelfile_template_renders_as_the_chat_template(family, stops):
-    from finetune_cli.export.modelfile import modelfile_text
+    from finetune_cli.merge.modelfile import modelfile_text
 
     tok = _tokenizer(family)
     text, got = modelfile_text("model.gguf", tok, "Ye speak Doric.")

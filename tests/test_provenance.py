@@ -73,7 +73,7 @@ def test_each_command_records_each_source(tiny_model, tmp_path, monkeypatch):
 
 def test_a_config_built_in_code_says_so():
     from finetune_cli.config import load_config, sources_of
-    from finetune_cli.export.command import MergeConfig
+    from finetune_cli.merge.run import MergeConfig
 
     cfg = MergeConfig(out="x", samples=3)
     assert sources_of(cfg)["samples"] == "code" and sources_of(cfg)["dtype"] == "default"

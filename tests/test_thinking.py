@@ -66,7 +66,7 @@ def test_thinking_off_trains_no_think_tokens_and_serves_the_trained_prompt(tmp_p
 
     from finetune_cli.chat_template import render, set_thinking
     from finetune_cli.evaluate.generate import render_prompt
-    from finetune_cli.export.modelfile import modelfile_text
+    from finetune_cli.merge.modelfile import modelfile_text
 
     keep, in_labels = _trained_text(_qwen3_style(), "keep")
     assert in_labels and keep.startswith("<think>")  # as shipped, the empty think block is trained

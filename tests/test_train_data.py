@@ -109,7 +109,7 @@ def test_system_dropout_leaves_the_system_turn_out_of_a_seeded_share(tiny_model)
     from transformers import AutoTokenizer
 
     from finetune_cli.train.examples import Example, drop_system
-    from finetune_cli.train.template import assistant_only_labels
+    from finetune_cli.chat_template import assistant_only_labels
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     convs = [[{"role": "system", "content": "Speak Doric."}, {"role": "user", "content": f"q{i}"},

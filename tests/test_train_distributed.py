@@ -40,7 +40,7 @@ def eval_loss_per_example(base: str, checkpoint: str, tokenizer: str) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_cli.train.template import assistant_only_labels
+    from finetune_cli.chat_template import assistant_only_labels
 
     tok = AutoTokenizer.from_pretrained(tokenizer)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint).eval()

@@ -6,7 +6,7 @@ import pytest
 
 from finetune_cli.errors import TrainingError
 from finetune_cli.tiny import make_tokenizer
-from finetune_cli.train.template import (assistant_only_labels, choose_template, end_of_turn, render,
+from finetune_cli.chat_template import (assistant_only_labels, choose_template, end_of_turn, render,
                                          setup_pad_eos)
 
 CONV = [

@@ -9,17 +9,26 @@ from typing import Optional
 
 import typer
 
-from . import __version__, gen, models, sharegpt, topics
+from . import __version__, runs, sharegpt, tiny, topics
 from .chat.config import ChatConfig
 from .command import register
-from .evaluate import config as eval_config
-from .export import command as merge_command
-from .publish import config as publish_config
+from .evaluate.config import EvalConfig
+from .gen.config import GenConfig
+from .merge.config import MergeConfig
 from .pairs import PairsConfig
+from .publish.config import CardConfig, PushConfig
 from .rate.config import RateConfig
 from .sweep.config import SweepConfig
-from .train import records as train_records
 from .train.config import TrainConfig
+
+# Every command's config-file section and config class, in one table: a config file is checked against
+# all of them (a file shared by several commands), whichever command reads it.
+SECTIONS: dict[str, type] = {
+    "train": TrainConfig, "pairs": PairsConfig, "runs": runs.RunsConfig, "sweep": SweepConfig,
+    "model_tiny": tiny.TinyConfig, "topics_expand": topics.ExpandConfig, "gen": GenConfig,
+    "to_sharegpt": sharegpt.ToShareGPTConfig, "merge": MergeConfig, "eval": EvalConfig, "rate": RateConfig,
+    "chat": ChatConfig, "card": CardConfig, "push": PushConfig,
+}
 
 app = typer.Typer(
     name="ft",
@@ -52,38 +61,45 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
     """ft: collect → transform → fine-tune → evaluate → export."""
 
 
-register(app, "train", TrainConfig, "train", _lazy(".train.run"),
+
+
+def _command(app_: typer.Typer, name: str, section: str, module: str, *, help: str, dry_run: str | None = None) -> None:
+    """``ft NAME``: options from ``SECTIONS[section]``, then ``module.run`` imported when the command runs."""
+    register(app_, name, SECTIONS[section], section, _lazy(module), sections=SECTIONS, help=help,
+             dry_run=_lazy(module, dry_run) if dry_run else None)
+
+
+_command(app, "train", "train", ".train.run",
          help="Fine-tune a model (LoRA/DoRA/rsLoRA/QLoRA/full) on conversations or text; writes runs/<name>/.")
-register(app, "pairs", PairsConfig, "pairs", _lazy(".pairs"),
+_command(app, "pairs", "pairs", ".pairs",
          help="Build DPO/ORPO preference pairs: chosen = the data's answer, rejected = the policy's, base's, a gate reject or a judged loser.")
-register(app, "runs", train_records.RunsConfig, "runs", train_records.run_runs,
+_command(app, "runs", "runs", ".runs",
          help="List training runs side by side: model, method, r/alpha, lr, data, steps, best eval loss, tokens/s.")
-register(app, "sweep", SweepConfig, "sweep", _lazy(".sweep.run"),
+_command(app, "sweep", "sweep", ".sweep.run",
          help="Train a grid of variants (ft train options), evaluate them alike, rank them on one leaderboard.")
 model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
-register(model_app, "tiny", models.TinyConfig, "model_tiny", models.run_tiny,
+_command(model_app, "tiny", "model_tiny", ".tiny",
          help="Build a tiny random-weight model (2 layers, hidden 64) for smoke runs and CI, offline.")
 app.add_typer(model_app, name="model")
 topics_app = typer.Typer(help="Topic files for ft gen.", no_args_is_help=True)
-register(topics_app, "expand", topics.ExpandConfig, "topics_expand", topics.run,
+_command(topics_app, "expand", "topics_expand", ".topics",
          help="Add LLM-written topics to each group: validated, fuzzy-deduplicated, written atomically.")
 app.add_typer(topics_app, name="topics")
-register(app, "gen", gen.GenConfig, "gen", gen.run,
+_command(app, "gen", "gen", ".gen.run",
          help="Generate conversations in a persona's voice (OpenAI, Anthropic or offline): gated, deduplicated, resumable.")
-register(app, "to-sharegpt", sharegpt.ToShareGPTConfig, "to_sharegpt", sharegpt.run,
-         help="Convert OpenAI messages JSONL to ShareGPT conversations (or back with --reverse).")
-register(app, "merge", merge_command.MergeConfig, "merge", merge_command.run,
+_command(app, "to-sharegpt", "to_sharegpt", ".sharegpt",
+         help="Convert messages (or alpaca) JSONL to ShareGPT conversations (or to messages with --reverse).")
+_command(app, "merge", "merge", ".merge.run",
          help="Merge an adapter into a verified 16-bit model, export the adapter alone, or write checked GGUFs.")
-register(app, "eval", eval_config.EvalConfig, "eval", _lazy(".evaluate.run"),
+_command(app, "eval", "eval", ".evaluate.run",
          help="Evaluate models side by side: failure-mode metrics, optional LLM judge, HTML report, CI gates.")
-register(app, "rate", RateConfig, "rate", _lazy(".rate.run"),
+_command(app, "rate", "rate", ".rate.run",
          help="Serve a local page where people judge blind A/B pairs of ft eval's answers; --summary for results.")
-register(app, "chat", ChatConfig, "chat", _lazy(".chat.run"),
+_command(app, "chat", "chat", ".chat.run",
          help="Talk to a model as it was trained to talk, streamed; --compare several side by side.")
-register(app, "card", publish_config.CardConfig, "card", _lazy(".publish.card"),
+_command(app, "card", "card", ".publish.card",
          help="Write a Hub model card (or dataset card) from ft's records: training, data, eval, GGUF drift.")
-register(app, "push", publish_config.PushConfig, "push", _lazy(".publish.push"),
-         dry_run=_lazy(".publish.push", "plan"),
+_command(app, "push", "push", ".publish.push", dry_run="plan",
          help="Publish a run's adapter, merged model, GGUFs or a dataset to the Hugging Face Hub (resumable).")
 
 

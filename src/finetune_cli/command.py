@@ -133,16 +133,16 @@ def _stdout_closed() -> typing.NoReturn:
 
 
 def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
-             run: Callable[[Any, Reporter], Any], *, help: str,
+             run: Callable[[Any, Reporter], Any], *, help: str, sections: dict[str, type],
              dry_run: Callable[[Any, Reporter], Any] | None = None) -> None:
     """Add ``ft NAME`` to ``app``: flags from ``cfg_cls``, then ``run(cfg, reporter)``.
 
     ``run`` returns a JSON-able result (printed with ``--json``) or None; a result dict with an
     ``exit_code`` key sets the exit code (gates that failed, rows skipped under a policy, ...).
     ``dry_run(cfg, reporter)``, when given, is what ``--dry-run`` does after printing the resolved config
-    (``ft push`` lists the files it would upload).
+    (``ft push`` lists the files it would upload). ``sections``: every command's section and config
+    class, so a config file shared by several commands is checked whole.
     """
-    C.SECTIONS[section] = cfg_cls
     hints = typing.get_type_hints(cfg_cls)
     cfg_fields = [f for f in fields(cfg_cls) if f.metadata.get("cli", True)]
 
@@ -151,7 +151,8 @@ def register(app: typer.Typer, name: str, cfg_cls: type, section: str,
         reporter = Reporter(quiet=common["quiet"] or common["json_out"], json_mode=common["json_out"],
                             debug=common["debug"])
         try:
-            resolved = C.load_config(cfg_cls, section, config_file=common["config"], flags=kwargs)
+            resolved = C.load_config(cfg_cls, section, config_file=common["config"], flags=kwargs,
+                                     sections=sections)
             for line in resolved.warnings:
                 reporter.warn(line)
             if common["dry_run"] and dry_run is None:

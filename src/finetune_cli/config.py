@@ -31,10 +31,6 @@ from typing import Any
 from .errors import ConfigError
 from .jsonl import UTF8_BOM
 
-# section name -> config class; filled by the CLI as it registers commands, so a config file's
-# unknown sections and keys are caught whichever command reads it.
-SECTIONS: dict[str, type] = {}
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -257,32 +253,33 @@ def load_dotenv_once(path: str | Path = ".env") -> None:
     os.environ["_FT_DOTENV_LOADED"] = str(Path(path).resolve())
 
 
-def check_file_sections(data: dict, path: str) -> list[str]:
-    """Unknown sections and unknown keys in any known section of a config file."""
+def check_file_sections(data: dict, path: str, sections: dict[str, type]) -> list[str]:
+    """Unknown sections and unknown keys in any known section of a config file (``sections``: every
+    command's section and config class, so a file shared by several commands is checked whole)."""
     errors = []
     for section, table in data.items():
-        if section not in SECTIONS:
-            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
-            hint = f" (did you mean [{close[0]}]?)" if close else f" (sections: {', '.join(sorted(SECTIONS))})"
+        if section not in sections:
+            close = difflib.get_close_matches(section, list(sections), n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else f" (sections: {', '.join(sorted(sections))})"
             errors.append(f"{path}: unknown section [{section}]{hint}")
             continue
         if not isinstance(table, dict):
             errors.append(f"{path}: [{section}] must be a table of keys")
             continue
-        valid = [f.name for f in fields(SECTIONS[section])]
+        valid = [f.name for f in fields(sections[section])]
         for key in table:
             if key.replace("-", "_") not in valid:
                 errors.append(_unknown_key(key, valid, f"{path} [{section}]"))
     return errors
 
 
-def unknown_env_vars(cls: type, section: str, environ: dict[str, str]) -> list[str]:
+def unknown_env_vars(cls: type, section: str, environ: dict[str, str], sections=()) -> list[str]:
     """A line for each ``FT_<SECTION>_*`` variable that no field reads (a typo is otherwise silently
     ignored), with the closest variable that would have been read."""
     prefix = f"FT_{section.upper()}_"
     known = [n for f in fields(cls) for n in env_names(section, f)]
     # FT_MODEL_TINY_SEED belongs to [model_tiny], not to a section named [model]
-    longer = [f"FT_{s.upper()}_" for s in SECTIONS if s.startswith(section + "_")]
+    longer = [f"FT_{s.upper()}_" for s in sections if s.startswith(section + "_")]
     out = []
     for var in sorted(environ):
         if not var.startswith(prefix) or var in known or any(var.startswith(p) for p in longer):
@@ -294,8 +291,14 @@ def unknown_env_vars(cls: type, section: str, environ: dict[str, str]) -> list[s
 
 
 def load_config(cls: type, section: str, *, config_file: str | Path | None = None,
-                flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Resolved:
-    """Resolve ``cls`` from defaults, the config file's ``[section]``, environment and flags."""
+                flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None,
+                sections: dict[str, type] | None = None) -> Resolved:
+    """Resolve ``cls`` from defaults, the config file's ``[section]``, environment and flags.
+
+    ``sections`` maps every command's section to its config class (the CLI passes its table,
+    ``finetune_cli.cli.SECTIONS``): a config file's other sections are checked too. Without it only
+    ``[section]`` is known."""
+    sections = {**(sections or {}), section: cls}
     if environ is None:
         load_dotenv_once()
         environ = dict(os.environ)
@@ -317,7 +320,7 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
     table: dict = {}
     if config_file is not None:
         data = load_toml(config_file)
-        errors += check_file_sections(data, str(config_file))
+        errors += check_file_sections(data, str(config_file), sections)
         table = data.get(section, {}) if isinstance(data.get(section, {}), dict) else {}
     valid = {f.name: f for f in fields(cls)}
     for key, raw in table.items():
@@ -335,7 +338,7 @@ def load_config(cls: type, section: str, *, config_file: str | Path | None = Non
                                          where=f"environment {var}", errors=errors)
                 sources[f.name] = f"env:{var}"
                 break
-    warnings = unknown_env_vars(cls, section, environ)
+    warnings = unknown_env_vars(cls, section, environ, sections)
 
     for name, raw in flags.items():
         if raw is None or (isinstance(raw, (list, tuple)) and not raw):

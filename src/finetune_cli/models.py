@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ft_home, opt
+from .config import ft_home
 from .errors import ConfigError
 from .ui import NULL, Reporter
 
@@ -393,28 +393,3 @@ def load_for_inference(path_or_name: str, *, base: str | None = None, dtype=None
     return Loaded(model=model, tokenizer=tok, kind=kind, name=display, base_model=base_name,
                   adapter_dir=adapter_dir, run_dir=run_dir, system_prompt=run.get("system_prompt"),
                   eos_token_ids=ids)
-
-
-# ---------------------------------------------------------------- ft model tiny
-
-@dataclass
-class TinyConfig:
-    dir: str = opt(help="Where to write the model (a new or empty directory).", required=True, positional=True)
-    template: str = opt("chatml", "Chat template: chatml (pad ≠ eos), llama3 (Llama-3 headers, no pad), "
-                                  "chatml-pad-eos (pad == eos, like SmolLM2's GGUF) or none (a base model).",
-                        choices=("chatml", "llama3", "chatml-pad-eos", "none"))
-    arch: str = opt("llama", "Architecture.", choices=("llama", "qwen2"))
-    seed: int = opt(0, "Seed for the random weights.")
-
-
-def run_tiny(cfg: TinyConfig, reporter: Reporter) -> dict:
-    """Build a 2-layer, hidden-64 random-weight model with a byte-level BPE tokenizer, offline, in seconds."""
-    from .tiny import make_tiny_model
-
-    out = Path(cfg.dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{cfg.dir}: exists and is not an empty directory")
-    quiet_hf()
-    make_tiny_model(out, template=None if cfg.template == "none" else cfg.template, arch=cfg.arch, seed=cfg.seed)
-    reporter.result(f"tiny {cfg.arch} model ({cfg.template}) → {out}  (try: ft train --model {out} --data ...)")
-    return {"model": str(out), "template": cfg.template, "arch": cfg.arch}

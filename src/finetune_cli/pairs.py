@@ -134,7 +134,7 @@ def _from_model(cfg: PairsConfig, items: list[dict], reporter: Reporter, kind: s
 
 
 def _rejects_file(cfg: PairsConfig) -> Path:
-    from .gen import rejects_path
+    from .gen.run import rejects_path
 
     if cfg.rejects:
         return Path(cfg.rejects)
@@ -160,7 +160,7 @@ def _from_rejects(cfg: PairsConfig, items: list[dict]) -> list[dict]:
             continue
         at = turns[t]
         prompt = [{"role": m["role"], "content": m["content"]} for m in it["messages"][:at]]
-        from .gen_run import PREVIEW
+        from .gen.engine import PREVIEW
 
         out.append({**it, "prompt": prompt, "chosen": it["messages"][at]["content"], "rejected": r["text"],
                     "rejected_meta": {"source": "rejects", "file": str(path), "line": line, "reason": r.get("reason"),
@@ -263,7 +263,7 @@ def _general(cfg: PairsConfig, reporter: Reporter) -> list[dict]:
     from importlib.resources import files
 
     from .persona import load_persona
-    from .template_voice import _say
+    from .gen.template_provider import _say
 
     persona = load_persona(cfg.persona)
     if persona.bank is None:

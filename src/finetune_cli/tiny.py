@@ -16,7 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from .chat_template import CHATML_TEMPLATE, LLAMA3_TEMPLATE  # the templates ft trains with
+from .config import opt
+from .errors import ConfigError
+from .ui import Reporter
 
 _SEED_TEXT = """
 Aye, it's a dreich day the day, but the bairns are fine. Fit like? I dinna ken fit ye mean, loon.
@@ -169,3 +174,28 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
 
     umask_modes(path)
     return path
+
+
+# ---------------------------------------------------------------- ft model tiny
+
+@dataclass
+class TinyConfig:
+    dir: str = opt(help="Where to write the model (a new or empty directory).", required=True, positional=True)
+    template: str = opt("chatml", "Chat template: chatml (pad ≠ eos), llama3 (Llama-3 headers, no pad), "
+                                  "chatml-pad-eos (pad == eos, like SmolLM2's GGUF) or none (a base model).",
+                        choices=("chatml", "llama3", "chatml-pad-eos", "none"))
+    arch: str = opt("llama", "Architecture.", choices=("llama", "qwen2"))
+    seed: int = opt(0, "Seed for the random weights.")
+
+
+def run(cfg: TinyConfig, reporter: Reporter) -> dict:
+    """Build a 2-layer, hidden-64 random-weight model with a byte-level BPE tokenizer, offline, in seconds."""
+    from .models import quiet_hf
+
+    out = Path(cfg.dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{cfg.dir}: exists and is not an empty directory")
+    quiet_hf()
+    make_tiny_model(out, template=None if cfg.template == "none" else cfg.template, arch=cfg.arch, seed=cfg.seed)
+    reporter.result(f"tiny {cfg.arch} model ({cfg.template}) → {out}  (try: ft train --model {out} --data ...)")
+    return {"model": str(out), "template": cfg.template, "arch": cfg.arch}

@@ -1,5 +1,8 @@
 """``ft eval``: side-by-side generations, failure-mode metrics, an optional LLM judge, reports, gates.
 
+    ft eval --base smollm2-135m --run runs/doric --persona doric --decoding greedy,sample
+    ft eval --run runs/doric --fail-if "greedy.general.eos_rate<0.95" --json
+
 Modules: ``config`` (options), ``prompts`` (prompt files, held-out rows, the built-in probes and general prompts),
 ``generate`` (batched left-padded generation, held-out loss), ``metrics`` (pure per-output and
 aggregate metrics with their definitions), ``nearcopy`` (blocked near-copy search), ``schema``

@@ -216,7 +216,7 @@ def heldout_loss(model, tok, conversations: list[list[dict]], *, max_len: int = 
     """
     import torch
 
-    from ..train.template import assistant_only_labels
+    from ..chat_template import assistant_only_labels
 
     if not getattr(tok, "chat_template", None) or not conversations:
         return None, 0

@@ -18,8 +18,8 @@ import re
 import string
 from functools import lru_cache
 
-from .persona import Persona, count_words, marker_density
-from .providers import Completion
+from ..persona import Persona, count_words, marker_density
+from ..providers import Completion
 
 STOPWORDS = frozenset("""a an the and or but if of to in on at by for with from into onto over under about
 after before between through during without within as than then so such that this these those there
@@ -136,7 +136,7 @@ class TemplateProvider:
 
     def __init__(self, persona: Persona, seed: int):
         if persona.bank is None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"persona {persona.name!r} has no [bank]: the template provider needs one "
                               "(or use --provider openai/anthropic)")

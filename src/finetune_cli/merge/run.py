@@ -1,76 +1,15 @@
-"""``ft merge``: a merged 16-bit model verified against the adapter, an adapter-only export, checked GGUFs.
-
-    ft merge --run runs/a --out merged/a                          # bf16 safetensors, verified
-    ft merge --adapter runs/a/adapter --base tiny --out merged/a --dtype fp16
-    ft merge --run runs/a --out adapters/a --adapter-only         # for vllm serve --enable-lora
-    ft merge --run runs/a --out merged/a --gguf f16,q8_0,q4_k_m   # + GGUF files, Modelfile, drift check
-
-Verification is on by default: logits of the export against base+adapter on sample conversations
-(the run's held-out rows, else built-in chats), max and mean |Δ| printed; past the dtype's tolerance
-ft exits 1 and writes nothing. Each GGUF is written offline by ft's own converter, loaded back by
-transformers' gguf-py reader and by llama.cpp itself (llama-cpp-python, the `llama` extra; without it
-ft says the llama.cpp check was skipped and why), made to generate, and compared with the 16-bit model
-on held-out text (tokenization, KL, perplexity, greedy tokens, stopping); a file llama.cpp refuses or
-tokenizes differently, or whose drift passes --max-kl, is flagged ("this q4_k_m differs badly: do not
-ship it"), left out of the Modelfile, and ft exits 1.
-"""
+"""``ft merge``'s run: merge or copy the adapter, verify, write GGUFs (the package docstring has the examples)."""
 
 from __future__ import annotations
 
 import gc
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import opt
+from .config import GGUF_TYPES, MergeConfig  # noqa: F401  (GGUF_TYPES: part of this module's API)
 from ..errors import ConfigError, ExportError
 from ..ui import Reporter, human_size as _size
-
-GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
-
-
-@dataclass
-class MergeConfig:
-    run: str | None = opt(None, "Run directory written by ft train: its adapter (or model), base model, held-out "
-                                "rows and system prompt.", panel="Source")
-    adapter: str | None = opt(None, "An adapter directory (adapter_config.json + adapter_model.safetensors), "
-                                    "instead of --run.", panel="Source")
-    base: str | None = opt(None, "Base model (directory, .gguf, alias tiny / smollm2-135m, or hub id); none = the "
-                                 "run's or the adapter's.", panel="Source")
-    out: str = opt(help="Output directory; must be new or empty unless --force.", short="-o", required=True)
-    dtype: str = opt("bf16", "Dtype of the merged safetensors.", choices=("bf16", "fp16"))
-    adapter_only: bool = opt(False, "Write a clean adapter folder (weights, config, tokenizer, template) for "
-                                    "vllm serve --enable-lora, instead of merging.")
-    verify: bool = opt(True, "Check the export's logits against base+adapter; exit 1 past the dtype's tolerance.")
-    samples: int = opt(8, "Sample conversations for verification and GGUF drift.", ge=1, le=256)
-    gguf: list[str] = opt([], "GGUF files to write (comma-separated or repeated): f16, q8_0, q4_k_m.",
-                          panel="GGUF")
-    max_kl: float = opt(0.1, "Drift threshold, nats/token: a GGUF whose mean KL divergence from the 16-bit model "
-                             "on held-out text is above this is flagged 'do not ship it' and ft exits 1.",
-                        gt=0, panel="GGUF")
-    llama_cpp: bool = opt(True, "Load each GGUF in the real llama.cpp (llama-cpp-python, the llama extra) and compare "
-                                "it with the 16-bit model; off, or not installed, the check is reported skipped.",
-                          panel="GGUF")
-    trust_remote_code: bool = opt(False, "Run the base model's own Python code (auto_map in its config.json), for "
-                                         "a source you trust; without it ft refuses such a model (it never "
-                                         "prompts).", panel="Source")
-    device: str = opt("auto", "Where to merge and verify (auto = cuda when available).", choices=("auto", "cpu", "cuda"))
-    force: bool = opt(False, "Replace an existing --out directory.")
-
-    @property
-    def gguf_types(self) -> list[str]:
-        """--gguf split on commas, lower-cased, each once."""
-        return list(dict.fromkeys(k.strip().lower() for item in self.gguf for k in item.split(",") if k.strip()))
-
-    def validate(self) -> None:
-        bad = [k for k in self.gguf_types if k not in GGUF_TYPES]
-        if bad:
-            raise ConfigError(f"option --gguf: unknown type {bad[0]!r}", hint=f"one of {', '.join(GGUF_TYPES)}")
-        if self.adapter_only and self.gguf_types:
-            raise ConfigError("--adapter-only and --gguf: a GGUF is written from the merged model",
-                              hint="run ft merge twice, or drop --adapter-only")
-
 
 def _prepare_out(out: Path, force: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -104,7 +43,7 @@ def _report_diff(reporter: Reporter, label: str, d, dtype: str) -> dict:
 
 
 def _export_adapter(cfg, src, ref, tok, tmp, texts, reporter) -> dict:
-    from .merge import save_adapter_only
+    from .weights import save_adapter_only
     from .verify import compare, logits_on
 
     names = save_adapter_only(src, tok, tmp, reporter)
@@ -127,7 +66,7 @@ def _export_merged(cfg, src, ref, tok, tmp, texts, reporter, device) -> dict:
     from transformers import AutoModelForCausalLM
 
     from ..models import resolve_model
-    from .merge import merge, save_merged
+    from .weights import merge, save_merged
     from .verify import compare, logits_on
 
     result: dict = {"kind": "merged", "dtype": cfg.dtype}
@@ -196,7 +135,7 @@ def _source_pre(src) -> str | None:
 
 def run(cfg: MergeConfig, reporter: Reporter) -> dict:
     from ..models import default_device
-    from .merge import find_source, load_reference
+    from .weights import find_source, load_reference
     from .verify import sample_texts
 
     src = find_source(run=cfg.run, adapter=cfg.adapter, base=cfg.base)

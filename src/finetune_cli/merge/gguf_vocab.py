@@ -136,7 +136,7 @@ def _byte_level_vocab(w: Any, tj: dict, vocab_size: int, pre: str) -> None:
 
 
 def _special_tokens(w: Any, tok: Any, config: dict | None, pre: str, pre_how: str) -> dict:
-    from ..train.template import end_of_turn
+    from ..chat_template import end_of_turn
 
     probe = tok("a", add_special_tokens=True)["input_ids"]
     adds_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id

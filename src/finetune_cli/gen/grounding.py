@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from .template_voice import STOPWORDS
+from .template_provider import STOPWORDS
 
 REASONS = ("ungrounded", "low_recall", "copied", "quote_not_in_source", "not_declined", "bad_json",
            "bad_reference")

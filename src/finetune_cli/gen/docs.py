@@ -2,14 +2,14 @@
 
     ft gen --from-docs essays/ --persona doric --out datasets/essays.jsonl --n-per-topic 4 --decline-ratio 0.15
 
-Each chunk (:mod:`finetune_cli.docs_source`) gets ``--n-per-topic`` jobs. Buckets: ``core`` (a
+Each chunk (:mod:`finetune_cli.gen.docs_source`) gets ``--n-per-topic`` jobs. Buckets: ``core`` (a
 question the chunk answers, written by the provider, then answered from the chunk alone), ``decline``
 (a question the chunk cannot answer: the answer says so instead of inventing), and ft gen's ``adv``,
 ``safety`` and ``multi`` (the persona's prompt templates about the chunk's heading; ``adv`` and
 ``multi`` answers must still be grounded). Job ids hash (seed, file, chunk index, chunk offsets and
 text, bucket, index): a re-run resumes, and an edited document gets new jobs only for the chunks that
 changed. Everything after planning (concurrency, retries, resume, voice gates, dedup, the final
-rewrite in job order) is ft gen's own machinery; :mod:`finetune_cli.grounding` adds its gates.
+rewrite in job order) is ft gen's own machinery; :mod:`finetune_cli.gen.grounding` adds its gates.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 QUESTION_SYSTEM = ("You write one question that a curious reader of the passage might ask. Reply with the "
                    "question only: one sentence in plain English, no preamble.")
@@ -68,8 +68,8 @@ def doc_job_id(seed: int, file: str, chunk, bucket: str, index: int) -> str:
 def plan_doc_jobs(persona, cfg) -> tuple[list[DocJob], dict[str, str]]:
     """Every job of a --from-docs run, in output order, and the documents' texts by file."""
     from .docs_source import chunk_document, read_documents
-    from .gen import MAX_JOBS
-    from .template_voice import topic_phrase, topic_things
+    from .config import MAX_JOBS
+    from .template_provider import topic_phrase, topic_things
 
     if cfg.chunk_overlap >= cfg.chunk_tokens:
         raise ConfigError(f"--chunk-overlap ({cfg.chunk_overlap}) must be smaller than --chunk-tokens "

@@ -1,21 +1,4 @@
-"""``ft gen``: topics → prompts in four buckets → answers in a persona's voice → gates → dedup.
-
-    ft gen --topics-json topics.json --out datasets/doric.jsonl --n-per-topic 6 \\
-        --adv-ratio 0.1 --safety-ratio 0.05 --multi-ratio 0.2 --max-concurrency 50 --seed 42
-
-Providers: ``openai`` (or any OpenAI-compatible server via OPENAI_BASE_URL), ``anthropic``, and the
-offline ``template`` provider (the persona's phrase bank); ``auto`` picks from the keys present.
-
-``--from-docs DIR`` grounds the conversations in the user's documents instead of topics: see
-:mod:`finetune_cli.docs_gen` (jobs and prompts) and :mod:`finetune_cli.grounding` (its gates).
-
-Every job has a stable id from (seed, topic, bucket, index). Accepted rows are appended as they
-arrive (fsync in batches), so a killed run loses only the requests in flight and re-running the same
-command skips finished jobs. At the end the file is rewritten atomically in job order, after fuzzy
-deduplication in job order: the result does not depend on completion order, and a resumed run
-writes the same bytes as an uninterrupted one. Rejected answers (and why) go to
-``<out>.rejects.jsonl``; a failed request is never replaced by template text.
-"""
+"""``ft gen``'s run: plan jobs, draw answers, gate, deduplicate, write (the package docstring has the examples)."""
 
 from __future__ import annotations
 
@@ -26,82 +9,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from pathlib import Path
 
-from .config import config_record, opt
-from .errors import ConfigError, DataError, ProviderError
-from .jsonl import read_rows, repair_tail, write_json_atomic
-from .ui import Reporter, count
+from ..config import config_record
+from .config import MAX_JOBS, GenConfig
+from ..errors import ConfigError, DataError, ProviderError
+from ..jsonl import read_rows, repair_tail, write_json_atomic
+from ..ui import Reporter, count
 
 if TYPE_CHECKING:
-    from .persona import Persona
-
-
-MAX_JOBS = 1_000_000  # conversations one `ft gen` plans; each job is held in memory with its prompt
-
-
-@dataclass
-class GenConfig:
-    topics_json: str | None = opt(None, "Topics file (any shape ft topics accepts); or --from-docs.",
-                                  panel="Input/output")
-    from_docs: list[str] = opt([], "Documents to ground conversations in: .txt/.md/.html/.pdf files or directories "
-                               "(repeat the flag); each chunk is a topic. Instead of --topics-json.",
-                               panel="Documents")
-    out: str = opt(help="Output JSONL of messages rows; rejects go to OUT.rejects.jsonl.", short="-o",
-                   required=True, panel="Input/output")
-    persona: str = opt("doric", "Persona: a shipped name (doric, bard) or a persona .toml file.")
-    provider: str = opt("auto", "Who writes the answers; auto: openai if OPENAI_API_KEY/OPENAI_BASE_URL is "
-                        "set, else anthropic if ANTHROPIC_API_KEY is, else the offline template provider.",
-                        choices=("auto", "openai", "anthropic", "template"), panel="Provider")
-    model: str | None = opt(None, "Model name (default: gpt-4o-mini / claude-haiku-4-5).",
-                            env=("MODEL",), panel="Provider")
-    base_url: str | None = opt(None, "API base URL (default: OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the "
-                               "provider's own).", panel="Provider")
-    n_per_topic: int = opt(6, "Conversations per topic.", ge=1)
-    adv_ratio: float = opt(0.1, "Share of rows whose user pushes the assistant to drop the voice.", ge=0, le=1)
-    safety_ratio: float = opt(0.05, "Share of rows with a harmful ask, refused in the voice.", ge=0, le=1)
-    multi_ratio: float = opt(0.2, "Share of rows where the user writes in another language.", ge=0, le=1)
-    turns: int = opt(1, "Assistant turns per conversation; follow-up user turns are generated too.", ge=1, le=20)
-    seed: int = opt(42, "Seed for buckets, prompts, template answers and job ids.")
-    max_concurrency: int = opt(50, "Jobs in flight at once.", ge=1, le=4096, panel="Provider")
-    timeout: float = opt(60.0, "Per-request timeout, in seconds.", gt=0, panel="Provider")
-    max_retries: int = opt(6, "Retries of one request on 429, 5xx, timeouts, connection errors.", ge=0,
-                           panel="Provider")
-    retry_base: float = opt(1.0, "First retry wait in seconds (doubles each retry, with jitter; "
-                            "Retry-After wins when the server sends it).", ge=0, panel="Provider")
-    retry_cap: float = opt(60.0, "Longest single wait, in seconds.", gt=0, panel="Provider")
-    max_attempts: int = opt(3, "Answers drawn per turn before a job is rejected by the gates.", ge=1)
-    temperature: float = opt(0.8, "Sampling temperature (openai; the anthropic SDK ft installs takes none).",
-                             ge=0, le=2, panel="Provider")
-    max_tokens: int = opt(512, "Token limit per answer; an answer cut at it is regenerated.", ge=16,
-                          panel="Provider")
-    dedup_threshold: float = opt(0.9, "Answers with token_sort_ratio ≥ this to an earlier kept answer are "
-                                 "duplicates (1.0: exact copies only).", ge=0.5, le=1)
-    overlap_max: float = opt(0.5, "Reject answers whose word trigrams repeat the prompt more than this share.",
-                             gt=0, le=1)
-    overwrite: bool = opt(False, "Start over: delete OUT and its rejects file first (default: resume).")
-    chunk_tokens: int = opt(350, "--from-docs: chunk size in approximate tokens (words × 4/3), split at headings "
-                            "and blank lines.", ge=50, le=8000, panel="Documents")
-    chunk_overlap: int = opt(50, "--from-docs: approximate tokens of trailing paragraphs repeated at the start of "
-                             "the next chunk of a section (0: none).", ge=0, panel="Documents")
-    decline_ratio: float = opt(0.15, "--from-docs: share of rows asking what the chunk does not say, answered by "
-                               "declining.", ge=0, le=1, panel="Documents")
-    min_precision: float = opt(0.6, "--from-docs: least share of an answer's content words found in its chunk.",
-                               ge=0, le=1, panel="Documents")
-    min_recall: float = opt(0.05, "--from-docs: least share of the chunk's content words an answer uses.",
-                            ge=0, le=1, panel="Documents")
-    max_recall: float = opt(0.9, "--from-docs: most share of the chunk's content words an answer uses (above: a "
-                            "copy of the chunk).", ge=0, le=1, panel="Documents")
-    format_schema: bool = opt(False, "--from-docs: answers are JSON {answer, references: [{file, start, end, "
-                              "quote}]}, each quote checked against the document.", panel="Documents")
-
-    def validate(self) -> None:
-        if bool(self.topics_json) == bool(self.from_docs):
-            raise ConfigError("give either --topics-json or --from-docs (one of them)")
-        decline = self.decline_ratio if self.from_docs else 0.0
-        if self.adv_ratio + self.safety_ratio + self.multi_ratio + decline > 1.0 + 1e-9:
-            raise ConfigError("--adv-ratio + --safety-ratio + --multi-ratio" + (" + --decline-ratio" if decline else "")
-                              + f" must be ≤ 1 (got {self.adv_ratio + self.safety_ratio + self.multi_ratio + decline:g})")
-        if self.min_recall > self.max_recall:
-            raise ConfigError(f"--min-recall ({self.min_recall:g}) must be ≤ --max-recall ({self.max_recall:g})")
+    from ..persona import Persona
 
 
 @dataclass
@@ -122,7 +37,7 @@ def job_id(seed: int, topic: str, bucket: str, index: int) -> str:
 
 def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -> list[Job]:
     """Every job of the run, in output order. Bucket counts are exact shares of the total."""
-    from .template_voice import topic_phrase, topic_things
+    from .template_provider import topic_phrase, topic_things
 
     total = len(topics) * cfg.n_per_topic
     if total > MAX_JOBS:  # checked before any list of that size is built (a typo is not a MemoryError)
@@ -150,8 +65,8 @@ def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -
 
 
 def make_provider(cfg: GenConfig, persona: Persona, reporter: Reporter):
-    from .providers import LLMProvider, RetryPolicy, choose_provider
-    from .template_voice import TemplateProvider
+    from ..providers import LLMProvider, RetryPolicy, choose_provider
+    from .template_provider import TemplateProvider
 
     kind = choose_provider(cfg.provider)
     if kind == "template" and cfg.from_docs:
@@ -168,7 +83,7 @@ def make_provider(cfg: GenConfig, persona: Persona, reporter: Reporter):
     llm = LLMProvider(kind, model=cfg.model, base_url=cfg.base_url, policy=policy,
                       temperature=cfg.temperature, max_tokens=cfg.max_tokens, persona=persona)
     if cfg.from_docs:
-        from .docs_gen import GroundedLLM
+        from .docs import GroundedLLM
 
         return GroundedLLM(llm, persona, schema=cfg.format_schema)
     return llm
@@ -214,15 +129,15 @@ def nothing_usable(stats, n_jobs: int, out: Path, rej: Path) -> ProviderError | 
 
 
 def run(cfg: GenConfig, reporter: Reporter) -> dict:
-    from .gen_run import finalize, generate, summary_rows
-    from .topics import load_topics
+    from .engine import finalize, generate, summary_rows
+    from ..topics import load_topics
 
-    from .persona import load_persona
+    from ..persona import load_persona
 
     persona = load_persona(cfg.persona)
     gate = None
     if cfg.from_docs:
-        from .docs_gen import plan_doc_jobs
+        from .docs import plan_doc_jobs
         from .grounding import Bands, GroundingGate
 
         jobs, docs = plan_doc_jobs(persona, cfg)

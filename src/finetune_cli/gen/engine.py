@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .gates import check_answer, explain
-from .jsonl import AppendWriter, read_rows, write_rows_atomic
-from .persona import BUCKETS, Persona
-from .ui import Reporter
+from ..jsonl import AppendWriter, read_rows, write_rows_atomic
+from ..persona import BUCKETS, Persona
+from ..ui import Reporter
 
 PREVIEW = 400  # characters of a rejected answer kept in the rejects file
 
@@ -50,7 +50,7 @@ def _reject_row(job, *, turn: int, attempt: int, reason: str, detail: str, text:
 async def _follow_up(job, provider, messages: list[dict], turn: int, cfg, stats: GenStats,
                      rejects: AppendWriter) -> str | None:
     """The simulated user's next message; an empty or truncated one is drawn again, like an answer."""
-    from .providers import JobFailed
+    from ..providers import JobFailed
 
     for attempt in range(cfg.max_attempts):
         try:
@@ -78,8 +78,8 @@ async def _run_job(job, provider, persona: Persona, cfg, stats: GenStats, reject
     """The conversation for one job, or None when it was rejected or failed (rows in ``rejects``).
 
     A job without a prompt (--from-docs) has the provider write its first user turn too. ``gate``
-    (--from-docs: :class:`finetune_cli.grounding.GroundingGate`) checks each answer before the voice gates."""
-    from .providers import JobFailed
+    (--from-docs: :class:`finetune_cli.gen.grounding.GroundingGate`) checks each answer before the voice gates."""
+    from ..providers import JobFailed
 
     messages = [{"role": "user", "content": job.prompt}] if job.prompt else []
     scores = []
@@ -188,7 +188,7 @@ async def _sync_every(seconds: float, stop: asyncio.Event, *writers: AppendWrite
 def finalize(jobs: list, persona: Persona, cfg, out: Path, rej: Path, stats: GenStats,
              reporter: Reporter) -> dict:
     """Rewrite ``out`` in job order without near-duplicates, and ``rej`` in job order (atomically)."""
-    from .dedup import find_duplicates
+    from ..dedup import find_duplicates
 
     order = {j.id: j.order for j in jobs}
     by_id: dict[str, dict] = {}
@@ -245,7 +245,7 @@ def _reject_key(r: dict) -> tuple:
 
 
 def _exact_duplicates(texts: list[str]) -> list[int | None]:
-    from .dedup import normalize
+    from ..dedup import normalize
 
     first: dict[str, int] = {}
     out = []

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import opt
-from ..errors import ConfigError
-from ..jsonl import read_json
-from ..ui import Reporter
+from .config import opt
+from .errors import ConfigError
+from .jsonl import read_json
+from .ui import Reporter
 
 
 # ---------------------------------------------------------------- ft runs
@@ -89,7 +89,7 @@ def _sweep_runs(cfg: RunsConfig) -> set[str]:
     return {v["name"] for v in doc.get("variants", [])}
 
 
-def run_runs(cfg: RunsConfig, reporter: Reporter) -> dict:
+def run(cfg: RunsConfig, reporter: Reporter) -> dict:
     only = _sweep_runs(cfg) if cfg.sweep else None
     where = Path(cfg.runs_dir).resolve()
     if not Path(cfg.runs_dir).is_dir():

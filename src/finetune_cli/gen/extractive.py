@@ -15,8 +15,8 @@ import re
 
 import orjson
 
-from .persona import Persona, count_words, marker_density
-from .template_voice import STOPWORDS, Completion, _say, _uncap, compose_answer, compose_followup, topic_phrase
+from ..persona import Persona, count_words, marker_density
+from .template_provider import STOPWORDS, Completion, _say, _uncap, compose_answer, compose_followup, topic_phrase
 
 STAND_IN = ("offline extractive stand-in: questions from headings and sentences, answers are the chunk's own "
             "sentences in the persona's frame (not a model's answers)")
@@ -112,7 +112,7 @@ class ExtractiveProvider:
 
     def __init__(self, persona: Persona, seed: int, *, schema: bool = False):
         if persona.bank is None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"persona {persona.name!r} has no [bank]: the offline stand-in needs one "
                               "(or use --provider openai/anthropic)")

@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-from .persona import Persona, count_words, marker_density
+from ..persona import Persona, count_words, marker_density
 
 REASONS = ("empty", "truncated", "banned_opening", "overlap", "marker_density", "length",
            "sentence_end", "wrong_script", "wrong_language", "duplicate", "error")
