@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from . import __version__, runs, sharegpt, tiny, topics
+from . import __version__, replay, runs, sharegpt, tiny, topics
 from .chat.config import ChatConfig
 from .command import register
 from .evaluate.config import EvalConfig
@@ -24,7 +24,7 @@ from .train.config import TrainConfig
 # Every command's config-file section and config class, in one table: a config file is checked against
 # all of them (a file shared by several commands), whichever command reads it.
 SECTIONS: dict[str, type] = {
-    "train": TrainConfig, "pairs": PairsConfig, "runs": runs.RunsConfig, "sweep": SweepConfig,
+    "train": TrainConfig, "replay": replay.ReplayConfig, "pairs": PairsConfig, "runs": runs.RunsConfig, "sweep": SweepConfig,
     "model_tiny": tiny.TinyConfig, "topics_expand": topics.ExpandConfig, "gen": GenConfig,
     "to_sharegpt": sharegpt.ToShareGPTConfig, "merge": MergeConfig, "eval": EvalConfig, "rate": RateConfig,
     "chat": ChatConfig, "card": CardConfig, "push": PushConfig,
@@ -71,6 +71,8 @@ def _command(app_: typer.Typer, name: str, section: str, module: str, *, help: s
 
 _command(app, "train", "train", ".train.run",
          help="Fine-tune a model (LoRA/DoRA/rsLoRA/QLoRA/full) on conversations or text; writes runs/<name>/.")
+_command(app, "replay", "replay", ".replay",
+         help="General-chat rows from the base model's own stopped answers (framed in the persona's voice), to mix into training.")
 _command(app, "pairs", "pairs", ".pairs",
          help="Build DPO/ORPO preference pairs: chosen = the data's answer, rejected = the policy's, base's, a gate reject or a judged loser.")
 _command(app, "runs", "runs", ".runs",

@@ -69,6 +69,12 @@ def general_prompts() -> list[Prompt]:
                    meta={"kind": r["kind"]}) for r in rows]
 
 
+def held_out_texts() -> list[str]:
+    """Every built-in prompt ft eval measures with (general prompts and probes), lower-cased: what ft's own
+    training-side prompt sets (``ft replay``, ``ft pairs --general``) must never contain."""
+    return [p.turns[-1]["content"].lower() for p in general_prompts() + probe_prompts()]
+
+
 def _turns_of(row: dict) -> list[tuple[str, str]]:
     """Validated (role, content) turns; a row may end on the user turn (no reference)."""
     key = "messages" if "messages" in row else "conversations"
