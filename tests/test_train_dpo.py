@@ -3,6 +3,7 @@ in plain peft with the same logits, ORPO runs, --from starts from the SFT adapte
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -92,13 +93,24 @@ def test_dpo_raises_the_held_out_margin_and_reloads_in_plain_peft(tiny_model, tm
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_orpo_runs_a_few_steps(tiny_model, tmp_path):
+def test_orpo_runs_a_few_steps_and_reports_to_tensorboard(tiny_model, tmp_path):
+    """The preference stage logs to the tracker --report-to names, as SFT does (event files read back)."""
     pairs = write_pairs(tmp_path / "pairs.jsonl", 12)
+    tb = importlib.util.find_spec("tensorboard") is not None  # the dev group has it; without it: no tracker
     train("--model", str(tiny_model), "--method", "orpo", "--adapter", "dora", "--data", str(pairs),
-          "--max-steps", "3", "--val-split", "0.25", "--name", "orpo", *FAST)
+          "--max-steps", "3", "--val-split", "0.25", "--name", "orpo", "--logging-steps", "1",
+          *(["--report-to", "tensorboard"] if tb else []), *FAST)
     run = json.loads(Path("runs/orpo/run.json").read_text())
     assert run["status"] == "completed" and run["global_step"] == 3 and run["adapter"] == "dora"
     assert Path("runs/orpo/adapter/adapter_model.safetensors").is_file()
+    if tb:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = list(Path("runs/orpo/tensorboard").rglob("events.out.tfevents.*"))
+        assert events
+        acc = EventAccumulator(str(events[0].parent))
+        acc.Reload()
+        assert len(acc.Scalars("train/loss")) == 3
 
 
 def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):

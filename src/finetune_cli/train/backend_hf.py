@@ -60,6 +60,15 @@ def _embedding_names(model) -> tuple[str | None, str | None]:
     return names.get(id(emb)), (names.get(id(out)) if out is not None and out.weight is not emb.weight else None)
 
 
+def tracker_args(cfg, output_dir: str) -> dict:
+    """The Trainer's ``report_to`` and ``run_name`` for ``--report-to`` (SFT and DPO/ORPO alike); TensorBoard's
+    event files go next to the run's records (``RUN/tensorboard``, read by transformers' TensorBoardCallback)."""
+    if cfg.report_to == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(os.path.dirname(output_dir), "tensorboard")
+    # "none" unless --report-to names a tracker; the run's name (output_dir is RUN/checkpoints)
+    return {"report_to": cfg.report_to, "run_name": os.path.basename(os.path.dirname(output_dir))}
+
+
 def load(cfg: TrainConfig, reporter) -> tuple[Any, Any, Setup]:
     """Model and tokenizer, with the chat template installed, pad/EOS fixed and the adapter attached."""
     import torch
@@ -261,15 +270,12 @@ def build_trainer(cfg: TrainConfig, setup: Setup, model, tok, train: list[dict],
         logging_nan_inf_filter=False,  # a sync per step; ft stops on a non-finite loss instead
         dataloader_pin_memory=setup.device == "cuda",
         accelerator_config={"non_blocking": setup.device == "cuda"},  # pinned batches copied without waiting
-        report_to=cfg.report_to,  # "none" unless --report-to names a tracker
-        run_name=os.path.basename(os.path.dirname(output_dir)),  # the run's name (output_dir is RUN/checkpoints)
+        **tracker_args(cfg, output_dir),
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=setup.device == "cpu",
     )
-    if cfg.report_to == "tensorboard":  # read by transformers' TensorBoardCallback; next to the run's records
-        os.environ["TENSORBOARD_LOGGING_DIR"] = os.path.join(os.path.dirname(output_dir), "tensorboard")
     args = TrainingArguments(**{**args, **several})
     all_callbacks = list(callbacks)
     if evaluating and cfg.early_stopping:

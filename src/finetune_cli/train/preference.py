@@ -134,6 +134,8 @@ def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
 
+    from .backend_hf import tracker_args
+
     _plain_torch_head(setup.device)
     evaluating = bool(val)
     common = dict(
@@ -147,7 +149,7 @@ def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str
         save_total_limit=cfg.save_total_limit, load_best_model_at_end=evaluating,
         metric_for_best_model="eval_rewards/margins" if evaluating else None,
         greater_is_better=True if evaluating else None, logging_steps=logging_steps, logging_first_step=True,
-        report_to="none", disable_tqdm=True, use_cpu=setup.device == "cpu", max_length=cfg.max_len, beta=cfg.beta,
+        **tracker_args(cfg, output_dir), disable_tqdm=True, use_cpu=setup.device == "cpu", max_length=cfg.max_len, beta=cfg.beta,
         dataloader_num_workers=0)
     extra = []
     if evaluating and cfg.early_stopping:
