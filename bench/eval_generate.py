@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python bench/eval_generate.py --tiny                      # CPU smoke check, < 1 min
     # the GPU run (torch 2.11, transformers 5.17, peft; one H100), from the repo root:
-    PYTHONPATH=src python bench/eval_generate.py --device cuda --compile --out bench/results/eval_generate-h100
+    PYTHONPATH=src python bench/eval_generate.py --device cuda --out bench/results/eval_generate-h100
 
 For each shape (SmolLM2-135M: Llama, hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152;
 Llama-3.2-1B: hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate 8192, vocab 128256), random weights
@@ -11,9 +11,11 @@ layer (B random, so the adapter changes the answers):
 
 - baseline: a plain ``model.generate`` loop at eval's old settings — batches of 16 in length order, the
   adapter unmerged, dynamic cache (what ft eval did before issue 21), on ``--baseline-prompts`` prompts;
-- ft: ``evaluate.generate.generate`` as ft eval now calls it (adapter merged in memory when exact, the
-  batch sized from the prompt count), on ``--prompts`` prompts; with ``--compile`` also ft eval --compile
-  (static cache, CUDA graphs; timed on its second run, the first compiles);
+- ft eager: ``evaluate.generate.generate`` as ft eval --compile off calls it (adapter merged in memory when
+  exact, the batch sized from the prompt count), on ``--prompts`` prompts;
+- ft default: the same as ft eval calls it by default (--compile auto: on CUDA, a static cache and CUDA
+  graphs for this many prompts), timed twice: cold (its first run, compiling included: what one generate
+  call of a fresh ft eval pays) and warm (its second run: every later call of the same eval);
 - ttft: ft chat's ``TokenStream`` time to first token vs a bare ``TextIteratorStreamer`` around
   ``model.generate`` on the same model object and prompt (median of 5, prompt already tokenized);
 - vllm: ``vllm.LLM`` on the same weights (saved to a temporary folder; the adapter as a LoRARequest) when
@@ -196,7 +198,7 @@ def bench_one(shape, adapter, args, device, dtype, tok) -> dict:
 
     import torch
 
-    from finetune_cli.evaluate.generate import generate, merge_lora_for_inference
+    from finetune_cli.evaluate.generate import Decoding, generate, merge_lora_for_inference
 
     eos = list(dict.fromkeys([tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]))
     model = build(shape, device, dtype, adapter, tok)
@@ -227,11 +229,12 @@ def bench_one(shape, adapter, args, device, dtype, tok) -> dict:
     old_text = [tok.decode(ids[:-1] if ids and ids[-1] in eos else ids, skip_special_tokens=True).strip()
                 for ids in old]
     row["ft"]["identical_to_baseline"] = f"{sum(a == g.text for a, g in zip(old_text, gens))}/{len(old_text)}"
-    if args.compile and device.type == "cuda":
-        generate(merged, tok, ps, **kw, compile=True)  # compiles and captures the graphs
-        gens, secs = timed(device, lambda: generate(merged, tok, ps, **kw, compile=True))
+    decode = Decoding("auto", warn=lambda line: print(line, file=sys.stderr))
+    for when in ("cold", "warm"):  # cold: the first call compiles and captures the graphs
+        gens, secs = timed(device, lambda: generate(merged, tok, ps, **kw, decode=decode))
         n = sum(g.n_tokens for g in gens)
-        row["ft_compile"] = {"tokens": n, "seconds": round(secs, 3), "tokens_per_s": round(n / secs, 1)}
+        row[f"ft_default_{when}"] = {"tokens": n, "seconds": round(secs, 3), "tokens_per_s": round(n / secs, 1),
+                                     **decode.record}
     if device.type == "cuda" and not args.no_vllm:
         row["vllm"] = run_vllm(shape, model if not adapter else merged, tok, ps, eos, args.max_new_tokens, False)
     else:
@@ -249,16 +252,17 @@ def table(rows: list[dict]) -> str:
         v = r.get(k, {})
         return f"{v['tokens_per_s']:,.0f}" if "tokens_per_s" in v else "–"
 
-    lines = ["| shape | adapter | path | baseline tok/s | ft eval tok/s | × | ft --compile tok/s | × | vLLM tok/s "
-             "| TTFT bare ms | TTFT chat ms | chat/bare |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | adapter | path | baseline tok/s | ft eager tok/s | × | ft default cold tok/s | "
+             "ft default warm tok/s | × | decode | vLLM tok/s | TTFT bare ms | TTFT chat ms | chat/bare |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         b = r["baseline"]["tokens_per_s"]
-        fc = r.get("ft_compile", {}).get("tokens_per_s")
+        warm = r["ft_default_warm"]
         lines.append(
             f"| {r['shape']} ({r['dtype']}, {r['device']}) | {r['adapter'] or 'none'} | "
             f"{r['generation_path']['adapter'] or 'base'} | {b:,.0f} | {rate(r, 'ft')} | "
-            f"{r['ft']['tokens_per_s'] / b:.1f} | {rate(r, 'ft_compile')} | {f'{fc / b:.1f}' if fc else '–'} | "
+            f"{r['ft']['tokens_per_s'] / b:.1f} | {rate(r, 'ft_default_cold')} | {rate(r, 'ft_default_warm')} | "
+            f"{warm['tokens_per_s'] / b:.1f} | {warm['decode']} | "
             f"{rate(r, 'vllm')} | {r['ttft_ms']['bare_streamer']} | {r['ttft_ms']['ft_chat']} | "
             f"{r['ttft_ms']['ratio']} |")
     return "\n".join(lines)
@@ -278,7 +282,6 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="tokens per reply (default 256, "
                                                                       "ft eval's; --tiny 16)")
     ap.add_argument("--ttft-tokens", type=int, default=8, help="tokens per reply in the TTFT runs")
-    ap.add_argument("--compile", action="store_true", help="CUDA: also time ft eval --compile")
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM even when installed")
     ap.add_argument("--out", default=None, help="OUT.json and OUT.md (default bench/results/eval_generate-DEVICE)")
     args = ap.parse_args()

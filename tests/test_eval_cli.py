@@ -286,3 +286,43 @@ def test_a_prompt_past_the_context_is_cut_and_said(tiny_model, tmp_path):
     assert "1 prompt(s) longer than the model's context" in r.output
     outs = [json.loads(x) for x in (tmp_path / "o" / "outputs.jsonl").read_text().splitlines()]
     assert [o.get("prompt_truncated", False) for o in outs] == [False, True]
+
+
+@pytest.mark.slow
+def test_decode_path_is_recorded_and_compile_failure_falls_back_or_fails(tiny_model, tmp_path, monkeypatch):
+    import finetune_cli.evaluate.generate as G
+
+    args = ["--base", str(tiny_model), "--no-probes", "--prompts", "p.txt", "--conditions", "no_system"]
+    (tmp_path / "p.txt").write_text("Fit like?\nTell me about boats.\n")
+    r = invoke(args + ["-o", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    path = json.loads((tmp_path / "cpu" / "results.json").read_text())["timing"]["base"]["generation_path"]
+    assert path["decode"] == "eager" and "cpu" in path["decode_reason"]
+    config = tmp_path / "old.toml"
+    config.write_text("[eval]\ncompile = false\n")  # a config from before auto: a bool
+    r = invoke(args + ["-o", "old", "-c", str(config), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    r = invoke(args + ["-o", "on-cpu", "--compile", "on"])
+    assert r.exit_code == 2 and "--compile on: cannot decode compiled: the device is cpu" in r.output
+
+    monkeypatch.setattr(G, "choose_decode", lambda mode, **kw: (True, None))
+    real = G._generate_batch
+
+    def batch(model, enc, gcfg):
+        if gcfg.compile_config is not None:
+            raise RuntimeError("dynamo: unsupported op")
+        return real(model, enc, gcfg)
+
+    monkeypatch.setattr(G, "_generate_batch", batch)
+    r = runner.invoke(app, ["eval", "--temperature", "0", "--decoding", "sample", "--no-general",
+                            "--max-new-tokens", "12", *args, "-o", "auto"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("compiled decoding failed (RuntimeError: dynamo: unsupported op)") == 1
+    assert "decoding eager (compiling failed" in r.output
+    path = json.loads((tmp_path / "auto" / "results.json").read_text())["timing"]["base"]["generation_path"]
+    assert path["decode"] == "eager" and "unsupported op" in path["decode_reason"]
+    r = invoke(args + ["-o", "on", "--compile", "on"])
+    assert r.exit_code == 1
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: compiled decoding failed: RuntimeError: dynamo: unsupported op (--compile auto falls "
+                      "back to eager decoding, --compile off never compiles)"]

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from finetune_cli.evaluate.generate import _trim, generate, heldout_loss, render_prompt
+from finetune_cli.evaluate import generate as G
+from finetune_cli.evaluate.generate import Decoding, _trim, generate, heldout_loss, render_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +172,85 @@ def test_static_cache_and_auto_batch_give_the_same_greedy_tokens(chatml):
     eos = [tok.convert_tokens_to_ids("<|im_end|>")]
     plain = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=2)
     assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=2, static_cache=True) == plain
-    # --compile on CPU: the static cache, nothing compiled
-    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=0, compile=True) == plain
+    # --compile auto on CPU: eager
+    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=0,
+                    decode=Decoding("auto")) == plain
     assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=24, batch_size=0) == plain
+
+
+def test_auto_compiles_only_on_cuda_for_big_enough_work_with_a_static_cache():
+    big = dict(n_prompts=128, max_new_tokens=256)
+    assert G.choose_decode("auto", device_type="cpu", **big) == (False, "the device is cpu; compiled decoding is "
+                                                                          "CUDA only")
+    compiled, why = G.choose_decode("auto", device_type="cuda", n_prompts=8, max_new_tokens=256)
+    assert not compiled and "too little to repay" in why
+    assert G.choose_decode("auto", device_type="cuda", **big) == (True, None)
+    assert G.choose_decode("auto", device_type="cuda", n_prompts=64, max_new_tokens=256) == (True, None)
+    assert G.choose_decode("auto", device_type="cuda", refusal="no static cache", **big) == (False, "no static cache")
+    assert G.choose_decode("off", device_type="cuda", **big) == (False, "--compile off")
+    assert G.choose_decode("on", device_type="cuda", n_prompts=1, max_new_tokens=1) == (True, None)
+    with pytest.raises(G.ConfigError, match="--compile on: cannot decode compiled: the device is cpu"):
+        G.choose_decode("on", device_type="cpu", **big)
+
+
+def test_static_cache_refusal_reads_transformers_own_check(chatml):
+    model, _ = chatml
+    assert G.static_cache_refusal(model) is None  # Llama takes a static cache
+
+    class NoStaticCache:
+        @classmethod
+        def _supports_default_dynamic_cache(cls):
+            return False
+
+    assert "no static KV cache" in G.static_cache_refusal(NoStaticCache())
+
+
+def _compiled_fails(monkeypatch, calls):
+    """Compiled decoding chosen (on CPU) and failing in model.generate, as a torch.compile error would."""
+    monkeypatch.setattr(G, "choose_decode", lambda mode, **kw: (True, None))
+    real = G._generate_batch
+
+    def batch(model, enc, gcfg):
+        calls.append(gcfg.compile_config is not None)
+        if gcfg.compile_config is not None:
+            raise RuntimeError("BackendCompilerFailed: inductor said no\nmore detail")
+        return real(model, enc, gcfg)
+
+    monkeypatch.setattr(G, "_generate_batch", batch)
+
+
+def test_a_compile_failure_falls_back_to_eager_once_with_one_warning(chatml, monkeypatch):
+    model, tok = chatml
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    plain = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=12, batch_size=2, temperature=0.7, seed=3)
+    calls, warned, advanced = [], [], []
+    _compiled_fails(monkeypatch, calls)
+    decode = Decoding("auto", warn=warned.append)
+    gens = generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=12, batch_size=2, temperature=0.7, seed=3,
+                    decode=decode, on_batch=advanced.append)
+    assert gens == plain  # the eager rerun, same seed: what a plain eager run gives
+    assert sum(advanced) == len(PROMPTS)  # progress counts each prompt once
+    assert warned == ["compiled decoding failed (RuntimeError: BackendCompilerFailed: inductor said no): "
+                      "decoding eagerly for the rest of the run"]
+    assert decode.record["decode"] == "eager" and "inductor said no" in decode.record["decode_reason"]
+    calls.clear()
+    assert generate(model, tok, PROMPTS, eos_ids=eos, max_new_tokens=12, batch_size=2, temperature=0.7, seed=3,
+                    decode=decode) == plain
+    assert calls and not any(calls) and len(warned) == 1  # the rest of the run: eager, no second warning
+    assert "failed earlier in this run" in decode.record["decode_reason"]
+
+
+def test_a_compile_failure_under_on_is_an_error(chatml, monkeypatch):
+    model, tok = chatml
+    _compiled_fails(monkeypatch, [])
+    with pytest.raises(G.FtError, match="compiled decoding failed: RuntimeError: BackendCompilerFailed"):
+        generate(model, tok, PROMPTS, eos_ids=[tok.eos_token_id], max_new_tokens=4, decode=Decoding("on"))
+
+
+def test_compile_option_reads_old_bools():
+    from finetune_cli.evaluate.config import compile_mode
+
+    assert [compile_mode(v) for v in (True, False, "true", "0", "AUTO", "on")] == ["on", "off", "on", "off",
+                                                                                   "auto", "on"]
+    with pytest.raises(G.ConfigError, match="--compile: 'fast' is not one of auto, on, off"):
+        compile_mode("fast")

@@ -55,6 +55,9 @@ class PairsConfig:
     max_rows: int = opt(0, "Use at most this many data rows (a seeded sample); 0 = all.", ge=0)
     max_new_tokens: int = opt(256, "policy/base/--general: tokens per generated answer.", ge=1)
     batch_size: int = opt(16, "policy/base/--general: prompts generated at once.", ge=1)
+    compile: str = opt("auto", "policy/base/--general: decode with a static KV cache and torch.compile, as ft "
+                               "eval --compile: auto (on CUDA for at least 64 prompts × 256 tokens; eager when "
+                               "compiling fails), on, off.", choices=("auto", "on", "off"))
     seed: int = opt(0, "Seed for --max-rows' sample and --general's frames.")
 
     def validate(self) -> None:
@@ -105,7 +108,7 @@ def _data_side(cfg: PairsConfig, item: dict) -> dict:
 
 def _generate(model_arg: str, prompts: list[list[dict]], cfg: PairsConfig, reporter: Reporter, *, base: bool):
     """Greedy answers of a run (or of its base model) to ``prompts``, and the model's name."""
-    from .evaluate.generate import generate
+    from .evaluate.generate import Decoding, generate
     from .models import load_for_inference
     from .rundir import RunDir
 
@@ -118,8 +121,12 @@ def _generate(model_arg: str, prompts: list[list[dict]], cfg: PairsConfig, repor
             name = model_arg  # a model directory, not a run
     loaded = load_for_inference(name)
     reporter.info(f"  generating {len(prompts)} greedy answers with {loaded.name} ({loaded.kind})")
+    decode = Decoding(cfg.compile, warn=reporter.warn)
     gens = generate(loaded.model, loaded.tokenizer, prompts, eos_ids=loaded.eos_token_ids,
-                    max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size, seed=cfg.seed)
+                    max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size, seed=cfg.seed,
+                    decode=decode)
+    reporter.info(f"  decoding {decode.record['decode']}"
+                  + (f" ({decode.record['decode_reason']})" if decode.record.get("decode_reason") else ""))
     return gens, name, loaded.kind
 
 

@@ -74,8 +74,12 @@ class EvalConfig:
     merge_adapter: bool = opt(True, "Fold a LoRA adapter into its (unquantized) base in memory for generation, "
                                     "when the merged logits equal the adapter's within float rounding; "
                                     "--no-merge-adapter runs peft's unmerged layers.", panel=G)
-    compile: bool = opt(False, "CUDA only: decode with a static KV cache and torch.compile "
-                               "(reduce-overhead, CUDA graphs); ignored on CPU.", panel=G)
+    # str | bool: `compile = true` in a config file from before auto (a bool then) still loads, as on
+    compile: str | bool = opt("auto", "Decode with a static KV cache and torch.compile (reduce-overhead, CUDA "
+                                      "graphs): auto (on CUDA when the model takes a static cache and a "
+                                      "generation has at least 64 prompts × 256 tokens (16,384): less does "
+                                      "not repay the ~20-40 s warm-up; eager when compiling fails, with a warning), "
+                                      "on (an error where it cannot run or fails), off.", panel=G)
     device: str = opt("auto", "Where to run: auto (CUDA when present), cpu, cuda.",
                       choices=("auto", "cpu", "cuda"), panel=G)
 
@@ -127,6 +131,7 @@ class EvalConfig:
         return parse_gates(self.fail_if)
 
     def validate(self) -> None:
+        self.compile = compile_mode(self.compile)
         if not (self.base or self.adapter or self.merged or self.run):
             raise ConfigError("ft eval: no candidate; pass --base, --adapter, --merged or --run")
         if any(g.relative for g in self.gates) and not self.base:
@@ -153,6 +158,17 @@ class EvalConfig:
             raise ConfigError("option --conditions: pick at least one of system, no_system")
         if self.judge == "none" and any(g.metric.startswith("judge_") for g in self.gates):
             raise ConfigError("option --fail-if: judge_* gates need --judge openai|anthropic")
+
+
+def compile_mode(value: str | bool) -> str:
+    """``--compile``'s value: auto, on or off; a bool or true/false/1/0 (older configs) read as on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    v = str(value).strip().lower()
+    v = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(v, v)
+    if v not in ("auto", "on", "off"):
+        raise ConfigError(f"option --compile: {value!r} is not one of auto, on, off")
+    return v
 
 
 @dataclass(frozen=True)

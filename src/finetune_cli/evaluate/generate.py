@@ -11,19 +11,20 @@ and the tokenizer's EOS). Greedy batched generation equals one-prompt-at-a-time 
 
 Speed (issue 21): ``batch_size=0`` sizes the batch from the prompt count and, on CUDA, the free memory
 (``auto_batch_size``); ``merge_lora_for_inference`` folds an unquantized LoRA adapter into its base in memory
-when the logits agree (peft's unmerged layers cost several kernel launches each per step); ``compile=True``
-decodes with a static KV cache and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) on CUDA, and
+when the logits agree (peft's unmerged layers cost several kernel launches each per step); ``decode=Decoding(
+"auto")`` decodes with a static KV cache and ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) when
+``choose_decode`` says it repays its warm-up, and falls back to eager decoding when compiling fails;
 ``static_cache=True`` alone gives the same greedy tokens as the default dynamic cache (tested on CPU).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..attention import attention_kernels
-from ..errors import ConfigError
+from ..errors import ConfigError, FtError
 
 
 @dataclass
@@ -145,22 +146,116 @@ def merge_lora_for_inference(model, *, rtol: float | None = None) -> tuple[Any, 
     return model.unload(), {"adapter": "merged", **info}  # unload keeps the merged weights, drops LoRA
 
 
+COMPILE_MODES = ("auto", "on", "off")
+# --compile auto compiles a generate() call of at least this many tokens (prompts × max_new_tokens): 64 prompts of
+# 256 tokens, ft eval's default prompt count. Compiling costs ~40 s for the first model of a process (~20 s for the
+# next) on an H100, then a call of 128 × 256 tokens takes ~2 s instead of ~8 s: it repays over an eval's calls
+# (conditions × decodings per candidate), not within one small call (docs/benchmarks.md)
+COMPILE_MIN_TOKENS = 64 * 256
+
+
+def static_cache_refusal(model) -> str | None:
+    """Why ``model`` cannot decode with a compiled static KV cache, or None when it can. These are the
+    installed transformers' own checks (generation/utils.py): ``_prepare_cache_for_generation`` ignores
+    ``cache_implementation="static"`` for a class whose ``_supports_default_dynamic_cache()`` is False (Mamba,
+    RWKV, ...), and ``_valid_auto_compile_criteria`` skips compiling under a quantizer that does not compile or
+    with layers offloaded to the CPU or disk."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supports = getattr(base, "_supports_default_dynamic_cache", None)
+    if supports is None or not supports():
+        return f"{type(base).__name__} has no static KV cache in transformers"
+    quantizer = getattr(base, "hf_quantizer", None)
+    if quantizer is not None and not getattr(quantizer, "is_compileable", False):
+        return "its quantization does not compile"
+    devices = set((getattr(base, "hf_device_map", None) or {}).values())
+    if len(devices) > 1 and devices & {"cpu", "disk"}:
+        return "layers are offloaded to the CPU or disk"
+    return None
+
+
+def choose_decode(mode: str, *, device_type: str, n_prompts: int, max_new_tokens: int,
+                  refusal: str | None = None) -> tuple[bool, str | None]:
+    """``(compiled, why_eager)`` for one generate() call under ``--compile mode``: compiled on CUDA when the
+    model takes a static cache (``refusal`` is None) and, under ``auto``, the call generates at least
+    ``COMPILE_MIN_TOKENS``. Under ``on`` a reason to decode eagerly is an error instead."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: one of {', '.join(COMPILE_MODES)}")
+    if mode == "off":
+        return False, "--compile off"
+    why = None
+    if device_type != "cuda":
+        why = f"the device is {device_type}; compiled decoding is CUDA only"
+    elif refusal:
+        why = refusal
+    elif mode == "auto" and n_prompts * max_new_tokens < COMPILE_MIN_TOKENS:
+        why = (f"{n_prompts} prompts × {max_new_tokens} tokens is under {COMPILE_MIN_TOKENS:,}, too little to "
+               "repay compiling")
+    if why and mode == "on":
+        raise ConfigError(f"option --compile on: cannot decode compiled: {why}",
+                          hint="--compile auto decodes eagerly where compiling cannot run or does not pay")
+    return why is None, why
+
+
+@dataclass
+class Decoding:
+    """``--compile`` for one run of generate() calls, and what the last call did (``record``).
+
+        d = Decoding("auto", warn=reporter.warn)
+        generate(model, tok, prompts, eos_ids=[2], decode=d); d.record  # {"decode": "compiled"}
+
+    When compiling fails under ``auto`` (torch.compile, dynamo, inductor, CUDA graphs, or the static cache
+    refused), the call is generated again eagerly, ``warn`` gets one line naming the reason, and every
+    later call with this Decoding decodes eagerly: an optimisation never fails the run. Under ``on`` the
+    failure is an error."""
+
+    mode: str = "auto"
+    warn: Callable[[str], Any] | None = None
+    failure: str | None = None  # why compiling failed in this run
+    record: dict = field(default_factory=dict)  # {"decode": "compiled"|"eager", "decode_reason": ...}
+
+    def choose(self, model, n_prompts: int, max_new_tokens: int) -> bool:
+        if self.failure and self.mode == "auto":
+            compiled, why = False, f"compiling failed earlier in this run ({self.failure})"
+        else:
+            device = next(model.parameters()).device
+            refusal = static_cache_refusal(model) if device.type == "cuda" and self.mode != "off" else None
+            compiled, why = choose_decode(self.mode, device_type=device.type, n_prompts=n_prompts,
+                                          max_new_tokens=max_new_tokens, refusal=refusal)
+        self.record = {"decode": "compiled"} if compiled else {"decode": "eager", "decode_reason": why}
+        return compiled
+
+    def failed(self, err: Exception) -> None:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = f"{type(err).__name__}: {first}"[:300].rstrip(": ")
+        if self.mode == "on":
+            raise FtError(f"compiled decoding failed: {reason}",
+                          hint="--compile auto falls back to eager decoding, --compile off never compiles") from err
+        self.failure = reason
+        self.record = {"decode": "eager", "decode_reason": f"compiling failed ({reason})"}
+        if self.warn is not None:
+            self.warn(f"compiled decoding failed ({reason}): decoding eagerly for the rest of the run")
+
+
+def _generate_batch(model, enc: dict, gcfg):
+    """One ``model.generate`` call (its own function: tests make the compiled one fail here)."""
+    return model.generate(**enc, generation_config=gcfg)
+
+
 def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              batch_size: int = 16, seed: int = 0,
              on_batch: Callable[[int], Any] | None = None, static_cache: bool = False,
-             compile: bool = False) -> list[Generation]:
+             decode: Decoding | None = None) -> list[Generation]:
     """Generate one reply per prompt (a list of messages); ``temperature=0`` is greedy.
 
-    ``batch_size=0``: ``auto_batch_size``. ``compile``: static KV cache and CUDA-graph decoding on CUDA (a
-    static cache alone elsewhere); ``static_cache``: the static cache without compiling."""
+    ``batch_size=0``: ``auto_batch_size``. ``decode``: whether to decode compiled (static KV cache, CUDA graphs;
+    see ``Decoding``), and the record of what ran; None decodes eagerly. ``static_cache``: the static cache
+    without compiling."""
     import torch
-    from transformers import GenerationConfig
 
     if not eos_ids:
         raise ValueError("eos_ids is empty: generation would never stop before max_new_tokens")
     tok.padding_side = "left"
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
     ctx = context_length(model)
     if ctx is not None and max_new_tokens >= ctx:
         raise ConfigError(f"option --max-new-tokens {max_new_tokens}: the model's context is {ctx} tokens, "
@@ -168,21 +263,55 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
     # a prompt past the context would make the model allocate for all of it (25 TB for a 10 MB prompt)
     budget = ctx - max_new_tokens if ctx is not None else 1 << 62
     fitted = [fit_prompt(tok, render_prompt(tok, m), budget) for m in prompts]
-    order = sorted(range(len(fitted)), key=lambda i: -len(fitted[i][0]))
-    device = next(model.parameters()).device
     if not batch_size:
         longest = max((len(ids) for ids, _ in fitted), default=0)
         batch_size = auto_batch_size(model, len(fitted), longest + max_new_tokens)
+    kw = dict(eos_ids=eos_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+              repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed)
+    progress = on_batch
+    if decode is not None and decode.choose(model, len(fitted), max_new_tokens):
+        counted = 0  # rows on_batch was told of: the eager rerun after a failure does not count them twice
+
+        def count(n: int) -> None:
+            nonlocal counted
+            counted += n
+            if on_batch is not None:
+                on_batch(n)
+
+        try:
+            return _generate_fitted(model, tok, fitted, compiled=True, on_batch=count, **kw)
+        except (KeyboardInterrupt, torch.cuda.OutOfMemoryError):
+            raise  # not compiling's fault: eager decoding would fail the same way
+        except Exception as e:  # torch.compile/dynamo/inductor/CUDA-graph errors share no base class
+            decode.failed(e)  # raises under --compile on
+
+        def progress(n: int) -> None:
+            nonlocal counted
+            told = min(n, counted)
+            counted -= told
+            if on_batch is not None and n > told:
+                on_batch(n - told)
+    return _generate_fitted(model, tok, fitted, static_cache=static_cache, on_batch=progress, **kw)
+
+
+def _generate_fitted(model, tok, fitted: list[tuple[list[int], bool]], *, eos_ids: list[int], max_new_tokens: int,
+                     temperature: float, top_p: float, repetition_penalty: float, batch_size: int, seed: int,
+                     on_batch: Callable[[int], Any] | None, static_cache: bool = False,
+                     compiled: bool = False) -> list[Generation]:
+    import torch
+    from transformers import GenerationConfig
+
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+    order = sorted(range(len(fitted)), key=lambda i: -len(fitted[i][0]))
+    device = next(model.parameters()).device
     sample = temperature > 0
     cache: dict[str, Any] = {}
-    if static_cache or compile:
+    if compiled:
         from transformers import CompileConfig
 
-        cache["cache_implementation"] = "static"
-        if compile and device.type == "cuda":
-            cache["compile_config"] = CompileConfig(mode="reduce-overhead")
-        else:
-            cache["disable_compile"] = True
+        cache = dict(cache_implementation="static", compile_config=CompileConfig(mode="reduce-overhead"))
+    elif static_cache:
+        cache = dict(cache_implementation="static", disable_compile=True)
     gcfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
         top_p=top_p if sample else None, top_k=None, repetition_penalty=repetition_penalty,
@@ -195,7 +324,7 @@ def generate(model, tok, prompts: list[list[dict]], *, eos_ids: list[int], max_n
         enc = tok.pad({"input_ids": [fitted[i][0] for i in idx]}, return_tensors="pt", padding=True)
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode(), attention_kernels(device):
-            out = model.generate(**enc, generation_config=gcfg)
+            out = _generate_batch(model, enc, gcfg)
         new = out[:, enc["input_ids"].shape[1]:].tolist()
         for i, ids in zip(idx, new):
             ids, stopped = _trim(ids, stop)

@@ -206,12 +206,8 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]+", "-", s).strip("-") or "eval"
 
 
-def _on_cuda(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"
-
-
 def run(cfg: EvalConfig, reporter: Reporter) -> dict:
-    from .generate import generate, heldout_loss, merge_lora_for_inference, perplexity
+    from .generate import Decoding, generate, heldout_loss, merge_lora_for_inference, perplexity
 
     cands = plan(cfg)
     prompts = gather_prompts(cfg, cands, reporter)
@@ -259,7 +255,8 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     cand_info: list[dict] = []
     timing: dict[str, dict] = {}
     gen_kw = dict(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                  batch_size=cfg.batch_size, seed=cfg.seed, compile=cfg.compile)
+                  batch_size=cfg.batch_size, seed=cfg.seed)
+    decode = Decoding(cfg.compile, warn=reporter.warn)  # one for the run: a compile failure turns it eager
     sampling = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=cfg.temperature, top_p=cfg.top_p)}
     total = len(cands) * len(conditions) * len(decodings) * len(prompts)
     with reporter.progress("generating", total=total) as task:
@@ -293,6 +290,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
 
                 retained = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
             t0, n_tok, gen_secs = time.perf_counter(), 0, 0.0
+            decoded: list[dict] = []  # what each generate call ran: compiled or eager (and why)
             for cond in conditions:
                 sys_ = system if cond == "system" else None
                 try:
@@ -304,8 +302,10 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 for dec in decodings:
                     g0 = time.perf_counter()
                     gens = generate(loaded.model, loaded.tokenizer, [p.messages(sys_) for p in prompts],
-                                    eos_ids=loaded.eos_token_ids, on_batch=task.advance, **sampling[dec], **gen_kw)
+                                    eos_ids=loaded.eos_token_ids, on_batch=task.advance, decode=decode,
+                                    **sampling[dec], **gen_kw)
                     gen_secs += time.perf_counter() - g0
+                    decoded.append(decode.record)
                     n_tok += sum(g.n_tokens for g in gens)
                     cut = sum(g.prompt_truncated for g in gens)
                     if cut and dec == decodings[0]:
@@ -328,8 +328,13 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                               # generation alone (tokens_per_s above includes held-out loss and retention)
                               "generate_seconds": round(gen_secs, 2),
                               "generate_tokens_per_s": round(n_tok / gen_secs, 1) if gen_secs else None,
-                              "generation_path": {**path, "compile": cfg.compile and _on_cuda(loaded.model),
-                                                  "batch_size": cfg.batch_size or "auto"}}
+                              "generation_path": {**path, **decoded[-1], "batch_size": cfg.batch_size or "auto"}}
+            if any(d != decoded[-1] for d in decoded):  # compiling failed after some calls had run compiled
+                timing[c.name]["generation_path"]["decode_calls"] = [d.get("decode") for d in decoded]
+            if decoded[-1]:
+                why = decoded[-1].get("decode_reason")
+                reporter.info(f"  {c.name}: {n_tok:,} tokens at {timing[c.name]['generate_tokens_per_s'] or 0:,.0f} "
+                              f"tokens/s, decoding {decoded[-1]['decode']}" + (f" ({why})" if why else ""))
             del loaded
             gc.collect()
             _empty_cuda_cache()
