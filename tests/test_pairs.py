@@ -153,10 +153,12 @@ def test_general_prompts_frame_the_base_answer_in_the_persona(tmp_path, monkeypa
     d = gen_data(tmp_path / "d.jsonl", 2)
     Path(f"{d}.rejects.jsonl").write_text("")
     out = tmp_path / "p.jsonl"
-    pairs("--data", str(d), "--out", str(out), "--rejected-from", "rejects", "--general", "--model", "runs/x")
+    pairs("--data", str(d), "--out", str(out), "--rejected-from", "rejects", "--general", "20", "--model", "runs/x")
     got = rows(out)
-    n_general = sum(1 for _ in open(Path(pairs_mod.__file__).parent / "evaluate" / "general_prompts.jsonl"))
-    assert len(got) == (n_general + 1) // 2  # only prompts the base answered and stopped on
+    assert len(got) == 10  # only prompts the base answered and stopped on
+    from finetune_cli.evaluate.prompts import held_out_texts
+
+    assert not {r["prompt"][-1]["content"].lower() for r in got} & set(held_out_texts())  # eval's stay unseen
     r = got[0]
     assert "Paris." in r["chosen"][0]["content"] and r["chosen"][0]["content"] != "Paris."
     assert r["rejected"][0]["content"] == "Aye aye aye aye aye"

@@ -46,9 +46,10 @@ class PairsConfig:
     model: str | None = opt(None, "policy: the run (or checkpoint/adapter) whose answers are rejected; base: a run "
                                   "(its base model) or a model.")
     rejects: str | None = opt(None, "rejects: the rejects file; none = ft gen's DATA.rejects.jsonl.")
-    general: bool = opt(False, "Also pair the built-in general prompts: chosen = the persona's frame (opener, "
-                               "closer from its phrase bank) around the base model's own stopped answer, rejected = "
-                               "the policy's answer. Needs --model RUN.")
+    general: int = opt(0, "Also pair this many everyday prompts (ft replay's set, never ft eval's own general "
+                              "prompts or probes): chosen = the persona's frame (opener, closer from its phrase bank) "
+                              "around the base model's own stopped answer, rejected = the policy's answer. Needs "
+                              "--model RUN.", ge=0)
     persona: str = opt("doric", "--general: the persona whose phrase bank frames the answers (name or file).")
     max_similarity: float = opt(0.9, "Drop a pair whose chosen and rejected texts have a rapidfuzz ratio (0–1) at "
                                      "or above this.", ge=0, le=1)
@@ -267,27 +268,22 @@ def _from_ratings(cfg: PairsConfig, items: list[dict], path: Path) -> list[dict]
 
 def _general(cfg: PairsConfig, reporter: Reporter) -> list[dict]:
     """General prompts: chosen = the persona's opener and closer around the base model's stopped answer."""
-    from importlib.resources import files
-
     from .persona import load_persona
-    from .gen.template_provider import _say
+    from .replay import frame_answer, replay_prompts
 
     persona = load_persona(cfg.persona)
     if persona.bank is None:
         raise ConfigError(f"option --persona {cfg.persona}: no phrase bank to frame general answers with")
-    rows = [r for _, r in read_rows(files("finetune_cli.evaluate") / "general_prompts.jsonl")]
+    rows = replay_prompts(cfg.general, cfg.seed)  # what ft eval measures with stays unseen
     system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
     prompts = [system + [{"role": "user", "content": r["prompt"]}] for r in rows]
     base, base_name, _ = _generate(cfg.model, prompts, cfg, reporter, base=True)
     policy, policy_name, _ = _generate(cfg.model, prompts, cfg, reporter, base=False)
-    bank, out = persona.bank, []
+    out = []
     for r, p, b, g in zip(rows, prompts, base, policy):
         if not b.stopped_on_eos or not b.text:
             continue  # a base answer that ran on is no answer to teach
-        rng = random.Random(f"{cfg.seed}:{r['id']}")
-        fill = {"topic": "that", "thing": "it", "lang": "English"}
-        chosen = " ".join([_say(rng.choice(bank.openers), fill, bank.words, rng), b.text,
-                           _say(rng.choice(bank.closers), fill, bank.words, rng)])
+        chosen = frame_answer(b.text, persona, random.Random(f"{cfg.seed}:{r['id']}"))
         out.append({"id": f"general-{r['id']}", "line": None, "bucket": "general", "topic": r.get("kind"),
                     "prompt": p, "chosen": chosen, "rejected": g.text,
                     "chosen_meta": {"source": "general", "frame": f"template-{persona.name}", "model": base_name,
