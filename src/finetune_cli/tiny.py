@@ -4,11 +4,13 @@
     make_tiny_model(path, template="llama3")      # Llama-3 headers, no pad token (like the real one)
     make_tiny_model(path, template=None)          # a base model without a chat template
     make_tiny_model(path, template="gemma", arch="gemma3_text")   # SentencePiece tokenizer, Gemma turns
+    make_tiny_model(path, template="mistral", arch="mistral")     # SentencePiece tokenizer, [INST] turns
 
 The tokenizer is a byte-level BPE trained on the fly on ft's own text (topics, personas, prose),
 so it round-trips any UTF-8 text. The model is a 2-layer Llama (or Qwen2) with hidden size 64. The
 ``gemma`` template gets a SentencePiece BPE tokenizer instead (trained by ``sentencepiece`` with byte
-fallback, converted as transformers converts Gemma's), and the other architectures their own config class.
+fallback, converted as transformers converts Gemma's), ``mistral`` one shaped like Mistral v0.3's (a dummy
+prefix space, ``[INST]``/``[/INST]`` control tokens), and the other architectures their own config class.
 """
 
 from __future__ import annotations
@@ -82,6 +84,49 @@ def make_sentencepiece_tokenizer(*, vocab_size: int = 1024, template: str = "gem
     return tok
 
 
+# Mistral v0.3's template (tokenizer v3) without its tool calls: a system message goes into the last user turn
+MISTRAL_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] | trim + eos_token }}"
+    "{%- else %}{{- raise_exception('Only user and assistant roles are supported, with the exception of an "
+    "initial optional system message!') }}{%- endif %}{%- endfor %}"
+)
+
+
+def make_mistral_tokenizer(*, vocab_size: int = 1024):
+    """A SentencePiece BPE tokenizer shaped like Mistral 7B v0.3's: byte fallback, a dummy prefix space,
+    ``<unk>`` ``<s>`` ``</s>`` then the control tokens ``[INST]`` ``[/INST]``; converted to a transformers fast
+    tokenizer as transformers loads Mistral's (``LlamaTokenizer``, ``legacy=False``: a ``▁`` is prepended to
+    the start of the text only, not after special tokens)."""
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
+
+    turns = ["[INST]", "[/INST]"]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        control_symbols=turns, add_dummy_prefix=True, split_digits=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, minloglevel=2, num_threads=1)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "tokenizer.model").write_bytes(buf.getvalue())
+        vocab, _, merges = SentencePieceExtractor(str(Path(d) / "tokenizer.model")).extract()
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, legacy=False)
+    tok.add_special_tokens({"additional_special_tokens": turns})
+    tok.chat_template = MISTRAL_TEMPLATE
+    tok.model_max_length = 2048
+    return tok
+
+
 def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, pre: str = "gpt-2"):
     """A byte-level BPE tokenizer with chat special tokens; returns a transformers fast tokenizer.
 
@@ -124,10 +169,12 @@ def make_tokenizer(template: str | None = "chatml", *, vocab_size: int = 1024, p
 
 def _config(arch: str, common: dict, head_dim: int | None):
     """The transformers config of a tiny ``arch``: the real architecture's config class, small shapes."""
-    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
     if arch == "llama":
         return LlamaConfig(**common)
+    if arch == "mistral":  # v0.3: no sliding window
+        return MistralConfig(**common, sliding_window=None)
     if arch == "qwen2":
         return Qwen2Config(**common)
     if arch == "qwen3":
@@ -146,7 +193,7 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
                     pre: str = "gpt-2", head_dim: int | None = None) -> Path:
     """Save a random-weight causal LM and its tokenizer to ``path``; returns the path.
 
-    ``arch``: llama, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads), gemma3_text
+    ``arch``: llama, mistral, qwen2, qwen3 (q/k norms; ``head_dim`` may differ from hidden / heads), gemma3_text
     (tied embeddings, head_dim 256, sliding window 16), phi3."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -155,6 +202,8 @@ def make_tiny_model(path: str | Path, *, template: str | None = "chatml", arch: 
     path.mkdir(parents=True, exist_ok=True)
     if template == "gemma":
         tok = make_sentencepiece_tokenizer(vocab_size=vocab_size)
+    elif template == "mistral":
+        tok = make_mistral_tokenizer(vocab_size=vocab_size)
     else:
         tok = make_tokenizer(template, vocab_size=vocab_size, pre=pre)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,

@@ -155,6 +155,13 @@ def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list
         info["tokenizer_agrees"] = _tokenizer_agrees(path, tok, texts)
         lc = ({"status": "skipped", "reason": skipped} if skipped
               else _llama_cpp(path, tok, reference, max_new, reporter))
+        space = info.get("add_space_prefix")
+        if space and space["start"] != space["after_special"]:
+            where = ("the start of a text but not text after a special token" if space["start"] else
+                     "text after a special token but not the start of a text")
+            reporter.warn(f"{path.name}: the training tokenizer prefixes a space to {where}; llama.cpp does both "
+                          "or neither, so tokenizer.ggml.add_space_prefix follows the text after special "
+                          "tokens (all of a chat) and a text that opens without one gets another first token")
         info["llama_cpp"] = lc
         info["flagged"] = not (d["kl"] <= max_kl) or n_new == 0 or lc["status"] == "failed" or (
             lc["status"] == "ok" and (not lc["tokenizer_agrees"] or not lc["kl"] <= max_kl))
@@ -164,7 +171,8 @@ def export_gguf(model_dir: Path, out_dir: Path, kinds: list[str], *, texts: list
                       f"{d['ppl_gguf']:.4g} vs {d['ppl_16bit']:.4g}")
         if info["flagged"]:
             why = (f"llama.cpp {lc['status']}" if lc["status"] == "failed" else
-                   "llama.cpp tokenizes differently from training" if lc["status"] == "ok" and not lc["tokenizer_agrees"]
+                   f"llama.cpp tokenizes differently from training, {lc['tokenizer_first_difference']}"
+                   if lc["status"] == "ok" and not lc["tokenizer_agrees"]
                    else f"KL {max(d['kl'], lc.get('kl', 0.0)):.3g} > --max-kl {max_kl:g}")
             reporter.warn(f"this {kind} differs badly: do not ship it ({why})")
         if info["tokenizer_agrees"] is False:

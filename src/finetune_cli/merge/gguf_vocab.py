@@ -9,8 +9,9 @@ BOS is added, and the chat template used in training.
 
 SentencePiece-style tokenizers are written as llama.cpp's converter writes a ``tokenizer.model``: model
 "llama", pre "default", token scores and types (BYTE for ``<0xXX>``, UNKNOWN, CONTROL), and whether a space
-is prefixed. transformers saves such tokenizers as tokenizer.json BPE merges, not as a ``tokenizer.model``;
-llama.cpp's SentencePiece tokenizer merges by token score instead, so each token's score is minus the rank of
+is prefixed: written as the tokenizer treats text after a special token (``_space_prefix``), where llama.cpp's
+converter leaves the key out (true), which splits Mistral's ``[INST] Hi`` otherwise than transformers.
+transformers saves such tokenizers as tokenizer.json BPE merges, not as a ``tokenizer.model``; llama.cpp's SentencePiece tokenizer merges by token score instead, so each token's score is minus the rank of
 the first merge that makes it: the merge order becomes the score order (tokens no merge makes come last).
 """
 
@@ -45,20 +46,42 @@ def add_tokenizer(w: Any, model_dir: Path, vocab_size: int, reporter: Reporter =
                           hint="use llama.cpp's convert_hf_to_gguf.py on the merged folder")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if sentencepiece:
-        tokens, scores, types = _sentencepiece_vocab(tj, vocab_size)
+        tokens, scores, types = _sentencepiece_vocab(tj, vocab_size, tok.unk_token)
         pre, pre_how = "default", "SentencePiece tokenizer (llama.cpp ignores the name)"
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre(pre)
         w.add_token_list(tokens)
         w.add_token_scores(scores)
         w.add_token_types(types)
-        first = tok.convert_ids_to_tokens(tok("a", add_special_tokens=False)["input_ids"][:1])
-        w.add_add_space_prefix(bool(first) and first[0].startswith("\u2581"))
+        space_prefix = _space_prefix(tok)
+        w.add_add_space_prefix(space_prefix["after_special"])
     else:
         pre, pre_how = pre_tokenizer_name(tok, keep=keep_pre)
         _byte_level_vocab(w, tj, vocab_size, pre)
     return {"tokenizer_model": "llama" if sentencepiece else "gpt2",
+            **({"add_space_prefix": space_prefix} if sentencepiece else {}),
             **_special_tokens(w, tok, config, pre, pre_how)}
+
+
+def _space_prefix(tok: Any) -> dict:
+    """``tokenizer.ggml.add_space_prefix`` as the HF tokenizer behaves after a special token.
+
+    llama.cpp's SentencePiece tokenizer prefixes a space to the start of the text *and* to every piece of text
+    after a special token when the key is true (as sentencepiece, encoding each piece on its own, does), and to
+    none when false. llama.cpp's converter never writes the key, so it is true. transformers' Llama/Mistral
+    tokenizers with ``legacy: false`` (Metaspace, prepend_scheme "first") prefix the start of the text only:
+    ``<s>[INST] Hi`` is ``[INST] ▁Hi`` in transformers but ``[INST] ▁▁Hi`` in llama.cpp with the key true. A
+    chat template renders text after special tokens, so the key follows the tokenizer there; where the start of
+    the text then differs (``start`` true, ``after_special`` false), llama.cpp tokenizes text that opens
+    without a special token (not a chat) without the leading ``▁``."""
+    def first_piece(text: str) -> str:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        pieces = tok.convert_ids_to_tokens(ids)
+        return next((t for t in pieces if t != tok.eos_token), "")
+
+    start = first_piece("a").startswith("\u2581")
+    after_special = first_piece(f"{tok.eos_token}a").startswith("\u2581") if tok.eos_token else start
+    return {"start": start, "after_special": after_special}
 
 
 def _tokens_by_id(tj: dict, vocab_size: int) -> tuple[dict[int, str], dict[int, dict]]:
@@ -73,7 +96,7 @@ def _tokens_by_id(tj: dict, vocab_size: int) -> tuple[dict[int, str], dict[int, 
     return by_id, added
 
 
-def _sentencepiece_vocab(tj: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+def _sentencepiece_vocab(tj: dict, vocab_size: int, unk: str | None) -> tuple[list[str], list[float], list[int]]:
     import re
 
     import gguf
@@ -95,7 +118,7 @@ def _sentencepiece_vocab(tj: dict, vocab_size: int) -> tuple[list[str], list[flo
             types.append(gguf.TokenType.UNUSED)
             continue
         tokens.append(t)
-        if t == model.get("unk_token"):
+        if t in (model.get("unk_token"), unk):  # Mistral's tokenizer.json names no unk_token in its model
             scores.append(0.0)
             types.append(gguf.TokenType.UNKNOWN)
         elif i in added:

@@ -134,6 +134,14 @@ def greedy(llm: Any, prompt_ids: list[int], max_new: int) -> tuple[list[int], bo
     return out, False
 
 
+def _first_difference(llm: Any, tok: Any, got: list[int], want: list[int]) -> str:
+    """Where llama.cpp's ids for a text first differ from the training tokenizer's, as token strings."""
+    k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    lc = [llm.detokenize([i], special=True).decode("utf-8", "replace") for i in got[max(k - 1, 0): k + 3]]
+    hf = tok.convert_ids_to_tokens(want[max(k - 1, 0): k + 3])
+    return f"token {k}: llama.cpp {lc!r}, transformers {hf!r}"
+
+
 def check(path: Path, tok: Any, ref: Reference, *, max_new: int) -> dict:
     """Load ``path`` in llama.cpp and compare it with the 16-bit model; raises ExportError if it cannot load."""
     from ..gguf_pretok import llama_cpp_table
@@ -149,6 +157,8 @@ def check(path: Path, tok: Any, ref: Reference, *, max_new: int) -> dict:
             return tok(text, add_special_tokens=False)["input_ids"]
 
         mismatched = [i for i, t in enumerate(ref.texts) if ids_of(t) != hf_ids(t)]
+        first_difference = _first_difference(llm, tok, ids_of(ref.texts[mismatched[0]]),
+                                             hf_ids(ref.texts[mismatched[0]])) if mismatched else None
         chktxt = llama_cpp_table()["chktxt"]
         d = drift(ref.logits, lambda x: _scores(llm, [int(i) for i in x]), ref.ids)
         # per step of the 16-bit model's greedy answer: does llama.cpp pick the same next token?
@@ -162,6 +172,7 @@ def check(path: Path, tok: Any, ref: Reference, *, max_new: int) -> dict:
             "status": "ok",
             "tokenizer_agrees": not mismatched,
             "tokenizer_mismatched_texts": len(mismatched),
+            "tokenizer_first_difference": first_difference,
             "tokenizer_check_text_agrees": ids_of(chktxt) == hf_ids(chktxt),
             **d,
             "greedy_steps": len(ref.greedy_ids),
