@@ -1,6 +1,7 @@
 """--thinking off|keep on a Qwen3-style template (its enable_thinking switch written below): with thinking off no
 think token is trained and the served prompt (eval, chat, the Modelfile) is the one trained on; ft eval counts
-stray and empty think blocks (think_rate)."""
+stray and empty think blocks (think_rate). Qwen3's real template (not prefix-stable over turns) trains multi-turn
+conversations' last reply, served exactly as it was rendered."""
 
 from __future__ import annotations
 
@@ -111,3 +112,91 @@ def test_eval_counts_think_blocks_in_canned_outputs():
     assert [s["think"] for s in scores] == [None, "stray", "empty", None]
     agg = M.aggregate(outputs, scores)
     assert agg["think_rate"] == 0.5 and "think_rate" in M.DEFINITIONS
+
+
+MULTI_TURN = [{"role": "system", "content": "Ye speak Doric."}, {"role": "user", "content": "Fit like?"},
+              {"role": "assistant", "content": "Nae bad, loon."}, {"role": "user", "content": "And the weather?"},
+              {"role": "assistant", "content": "Dreich the day."}]
+
+
+def _real_qwen3_template() -> str:
+    """Qwen3's real chat template, as TRL ships it to recognise the Hub's (its CI compares them weekly)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")
+    path = Path(spec.origin).parent / "chat_templates" / "qwen3.jinja" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        pytest.skip("TRL's copy of Qwen3's chat template is not installed")
+    return path.read_text(encoding="utf-8")
+
+
+def _real_qwen3():
+    tok = _qwen3_style()
+    tok.chat_template = _real_qwen3_template()
+    return tok
+
+
+def test_real_qwen3_template_trains_the_turn_served_as_rendered():
+    """Qwen3's template drops earlier replies' think blocks and gives the last one an empty block, so the
+    conversation rendered up to the first reply is not a prefix of the whole: that reply is context, and the
+    last one (served exactly as rendered) is trained, without think tokens, with a one-line notice."""
+    from finetune_cli.chat_template import (assistant_only_labels, history_notice, render, set_thinking,
+                                             setup_pad_eos)
+    from finetune_cli.tiny import make_tokenizer
+
+    tok = _real_qwen3()
+    assert set_thinking(tok, "off")
+    setup_pad_eos(tok)
+    full = render(tok, MULTI_TURN)
+    assert not full.startswith(render(tok, MULTI_TURN[:3]))  # the first reply rendered alone has a think block
+    _, labels = assistant_only_labels(tok, MULTI_TURN, max_len=512)
+    trained = tok.decode([i for i in labels if i != -100])
+    assert trained == "Dreich the day.<|im_end|>"
+    assert not set(tok.convert_tokens_to_ids(["<think>", "</think>"])) & set(labels)
+    served = render(tok, MULTI_TURN[:4], add_generation_prompt=True)
+    assert full == served + trained + "\n" and served.endswith("<think>\n\n</think>\n\n")
+    assert "only the last assistant turn" in history_notice(tok)
+    assert history_notice(_qwen3_style()) and not history_notice(make_tokenizer("chatml"))  # ChatML: every turn
+
+
+@pytest.mark.slow
+def test_ft_train_on_multi_turn_conversations_with_the_real_qwen3_template(tmp_path):
+    """ft train --thinking off on a tiny Qwen3 with its real template: every conversation trains its last
+    reply and its end of turn, no think token; the saved template serves the prompt that reply was trained on."""
+    import json
+
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from finetune_cli.chat_template import assistant_only_labels, render, set_thinking
+    from finetune_cli.cli import app
+    from finetune_cli.evaluate.generate import render_prompt
+    from finetune_cli.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "qwen3", arch="qwen3", pre="qwen2")
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.add_tokens(["<think>", "</think>"])
+    tok.chat_template = _real_qwen3_template()
+    tok.save_pretrained(model)
+    data = tmp_path / "multi.jsonl"
+    data.write_text("".join(json.dumps({"messages": MULTI_TURN[:3] + [
+        {"role": "user", "content": f"And the weather, {k}?"}, {"role": "assistant", "content": f"Dreich, {k}."}]})
+        + "\n" for k in range(8)))
+    res = CliRunner().invoke(app, ["train", "--model", str(model), "--data", str(data), "--max-steps", "2",
+                                   "--thinking", "off", "--name", "q3", "--max-len", "128", "--batch-size", "4",
+                                   "--val-split", "0", "--system-dropout", "0"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "only the last assistant turn" in " ".join(res.output.split())
+    data_json = json.loads(Path("runs/q3/data.json").read_text())
+    assert data_json["empty_examples"] == 0 and data_json["eos_trained_examples"] == data_json["chat_examples"] == 8
+
+    served = AutoTokenizer.from_pretrained("runs/q3/adapter")
+    set_thinking(served, "off")
+    think = set(served.convert_tokens_to_ids(["<think>", "</think>"]))
+    for k in range(8):
+        conv = MULTI_TURN[:3] + [{"role": "user", "content": f"And the weather, {k}?"},
+                                 {"role": "assistant", "content": f"Dreich, {k}."}]
+        _, labels = assistant_only_labels(served, conv, max_len=128)
+        trained = served.decode([i for i in labels if i != -100])
+        assert trained == f"Dreich, {k}.<|im_end|>" and not think & set(labels)
+        assert render(served, conv).startswith(render_prompt(served, conv[:4]) + trained)

@@ -7,8 +7,14 @@
 Labels come from the rendered text, not from guessing token patterns: for each assistant turn we
 render the conversation up to it with ``add_generation_prompt=True`` (the prompt) and up to and
 including it (prompt + turn). The difference is the turn; it is trained up to and including the
-template's end-of-turn token, and nothing after it (ChatML's trailing newline is not a label). A
-template whose renderings are not prefixes of each other is an error, never a silent full mask.
+template's end-of-turn token, and nothing after it (ChatML's trailing newline is not a label).
+
+Some templates render an assistant turn in the history differently from how it was served: Qwen3's drops
+earlier turns' think blocks and gives only the last reply one; Mistral's moves the system message into the
+last user turn. Such a turn's served prompt is not a prefix of the whole conversation, so it is context, not
+trained; the turns that are (the last reply, for these) are trained exactly as they are served, and
+``prepare_model_and_tokenizer`` says so in one line. A conversation with no such turn is an error, never a
+silent full mask.
 
 Thinking models (Qwen3's ``enable_thinking``): ``set_thinking(tok, "off")`` pins the switch off in the
 template itself, so training, eval, chat, merge, the GGUF and the Modelfile all render what serving renders.
@@ -176,6 +182,9 @@ def prepare_model_and_tokenizer(model, tok, choice: str = "auto", thinking: str 
     template, added = choose_template(tok, choice)
     set_thinking(tok, thinking)
     pad_eos = setup_pad_eos(tok)
+    notice = history_notice(tok)
+    if notice:
+        pad_eos.changes.append(notice)
     added = added + pad_eos.added_tokens
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok), mean_resizing=True)
@@ -237,19 +246,41 @@ def setup_pad_eos(tok) -> PadEos:
                   added_tokens=added)
 
 
+_HISTORY_PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
+                  {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
+                  {"role": "assistant", "content": "A2"}]
+
+
+def history_notice(tok) -> str | None:
+    """One line when the template renders an assistant turn in the history differently from how it was
+    served (so in multi-turn conversations only the turns served as rendered are trained), else None."""
+    if not getattr(tok, "chat_template", None):
+        return None
+    eot = end_of_turn(tok)
+    try:
+        full = render(tok, _HISTORY_PROBE)
+        spans = _trained_spans(tok, _HISTORY_PROBE, full, eot[0] if eot else None)
+    except TrainingError:
+        return None  # a template that cannot render the probe fails, with its reason, on the data itself
+    if len(spans) == 2:
+        return None
+    return ("multi-turn: this chat template renders earlier assistant turns differently in the history than "
+            "when they were served (as Qwen3's drops their think blocks), so only the last assistant turn of a "
+            "conversation is trained; the earlier ones are context (one row per turn trains each)")
+
+
 def _trained_spans(tok, messages: list[dict], full: str, eot: str | None) -> list[tuple[int, int]]:
-    """Character spans of ``full`` to train on: each assistant turn through its end-of-turn token."""
-    spans = []
+    """Character spans of ``full`` to train on: each assistant turn through its end-of-turn token, where the
+    turn's served prompt and the turn are a prefix of ``full`` (the turn as it was served)."""
+    spans, history = [], []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         prompt = render(tok, messages[:i], add_generation_prompt=True)
         upto = render(tok, messages[:i + 1])
         if not upto.startswith(prompt) or not full.startswith(upto):
-            raise TrainingError(
-                f"the chat template breaks the prefix property at message {i}: the rendered prompt is not "
-                "a prefix of the rendered conversation, so assistant tokens cannot be located",
-                hint="use --chat-template chatml, or --train-on all")
+            history.append(i)  # rendered otherwise in the history than when served: context only
+            continue
         start = len(prompt)
         turn = upto[start:]
         if eot is not None:
@@ -260,6 +291,11 @@ def _trained_spans(tok, messages: list[dict], full: str, eot: str | None) -> lis
         else:  # no end-of-turn token in the template: EOS is appended by the caller
             end = len(upto)
         spans.append((start, end))
+    if history and not spans:
+        raise TrainingError(
+            f"the chat template breaks the prefix property at message {history[0]}: the rendered prompt is not "
+            "a prefix of the rendered conversation, so assistant tokens cannot be located",
+            hint="use --chat-template chatml, or --train-on all")
     return spans
 
 
