@@ -10,11 +10,11 @@ including it (prompt + turn). The difference is the turn; it is trained up to an
 template's end-of-turn token, and nothing after it (ChatML's trailing newline is not a label).
 
 Some templates render an assistant turn in the history differently from how it was served: Qwen3's drops
-earlier turns' think blocks and gives only the last reply one; Mistral's moves the system message into the
-last user turn. Such a turn's served prompt is not a prefix of the whole conversation, so it is context, not
-trained; the turns that are (the last reply, for these) are trained exactly as they are served, and
-``prepare_model_and_tokenizer`` says so in one line. A conversation with no such turn is an error, never a
-silent full mask.
+earlier turns' think blocks and gives only the last reply one. Such a turn's served prompt is not a prefix of
+the whole conversation, so it is context, not trained; the turns that are (Qwen3's last reply) are trained
+exactly as they are served, and ``prepare_model_and_tokenizer`` says so in one line. A conversation with no
+such turn is an error, never a silent full mask (Mistral v0.3's template renders the system message only in
+a prompt that ends with the user's turn, so a conversation with one is refused).
 
 Thinking models (Qwen3's ``enable_thinking``): ``set_thinking(tok, "off")`` pins the switch off in the
 template itself, so training, eval, chat, merge, the GGUF and the Modelfile all render what serving renders.
