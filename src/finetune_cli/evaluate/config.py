@@ -130,8 +130,19 @@ class EvalConfig:
         """``--fail-if`` parsed, once: validate() reads it first, so a gate that does not parse fails at start."""
         return parse_gates(self.fail_if)
 
+    @property
+    def compile_mode(self) -> str:
+        """--compile as auto, on or off (a bool from an older config file reads as on/off)."""
+        return compile_mode(self.compile)
+
+    @property
+    def decodings(self) -> list[str]:
+        """--decoding split on commas, each once, in order."""
+        return list(dict.fromkeys(d.strip() for item in self.decoding for d in item.split(",") if d.strip()))
+
     def validate(self) -> None:
-        self.compile = compile_mode(self.compile)
+        """Checks; never changes a value (what follows from values is a property)."""
+        self.compile_mode  # noqa: B018 - an unknown --compile value fails here, at start
         if not (self.base or self.adapter or self.merged or self.run):
             raise ConfigError("ft eval: no candidate; pass --base, --adapter, --merged or --run")
         if any(g.relative for g in self.gates) and not self.base:
@@ -142,14 +153,14 @@ class EvalConfig:
                 re.compile(self.format_regex)
             except re.error as e:
                 raise ConfigError(f"option --format-regex: not a valid regex ({e})") from None
-        self.decoding = [d.strip() for item in self.decoding for d in item.split(",") if d.strip()]
-        if not self.decoding or any(d not in DECODINGS for d in self.decoding):
-            raise ConfigError(f"option --decoding: {','.join(self.decoding) or 'nothing'}: pick from greedy, sample",
+        decodings = self.decodings
+        if not decodings or any(d not in DECODINGS for d in decodings):
+            raise ConfigError(f"option --decoding: {','.join(decodings) or 'nothing'}: pick from greedy, sample",
                               hint="e.g. --decoding greedy,sample")
         for g in self.gates:
-            if g.decoding and g.decoding not in self.decoding:
+            if g.decoding and g.decoding not in decodings:
                 raise ConfigError(f"option --fail-if: {g} names decoding {g.decoding!r}, which is not measured",
-                                  hint=f"add it to --decoding (now {','.join(self.decoding)})")
+                                  hint=f"add it to --decoding (now {','.join(decodings)})")
             if g.metric.startswith("retention_") and not self.retention:
                 raise ConfigError(f"option --fail-if: {g} needs --retention")
         if self.retention and not self.base:

@@ -235,7 +235,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
         if not conditions:
             raise ConfigError("option --conditions: only 'system' was asked for, and there is no system prompt",
                               hint="pass --system TEXT or @file")
-    decodings = list(dict.fromkeys(cfg.decoding))
+    decodings = cfg.decodings
     reporter.info(f"ft eval: {len(cands)} candidate(s) × {len(conditions)} condition(s) × "
                   f"{len(decodings)} decoding(s) × {len(prompts)} prompts")
 
@@ -256,7 +256,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     timing: dict[str, dict] = {}
     gen_kw = dict(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                   batch_size=cfg.batch_size, seed=cfg.seed)
-    decode = Decoding(cfg.compile, warn=reporter.warn)  # one for the run: a compile failure turns it eager
+    decode = Decoding(cfg.compile_mode, warn=reporter.warn)  # one for the run: a compile failure turns it eager
     sampling = {"greedy": dict(temperature=0.0, top_p=1.0), "sample": dict(temperature=cfg.temperature, top_p=cfg.top_p)}
     total = len(cands) * len(conditions) * len(decodings) * len(prompts)
     with reporter.progress("generating", total=total) as task:

@@ -35,11 +35,15 @@ class PushConfig:
                                  "under ./eval for results of this run.")
     force: bool = opt(False, "Push although eval gates failed, or into a repository holding other files.")
 
+    @property
+    def kinds(self) -> list[str]:
+        """--what split on commas, lower-cased, each once, in order."""
+        return list(dict.fromkeys(k.strip().lower() for item in self.what for k in item.split(",") if k.strip()))
+
     def validate(self) -> None:
-        kinds = [k.strip().lower() for item in self.what for k in item.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in WHAT]
+        """Checks; never changes a value."""
+        bad = [k for k in self.kinds if k not in WHAT]
         if bad:
             raise ConfigError(f"option --what: unknown {bad[0]!r}", hint=f"one of {', '.join(WHAT)}")
-        self.what = list(dict.fromkeys(kinds))
         if self.repo is not None and (self.repo.count("/") != 1 or not all(self.repo.split("/"))):
             raise ConfigError(f"option --repo: {self.repo!r} is not user/name")

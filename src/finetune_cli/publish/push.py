@@ -108,7 +108,7 @@ def plan(cfg: PushConfig, reporter: Reporter) -> dict:
     """``ft push --dry-run``: every file and its size; no token needed, nothing sent."""
     src = read_source(cfg.path, cfg.eval)
     with tempfile.TemporaryDirectory(prefix="ft-push-") as tmp:
-        files = plan_files(src, cfg.what, Path(tmp), cfg.repo)
+        files = plan_files(src, cfg.kinds, Path(tmp), cfg.repo)
         rows = [{"path": rp, "bytes": p.stat().st_size} for rp, p in files]
     _report_plan(reporter, src, cfg, rows)
     return {"repo": cfg.repo, "repo_type": _repo_type(src), "files": rows, "total_bytes": sum(r["bytes"] for r in rows),
@@ -197,7 +197,7 @@ def run(cfg: PushConfig, reporter: Reporter) -> dict:
     api = HfApi(endpoint=endpoint.rstrip("/"), token=token, library_name="ft", library_version=__version__)
     repo_type = _repo_type(src)
     with tempfile.TemporaryDirectory(prefix="ft-push-") as tmp:
-        files = plan_files(src, cfg.what, Path(tmp), cfg.repo)
+        files = plan_files(src, cfg.kinds, Path(tmp), cfg.repo)
         try:
             user = api.whoami()["name"]
             url = api.create_repo(cfg.repo, repo_type=repo_type, private=cfg.private, exist_ok=True)
