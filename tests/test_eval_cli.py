@@ -326,3 +326,24 @@ def test_decode_path_is_recorded_and_compile_failure_falls_back_or_fails(tiny_mo
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert errors == ["error: compiled decoding failed: RuntimeError: dynamo: unsupported op (--compile auto falls "
                       "back to eager decoding, --compile off never compiles)"]
+
+
+@pytest.mark.slow
+def test_ft_runs_shows_each_runs_newest_greedy_general_prompt_rates(run_dir, tmp_path):
+    """Held-out loss says how well the data was learned; the general prompts say whether the model still stops
+    elsewhere. ft runs shows the latter from the run's newest ft eval (greedy, general prompts)."""
+    r = runner.invoke(app, ["eval", "--run", str(run_dir), "--decoding", "greedy,sample", "--no-probes",
+                            "--max-new-tokens", "8", "--max-prompts", "1", "-o", "eval/dod-1", "-q"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "eval" / "dod-1" / "results.json").read_text())
+    cond = next(iter(doc["by_decoding"]["greedy"]["by_source"]["dod"]))
+    general = doc["by_decoding"]["greedy"]["by_source"]["dod"][cond]["general"]
+    res = runner.invoke(app, ["runs", "--runs-dir", str(run_dir.parent), "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)["runs"][0]
+    assert (row["general_eos_rate"], row["general_loop_rate"], row["general_eval"], row["general_decoding"]) == \
+        (general["eos_rate"], general["loop_rate"], "dod-1", "greedy")
+    table = runner.invoke(app, ["runs", "--runs-dir", str(run_dir.parent)], env={"COLUMNS": "220"}).output
+    assert "general EOS" in table and f"{general['eos_rate']:.0%}" in table
+    other = runner.invoke(app, ["runs", "--runs-dir", str(run_dir.parent), "--evals-dir", "nowhere", "--json"])
+    assert "general_eos_rate" not in json.loads(other.stdout)["runs"][0]  # no eval found: no column value, no error

@@ -14,6 +14,7 @@ from typing import Any
 from .config import opt
 from .errors import ConfigError
 from .jsonl import read_json
+from .rundir import eval_summary, evals_of
 from .ui import Reporter
 
 
@@ -26,13 +27,15 @@ class RunsConfig:
                     choices=("created", "best-eval", "name"))
     sweep: str | None = opt(None, "Only the runs of this sweep: its name (under sweeps/) or directory; its "
                                   "runs directory comes from its sweep.json.")
+    evals_dir: str = opt("eval", "Where ft eval writes (eval/<name>/results.json): each run's newest eval gives "
+                                 "its greedy EOS and loop rates on the general prompts.")
 
 
 def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def _row(path: Path) -> dict | None:
+def _row(path: Path, evals_dir: str = "eval") -> dict | None:
     try:
         run = read_json(path / "run.json")
     except Exception:  # a half-written or foreign file: list it as unreadable, do not fail the table
@@ -51,13 +54,25 @@ def _row(path: Path) -> dict | None:
         "lr": run.get("learning_rate", cfg.get("lr")), "scheduler": cfg.get("scheduler"),
         "train_rows": run.get("train_rows"), "val_rows": run.get("val_rows"), "steps": run.get("global_step"),
         "best_eval_loss": run.get("best_eval_loss"), "final_loss": run.get("final_loss"),
-        "tokens_per_s": run.get("tokens_per_s"),
+        "tokens_per_s": run.get("tokens_per_s"), **_general(path, evals_dir),
     }
 
 
-def list_runs(runs_dir: str, sort: str = "created") -> list[dict]:
+def _general(path: Path, evals_dir: str) -> dict:
+    """The newest ft eval of the run: its greedy answers to the general prompts (outside any training topic).
+    Held-out loss says how well the data was learned; these say whether the model still stops and stays on
+    the question elsewhere — the under- and over-training signal users meet first in a chat."""
+    for _, doc in reversed(evals_of([path, path / "adapter", path / "model"], evals_dir) if evals_dir else []):
+        if summary := eval_summary(doc, path):
+            return {"general_eos_rate": summary["general_eos_rate"], "general_loop_rate": summary["general_loop_rate"],
+                    "general_relevance": summary["general_relevance"], "general_eval": summary["eval"],
+                    "general_decoding": summary["decoding"]}
+    return {}
+
+
+def list_runs(runs_dir: str, sort: str = "created", evals_dir: str = "eval") -> list[dict]:
     root = Path(runs_dir)
-    rows = [r for p in sorted(root.glob("*/run.json")) if (r := _row(p.parent))]
+    rows = [r for p in sorted(root.glob("*/run.json")) if (r := _row(p.parent, evals_dir))]
     if sort == "best-eval":
         rows.sort(key=lambda r: (r.get("best_eval_loss") is None, r.get("best_eval_loss") or 0))
     elif sort == "name":
@@ -96,11 +111,20 @@ def run(cfg: RunsConfig, reporter: Reporter) -> dict:
         raise ConfigError(f"option --runs-dir: no such directory {cfg.runs_dir!r} ({where})",
                           hint=_runs_elsewhere(cfg.runs_dir)
                           or "train one with `ft train`, or point --runs-dir at your runs")
-    rows = [r for r in list_runs(cfg.runs_dir, cfg.sort) if only is None or r["name"] in only]
+    rows = [r for r in list_runs(cfg.runs_dir, cfg.sort, cfg.evals_dir) if only is None or r["name"] in only]
     cols = ["name", "status", "model", "method", "r_alpha", "lr", "scheduler", "train_rows", "steps",
-            "best_eval_loss", "tokens_per_s"]
-    heads = ["run", "status", "model", "method", "r/α", "lr", "sched", "rows", "steps", "best eval", "tok/s"]
-    reporter.table(f"runs in {cfg.runs_dir}/", heads, [[r.get(c) for c in cols] for r in rows])
+            "best_eval_loss", "general_eos_rate", "general_loop_rate", "tokens_per_s"]
+    heads = ["run", "status", "model", "method", "r/α", "lr", "sched", "rows", "steps", "best eval",
+             "general EOS", "general loops", "tok/s"]
+
+    def cell(r: dict, c: str):
+        v = r.get(c)
+        return f"{v:.0%}" if c.startswith("general_") and isinstance(v, (int, float)) else v
+
+    reporter.table(f"runs in {cfg.runs_dir}/", heads, [[cell(r, c) for c in cols] for r in rows])
+    if any("general_eos_rate" in r for r in rows):
+        reporter.info("  general EOS / loops: the newest ft eval of each run under "
+                      f"{cfg.evals_dir}/, greedy, on its general prompts (outside any training topic)")
     if not rows:
         elsewhere = _runs_elsewhere(cfg.runs_dir)
         reporter.warn(f"no runs in {where}/" + (f" ({elsewhere})" if elsewhere else ""))

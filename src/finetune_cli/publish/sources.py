@@ -101,42 +101,25 @@ def read_source(path: str, eval_dir: str | None = None) -> Source:
     return src
 
 
-def _evaluated(doc: dict, src: Source) -> bool:
-    """Did this eval have ``src`` (its run, merged folder or export) among its candidates?"""
-    mine = {q.resolve() for q in (src.path, src.run_dir) if q}
-    for c in doc.get("candidates") or []:
-        for key in ("run_dir", "source"):
-            v = c.get(key)
-            if v and Path(v).exists() and Path(v).resolve() in mine:
-                return True
-    return False
-
-
 def find_eval(src: Source, eval_dir: str | None) -> tuple[Path | None, dict | None]:
     """``--eval DIR``: DIR/results.json, else the newest DIR/*/results.json that evaluated this source.
     Without --eval, ./eval is searched the same way (ft eval's default output); nothing found is not an error."""
+    from ..rundir import evals_of
+
     if src.kind == "dataset":
         return None, None
     root = Path(eval_dir) if eval_dir else Path("eval")
     if eval_dir and not root.exists():
         raise ConfigError(f"option --eval: no such directory {eval_dir!r}")
-    if (root / "results.json").is_file():
-        doc = _json(root / "results.json")
-        if eval_dir:
-            return root / "results.json", doc
-        return (root / "results.json", doc) if _evaluated(doc, src) else (None, None)
-    found = []
-    for f in sorted(root.glob("*/results.json")) if root.is_dir() else []:
-        doc = _json(f)
-        if _evaluated(doc, src):
-            found.append((doc.get("created") or "", f, doc))
+    if eval_dir and (root / "results.json").is_file():
+        return root / "results.json", _json(root / "results.json")
+    found = evals_of([src.path, src.run_dir], root)
     if not found:
         if eval_dir:
             raise ConfigError(f"option --eval: no results.json under {eval_dir} that evaluated {src.path}",
                               hint="ft eval --adapter RUN writes eval/<name>-<time>/results.json")
         return None, None
-    _, f, doc = max(found, key=lambda t: t[0])
-    return f, doc
+    return found[-1]
 
 
 def read_dataset(path: Path) -> list[dict]:
