@@ -238,7 +238,7 @@ def test_ddp_and_fsdp_arguments(tiny_model, monkeypatch):
 
 def test_schedule_counts_each_process_share():
     from finetune_cli.train.config import TrainConfig
-    from finetune_cli.train.run import _schedule
+    from finetune_cli.train.plan import schedule as _schedule
 
     cfg = TrainConfig(model="m", data=["d"], batch_size=4, grad_accum=2, epochs=1)
     assert _schedule(cfg, 64, 1)[0] == 8 and _schedule(cfg, 64, 2)[0] == 4 and _schedule(cfg, 64, 4)[0] == 2

@@ -239,12 +239,12 @@ class TinyConfig:
 
 def run(cfg: TinyConfig, reporter: Reporter) -> dict:
     """Build a 2-layer, hidden-64 random-weight model with a byte-level BPE tokenizer, offline, in seconds."""
-    from .models import quiet_hf
-
     out = Path(cfg.dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{cfg.dir}: exists and is not an empty directory")
-    quiet_hf()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # no info chatter from save_pretrained: ft prints the result
     make_tiny_model(out, template=None if cfg.template == "none" else cfg.template, arch=cfg.arch, seed=cfg.seed)
     reporter.result(f"tiny {cfg.arch} model ({cfg.template}) → {out}  (try: ft train --model {out} --data ...)")
     return {"model": str(out), "template": cfg.template, "arch": cfg.arch}

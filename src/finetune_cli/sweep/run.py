@@ -28,12 +28,12 @@ from ..config import to_dict
 from ..errors import TrainingError
 from ..jsonl import read_json, write_json_atomic
 from ..train.config import TrainConfig
+from ..train.plan import RESUME_FREE
 from ..rundir import RunDir, now
 from ..ui import Reporter
 from . import grid as G
 from .config import train_options
 
-RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir", "gpus", "report_to"}
 
 
 def variants(cfg) -> list[G.Variant]:

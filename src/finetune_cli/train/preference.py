@@ -167,14 +167,14 @@ def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str
 
 
 def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
-    from .run import _check_resume, _default_name, _schedule
+    from .plan import check_resume, default_name, schedule
 
     if backend_name != "hf":
         raise ConfigError(f"option --method {cfg.method}: ft trains preferences on the hf backend only for now "
                           "(Unsloth's patched DPO path is CUDA-only and untested here)", hint="pass --backend hf")
-    name = cfg.name or _default_name(cfg)
+    name = cfg.name or default_name(cfg)
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
-    checkpoint, damaged = _check_resume(cfg, rd, 1) if cfg.resume else (None, [])
+    checkpoint, damaged = check_resume(cfg, rd, 1) if cfg.resume else (None, [])
     rows = load_pairs(cfg.data)
     if cfg.val_file:
         train, val = rows, load_pairs([cfg.val_file])
@@ -189,7 +189,7 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
     pe = setup.pad_eos
     if pe.pad_id == pe.eos_id:
         raise TrainingError(f"pad token equals EOS ({pe.eos_token!r}): the model would never learn to stop")
-    total, eval_steps, logging_steps = _schedule(cfg, len(train))
+    total, eval_steps, logging_steps = schedule(cfg, len(train))
 
     created = rd.read().get("created", now())
     rd.write_json("config.json", config_record(cfg, learning_rate=cfg.learning_rate, lora_alpha=cfg.lora_alpha,

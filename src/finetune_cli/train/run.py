@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import time
 from pathlib import Path
 
-from ..config import config_record, sources_of, text_or_file, to_dict
+from ..config import config_record, sources_of, text_or_file
 from ..errors import ConfigError, TrainingError
 from ..files import umask_modes
 from ..ui import Reporter
@@ -27,12 +26,12 @@ from . import callbacks as ft_callbacks
 from . import distributed
 from .config import TrainConfig
 from .data import Inputs, load_inputs, most_common_system
+from .plan import check_resume, default_name, schedule
 from .examples import check_truncation, drop_system, masking_stats, split_val, token_batches, tokenize_inputs
 from ..rundir import RunDir, is_main, library_versions, now
 
 # options that may differ when resuming: they do not change what is trained (the number of processes
 # does, and is checked against run.json whichever way the processes were launched)
-RESUME_FREE = {"resume", "logging_steps", "save_total_limit", "runs_dir", "gpus", "report_to"}
 
 
 def pick_backend(choice: str) -> str:
@@ -70,51 +69,6 @@ def _backend(name: str):
 
         return backend_hf
     return importlib.import_module(f"finetune_cli.train.backend_{name}")
-
-
-def _check_resume(cfg: TrainConfig, rd: RunDir, processes: int) -> tuple[Path, list[str]]:
-    """The checkpoint to resume from, and a line for each newer, damaged one passed over."""
-    saved = (rd.path / "config.json")
-    if saved.is_file():
-        from ..jsonl import read_json
-
-        old = read_json(saved).get("config", {})
-        now_cfg = to_dict(cfg)
-        diff = [k for k in now_cfg if k not in RESUME_FREE and k in old and old[k] != now_cfg[k]]
-        if diff:
-            raise ConfigError("option --resume: options differ from the run being resumed: "
-                              + ", ".join(f"{k} ({old[k]!r} → {now_cfg[k]!r})" for k in diff),
-                              hint="resume with the run's own options (see its config.json)")
-    before = rd.read().get("world_size", 1)
-    if before != processes:
-        raise ConfigError(f"option --resume: run {rd.path.name!r} trained in {before} process(es), this is "
-                          f"{processes}: the data order, batch and per-process RNG states would not match",
-                          hint=f"resume with --gpus {before}, or launch {before} processes")
-    ckpt, damaged = rd.intact_checkpoint()
-    if ckpt is None and damaged:
-        raise TrainingError(f"option --resume: run {rd.path.name!r} has no intact checkpoint: " + "; ".join(damaged),
-                            hint="start it again")
-    if ckpt is None:
-        raise ConfigError(f"option --resume: run {rd.path.name!r} has no checkpoint yet", hint="start it again")
-    return ckpt, damaged
-
-
-def _schedule(cfg: TrainConfig, n_train: int, processes: int = 1, batch_size: int | None = None
-              ) -> tuple[int, int, int]:
-    """(total optimizer steps, eval/checkpoint interval, logging interval). Each process gets every
-    ``processes``-th micro-batch (the Trainer's sharded loader), so an epoch has that many fewer steps.
-    With --batch-tokens an item is a whole micro-batch (``batch_size`` 1)."""
-    batch_size = batch_size or cfg.batch_size
-    per_epoch = max(1, math.ceil(math.ceil(math.ceil(n_train / batch_size) / processes) / cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
-    eval_steps = cfg.eval_steps or max(1, total // 10)
-    logging = cfg.logging_steps or max(1, min(10, total // 50))
-    return total, eval_steps, logging
-
-
-def _default_name(cfg: TrainConfig) -> str:
-    stem = Path(cfg.model.rstrip("/")).name.removesuffix(".gguf") or "model"
-    return f"{stem}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, name: str, path: Path, total: int,
@@ -193,10 +147,10 @@ def launch(cfg: TrainConfig, reporter: Reporter) -> None:
     from ..models import resolve_model
 
     distributed.check(cfg, processes=cfg.gpus)
-    name = cfg.name or _default_name(cfg)  # one name for all processes
+    name = cfg.name or default_name(cfg)  # one name for all processes
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
     if cfg.resume:
-        _check_resume(cfg, rd, cfg.gpus)
+        check_resume(cfg, rd, cfg.gpus)
     resolve_model(cfg.model, reporter)  # `tiny` built or a GGUF converted once, not once per process
     distributed.launch(dataclasses.replace(cfg, name=name), reporter, run_dir=str(rd.path))
 
@@ -230,9 +184,9 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
     """The run once this process is in its group (one process: no group)."""
     if not is_main():
         reporter = distributed.Silent()
-    name = distributed.same_on_all(cfg.name or _default_name(cfg))
+    name = distributed.same_on_all(cfg.name or default_name(cfg))
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
-    checkpoint, damaged = _check_resume(cfg, rd, processes) if cfg.resume else (None, [])
+    checkpoint, damaged = check_resume(cfg, rd, processes) if cfg.resume else (None, [])
     system = text_or_file(cfg.system)
     inputs = load_inputs(cfg.data, system=system, seed=cfg.seed)  # PATH:W weights mixed, seeded
     val_inputs = load_inputs([cfg.val_file], system=system) if cfg.val_file else Inputs()
@@ -264,7 +218,7 @@ def _run_joined(cfg: TrainConfig, reporter: Reporter, processes: int, backend) -
         raise TrainingError("no training examples left after the validation split")
     groups = (token_batches([len(e.input_ids) for e in train], cfg.batch_tokens, processes) if cfg.batch_tokens
               else None)
-    total, eval_steps, logging_steps = _schedule(cfg, len(groups) if groups else len(train), processes,
+    total, eval_steps, logging_steps = schedule(cfg, len(groups) if groups else len(train), processes,
                                                  batch_size=1 if groups else cfg.batch_size)
     per_batch = len(train) / len(groups) if groups else cfg.batch_size
     effective_batch = round(per_batch * cfg.grad_accum * processes)
