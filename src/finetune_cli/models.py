@@ -103,14 +103,17 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a tied lm_head
         fresh.tie_weights()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
-    # transformers rebuilds the tokenizer with a plain ByteLevel pre-tokenizer whatever the GGUF says (SmolLM's
-    # digit splitting was lost): put back the one tokenizer.ggml.pre names, and keep the name for a GGUF export.
     from gguf import GGUFReader
 
+    fields = GGUFReader(str(gguf)).fields
+    tok = _gemma_tokenizer(fields)
+    if tok is None:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+    # transformers rebuilds the tokenizer with a plain ByteLevel pre-tokenizer whatever the GGUF says (SmolLM's
+    # digit splitting was lost): put back the one tokenizer.ggml.pre names, and keep the name for a GGUF export.
     from .gguf_pretok import fix_gguf_pre_tokenizer
 
-    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    field = fields.get("tokenizer.ggml.pre")
     tokenizer_pre = field.contents() if field is not None else None
     if fix_gguf_pre_tokenizer(tok, tokenizer_pre):
         reporter.info(f"{gguf.name}: tokenizer pre-tokenizer set to llama.cpp's {tokenizer_pre!r} (transformers "
@@ -136,6 +139,58 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     except OSError:  # another process converted it first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# Gemma's own chat template (google/gemma-3-*-it), text parts only: a Gemma GGUF made from a base model has none
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+def _gemma_tokenizer(fields: dict) -> Any:
+    """Gemma's tokenizer from a Gemma GGUF's SentencePiece keys, or None for any other GGUF.
+
+    transformers rebuilds it as a Unigram model that splits text otherwise than llama.cpp (" world" in three
+    pieces) and that saves as a tokenizer.json ``GemmaTokenizer`` reloads with no merges at all (one token a
+    character). llama.cpp merges pieces by score, as SentencePiece BPE does: BPE merges ranked by the score of
+    the piece they make are the same tokenizer, and what transformers builds from Gemma's ``tokenizer.model``.
+    CONTROL tokens (``<end_of_turn>``) become special tokens, USER_DEFINED ones (``\\n``, ``<start_of_image>``)
+    tokens matched before BPE, as llama.cpp does. Without a chat template, Gemma's own is set."""
+    def value(key: str) -> Any:
+        return fields[key].contents() if key in fields else None
+
+    if not str(value("general.architecture") or "").startswith("gemma") or value("tokenizer.ggml.model") != "llama":
+        return None
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_sentencepiece import generate_merges
+
+    tokens, scores, types = (value(f"tokenizer.ggml.{k}") for k in ("tokens", "scores", "token_type"))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    normal = {t: s for t, s, k in zip(tokens, scores, types) if k == 1}  # gguf.TokenType.NORMAL
+    merges = generate_merges({t: vocab[t] for t in normal}, normal)
+    names = {k: tokens[value(f"tokenizer.ggml.{k}_token_id")] for k in ("bos", "eos", "unknown", "padding")
+             if value(f"tokenizer.ggml.{k}_token_id") is not None}
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, bos_token=names.get("bos", "<bos>"),
+                         eos_token=names.get("eos", "<eos>"), unk_token=names.get("unknown", "<unk>"),
+                         pad_token=names.get("padding", "<pad>"), mask_token="<mask>" if "<mask>" in vocab else None)
+    tok.add_tokens([AddedToken(t, special=k == 3, normalized=False) for t, k in zip(tokens, types)
+                    if k in (3, 4)])  # gguf.TokenType.CONTROL, USER_DEFINED
+    tok.add_bos_token = bool(value("tokenizer.ggml.add_bos_token"))
+    template = value("tokenizer.chat_template")
+    if template is None and {"<start_of_turn>", "<end_of_turn>"} <= vocab.keys():
+        template = GEMMA_TEMPLATE
+    tok.chat_template = template
+    return tok
 
 
 def quiet_hf() -> None:
