@@ -87,6 +87,20 @@ def test_base_model_gets_chatml_tokens_and_a_new_pad():
     assert _decoded_labels(tok, ids, labels) == ["Aye, nae bad.<|im_end|>"]
 
 
+def test_gemma_template_by_name_adds_its_turn_tokens_and_trains_the_model_turn():
+    """--chat-template gemma: Gemma's own template (the one a base Gemma GGUF gets), its turn tokens added."""
+    tok = make_tokenizer(None)
+    n = len(tok)
+    name, added = choose_template(tok, "gemma")
+    assert (name, added, len(tok)) == ("gemma", ["<start_of_turn>", "<end_of_turn>"], n + 2)
+    info = setup_pad_eos(tok)
+    assert info.end_of_turn == "<end_of_turn>" and tok.eos_token == "<end_of_turn>"
+    ids, labels = assistant_only_labels(tok, CONV[:3], max_len=512)
+    assert _decoded_labels(tok, ids, labels) == ["Aye, nae bad.<end_of_turn>"]
+    text = tok.apply_chat_template(CONV[:2], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<start_of_turn>model\n") and "<start_of_turn>system" not in text  # system folded in
+
+
 def test_chatml_on_a_vocabulary_without_its_tokens_adds_them():
     tok = make_tokenizer("llama3")
     tok.chat_template = None

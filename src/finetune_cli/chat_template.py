@@ -47,9 +47,25 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 # name -> (jinja, special tokens the template needs)
+# Gemma's own chat template (google/gemma-3-*-it), text parts only (a system message folds into the first user
+# turn); a Gemma GGUF made from a base model has none
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
 TEMPLATES = {
     "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"]),
     "llama3": (LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+    "gemma": (GEMMA_TEMPLATE, ["<start_of_turn>", "<end_of_turn>"]),
 }
 _MARK = "\u2063ftMARK\u2063"
 # put in front of a template with a thinking switch by --thinking off (a top-level set shadows the caller's value)
@@ -133,7 +149,7 @@ def choose_template(tok, choice: str = "auto") -> tuple[str, list[str]]:
     """Install the chat template to train with; returns (name, special tokens added to the vocabulary).
 
     ``auto``: the model's own template, else ChatML. ``model``: the model's own (an error if none).
-    ``chatml``/``llama3``: a built-in one. ``@file``: a Jinja file.
+    ``chatml``/``llama3``/``gemma``: a built-in one. ``@file``: a Jinja file.
     """
     if choice in ("auto", "model"):
         if getattr(tok, "chat_template", None):
@@ -150,7 +166,7 @@ def choose_template(tok, choice: str = "auto") -> tuple[str, list[str]]:
         return p.name, []
     if choice not in TEMPLATES:
         raise ConfigError(f"option --chat-template: unknown template {choice!r}",
-                          hint="auto, model, chatml, llama3 or @file.jinja")
+                          hint="auto, model, chatml, llama3, gemma or @file.jinja")
     jinja, needed = TEMPLATES[choice]
     vocab = tok.get_vocab()
     missing = [t for t in needed if t not in vocab]

@@ -141,21 +141,6 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     return out
 
 
-# Gemma's own chat template (google/gemma-3-*-it), text parts only: a Gemma GGUF made from a base model has none
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
-    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-
-
 def _gemma_tokenizer(fields: dict) -> Any:
     """Gemma's tokenizer from a Gemma GGUF's SentencePiece keys, or None for any other GGUF.
 
@@ -188,6 +173,8 @@ def _gemma_tokenizer(fields: dict) -> Any:
     tok.add_bos_token = bool(value("tokenizer.ggml.add_bos_token"))
     template = value("tokenizer.chat_template")
     if template is None and {"<start_of_turn>", "<end_of_turn>"} <= vocab.keys():
+        from .chat_template import GEMMA_TEMPLATE
+
         template = GEMMA_TEMPLATE
     tok.chat_template = template
     return tok

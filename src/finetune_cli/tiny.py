@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from .chat_template import CHATML_TEMPLATE, LLAMA3_TEMPLATE  # the templates ft trains with
+from .chat_template import CHATML_TEMPLATE, GEMMA_TEMPLATE, LLAMA3_TEMPLATE  # the templates ft trains with
 from .config import opt
 from .errors import ConfigError
 from .ui import Reporter
@@ -44,16 +44,6 @@ def _corpus() -> list[str]:
     for p in sorted(root.glob("personas/*.toml")):
         lines += [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return lines * 3
-
-
-# Gemma 3's turn format (its template folds a system message into the first user turn)
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% set first = 0 %}{% set sys = '' %}"
-    "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] + '\n\n' %}{% set first = 1 %}"
-    "{% endif %}{% for m in messages[first:] %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ (sys if loop.first else '') + m['content'] | trim }}<end_of_turn>\n"
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 
 
 def make_sentencepiece_tokenizer(*, vocab_size: int = 1024, template: str = "gemma"):

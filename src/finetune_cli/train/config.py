@@ -54,8 +54,8 @@ class TrainConfig:
     backend: str = opt("auto", "Training backend: hf (transformers + peft, any device); unsloth (CUDA, also under "
                                "DDP); auto = unsloth where a CUDA GPU and the unsloth package are present and one "
                                "process trains, else hf.", choices=("auto", "hf", "unsloth"), panel="Model")
-    chat_template: str = opt("auto", "Chat template: auto (the model's own, else ChatML), model, chatml, llama3 "
-                                     "or @file.jinja. Saved with the adapter.", panel="Model")
+    chat_template: str = opt("auto", "Chat template: auto (the model's own, else ChatML), model, chatml, llama3, "
+                                     "gemma or @file.jinja. Saved with the adapter.", panel="Model")
     thinking: str = opt("off", "A chat template with a thinking switch (Qwen3's enable_thinking): off renders it "
                                "with thinking off for training and serving (no <think> to learn, persona data has "
                                "none); keep leaves the template as shipped. Recorded in run.json; other templates "
