@@ -68,11 +68,9 @@ def _record(path: Path) -> dict:
     return data
 
 
-def evals_of(targets, root: str | Path) -> list[tuple[Path, dict]]:
-    """Every ``ft eval`` results.json at ``root`` or one level under it (ft eval's default ``eval/<name>/``)
-    that had one of ``targets`` (runs, adapters, merged directories) among its candidates, oldest first.
-    An unreadable results.json is skipped: another tool's half-written file must not break a listing."""
-    mine = {Path(t).resolve() for t in targets if t}
+def read_evals(root: str | Path) -> list[tuple[Path, dict]]:
+    """Every ``ft eval`` results.json at ``root`` or one level under it (ft eval's default ``eval/<name>/``),
+    oldest first. An unreadable one is skipped: another tool's half-written file must not break a listing."""
     root = Path(root)
     files = [root / "results.json"] if (root / "results.json").is_file() else sorted(root.glob("*/results.json"))
     found = []
@@ -81,33 +79,26 @@ def evals_of(targets, root: str | Path) -> list[tuple[Path, dict]]:
             doc = read_json(f)
         except DataError:
             continue
-        cands = doc.get("candidates") if isinstance(doc, dict) else None
-        if any(v and Path(v).exists() and Path(v).resolve() in mine
-               for c in cands or [] if isinstance(c, dict) for v in (c.get("run_dir"), c.get("source"))):
+        if isinstance(doc, dict):
             found.append((str(doc.get("created") or ""), f, doc))
     return [(f, doc) for _, f, doc in sorted(found, key=lambda t: t[0])]
 
 
-def eval_summary(doc: dict, run_dir: str | Path) -> dict | None:
-    """What ``ft runs`` shows of one eval for one run: on the general prompts (outside any training topic), with
-    the greedy decoding where measured (what servers use), else the primary one; the first condition."""
-    mine = Path(run_dir).resolve()
-    name = next((c["name"] for c in doc.get("candidates") or [] if isinstance(c, dict) and any(
-        v and Path(v).exists() and Path(v).resolve() in (mine, mine / "adapter", mine / "model")
-        for v in (c.get("run_dir"), c.get("source")))), None)
-    if name is None:
-        return None
-    decodings = doc.get("decodings") or [doc.get("primary_decoding")]
-    dec = "greedy" if "greedy" in decodings else doc.get("primary_decoding")
-    view = (doc.get("by_decoding") or {}).get(dec) or {"by_source": doc.get("by_source") or {}}
-    conds = view.get("by_source", {}).get(name) or {}
-    cond = next(iter(conds), None)
-    general = (conds.get(cond) or {}).get("general") if cond else None
-    if not general:
-        return None
-    return {"eval": doc.get("name"), "decoding": dec, "condition": cond,
-            "general_eos_rate": general.get("eos_rate"), "general_loop_rate": general.get("loop_rate"),
-            "general_relevance": general.get("relevance_mean")}
+def evaluated_candidate(doc: dict, targets) -> str | None:
+    """The name of the first candidate of an ft eval whose run or source is one of ``targets`` (runs, adapters,
+    merged directories), or None."""
+    mine = {Path(t).resolve() for t in targets if t}
+    for c in doc.get("candidates") or []:
+        if isinstance(c, dict) and any(v and Path(v).exists() and Path(v).resolve() in mine
+                                       for v in (c.get("run_dir"), c.get("source"))):
+            return c.get("name")
+    return None
+
+
+def evals_of(targets, root: str | Path) -> list[tuple[Path, dict]]:
+    """The ft evals under ``root`` (see :func:`read_evals`) that had one of ``targets`` among their candidates,
+    oldest first."""
+    return [(f, doc) for f, doc in read_evals(root) if evaluated_candidate(doc, targets) is not None]
 
 
 class RunDir:

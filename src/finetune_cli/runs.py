@@ -14,7 +14,7 @@ from typing import Any
 from .config import opt
 from .errors import ConfigError
 from .jsonl import read_json
-from .rundir import eval_summary, evals_of
+from .rundir import evaluated_candidate, read_evals
 from .ui import Reporter
 
 
@@ -35,7 +35,7 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def _row(path: Path, evals_dir: str = "eval") -> dict | None:
+def _row(path: Path, evals: list[tuple[Path, dict]] = ()) -> dict | None:
     try:
         run = read_json(path / "run.json")
     except Exception:  # a half-written or foreign file: list it as unreadable, do not fail the table
@@ -54,25 +54,34 @@ def _row(path: Path, evals_dir: str = "eval") -> dict | None:
         "lr": run.get("learning_rate", cfg.get("lr")), "scheduler": cfg.get("scheduler"),
         "train_rows": run.get("train_rows"), "val_rows": run.get("val_rows"), "steps": run.get("global_step"),
         "best_eval_loss": run.get("best_eval_loss"), "final_loss": run.get("final_loss"),
-        "tokens_per_s": run.get("tokens_per_s"), **_general(path, evals_dir),
+        "tokens_per_s": run.get("tokens_per_s"), **_general(path, evals),
     }
 
 
-def _general(path: Path, evals_dir: str) -> dict:
-    """The newest ft eval of the run: its greedy answers to the general prompts (outside any training topic).
-    Held-out loss says how well the data was learned; these say whether the model still stops and stays on
-    the question elsewhere — the under- and over-training signal users meet first in a chat."""
-    for _, doc in reversed(evals_of([path, path / "adapter", path / "model"], evals_dir) if evals_dir else []):
-        if summary := eval_summary(doc, path):
-            return {"general_eos_rate": summary["general_eos_rate"], "general_loop_rate": summary["general_loop_rate"],
-                    "general_relevance": summary["general_relevance"], "general_eval": summary["eval"],
-                    "general_decoding": summary["decoding"]}
+def _general(path: Path, evals: list[tuple[Path, dict]]) -> dict:
+    """The run's newest ft eval (``evals``: oldest first): its answers to the general prompts (outside any
+    training topic), greedy where measured (what servers use), else the primary decoding; the first condition.
+    Held-out loss says how well the data was learned; these say whether the model still stops and stays on the
+    question elsewhere — the under- and over-training signal users meet first in a chat."""
+    for _, doc in reversed(evals):
+        name = evaluated_candidate(doc, [path, path / "adapter", path / "model"])
+        if name is None:
+            continue
+        dec = "greedy" if "greedy" in (doc.get("decodings") or []) else doc.get("primary_decoding")
+        view = (doc.get("by_decoding") or {}).get(dec) or {"by_source": doc.get("by_source") or {}}
+        conds = view.get("by_source", {}).get(name) or {}
+        general = next(iter(conds.values()), {}).get("general")
+        if general:
+            return {"general_eos_rate": general.get("eos_rate"), "general_loop_rate": general.get("loop_rate"),
+                    "general_relevance": general.get("relevance_mean"), "general_eval": doc.get("name"),
+                    "general_decoding": dec}
     return {}
 
 
 def list_runs(runs_dir: str, sort: str = "created", evals_dir: str = "eval") -> list[dict]:
     root = Path(runs_dir)
-    rows = [r for p in sorted(root.glob("*/run.json")) if (r := _row(p.parent, evals_dir))]
+    evals = read_evals(evals_dir) if evals_dir else []  # read once, matched to every run
+    rows = [r for p in sorted(root.glob("*/run.json")) if (r := _row(p.parent, evals))]
     if sort == "best-eval":
         rows.sort(key=lambda r: (r.get("best_eval_loss") is None, r.get("best_eval_loss") or 0))
     elif sort == "name":
