@@ -35,6 +35,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def split_list(values: list[str], *, lower: bool = False) -> list[str]:
+    """A list option given as repeated flags and/or comma-separated items (``--gguf f16,q8_0 --gguf q8_0``):
+    each item stripped (and lower-cased with ``lower``), once, in order."""
+    items = (v.strip() for value in values for v in value.split(","))
+    return list(dict.fromkeys(v.lower() if lower else v for v in items if v))
+
+
 def opt(default: Any = MISSING, help: str = "", *, ge: float | None = None, le: float | None = None,
         gt: float | None = None, lt: float | None = None, choices: tuple[str, ...] | None = None,
         env: tuple[str, ...] = (), flag: str | None = None, short: str | None = None,

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from ..config import opt
+from ..config import opt, split_list
 from ..errors import ConfigError
 from .metrics import DEFAULT_BREAK_PHRASES, DEFINITIONS
 
@@ -138,7 +138,7 @@ class EvalConfig:
     @property
     def decodings(self) -> list[str]:
         """--decoding split on commas, each once, in order."""
-        return list(dict.fromkeys(d.strip() for item in self.decoding for d in item.split(",") if d.strip()))
+        return split_list(self.decoding)
 
     def validate(self) -> None:
         """Checks; never changes a value (what follows from values is a property)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import opt
+from ..config import opt, split_list
 from ..errors import ConfigError
 
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
@@ -41,7 +41,7 @@ class MergeConfig:
     @property
     def gguf_types(self) -> list[str]:
         """--gguf split on commas, lower-cased, each once."""
-        return list(dict.fromkeys(k.strip().lower() for item in self.gguf for k in item.split(",") if k.strip()))
+        return split_list(self.gguf, lower=True)
 
     def validate(self) -> None:
         bad = [k for k in self.gguf_types if k not in GGUF_TYPES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import opt
+from ..config import opt, split_list
 from ..errors import ConfigError
 
 WHAT = ("adapter", "merged", "gguf", "dataset")
@@ -38,7 +38,7 @@ class PushConfig:
     @property
     def kinds(self) -> list[str]:
         """--what split on commas, lower-cased, each once, in order."""
-        return list(dict.fromkeys(k.strip().lower() for item in self.what for k in item.split(",") if k.strip()))
+        return split_list(self.what, lower=True)
 
     def validate(self) -> None:
         """Checks; never changes a value."""
