@@ -24,8 +24,8 @@ from .train.config import TrainConfig
 # Every command's config-file section and config class, in one table: a config file is checked against
 # all of them (a file shared by several commands), whichever command reads it.
 SECTIONS: dict[str, type] = {
-    "train": TrainConfig, "replay": replay.ReplayConfig, "pairs": PairsConfig, "runs": runs.RunsConfig, "sweep": SweepConfig,
-    "model_tiny": tiny.TinyConfig, "topics_expand": topics.ExpandConfig, "gen": GenConfig,
+    "train": TrainConfig, "replay": replay.ReplayConfig, "pairs": PairsConfig, "runs": runs.RunsConfig,
+    "sweep": SweepConfig, "model_tiny": tiny.TinyConfig, "topics_expand": topics.ExpandConfig, "gen": GenConfig,
     "to_sharegpt": sharegpt.ToShareGPTConfig, "merge": MergeConfig, "eval": EvalConfig, "rate": RateConfig,
     "chat": ChatConfig, "card": CardConfig, "push": PushConfig,
 }
@@ -59,8 +59,6 @@ def _version(value: bool) -> None:
 def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
                                                  help="Print ft's version and exit.")) -> None:
     """ft: collect → transform → fine-tune → evaluate → export."""
-
-
 
 
 def _command(app_: typer.Typer, name: str, section: str, module: str, *, help: str, dry_run: str | None = None) -> None:

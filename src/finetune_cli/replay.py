@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 
 from .config import config_record, opt
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .jsonl import write_json_atomic, write_rows_atomic
 from .ui import Reporter
 
@@ -170,7 +170,6 @@ def frame_answer(answer: str, persona, rng: random.Random) -> str:
 def run(cfg: ReplayConfig, reporter: Reporter) -> dict:
     from collections import Counter
 
-    from .errors import ConfigError
     from .evaluate.generate import generate
     from .evaluate.metrics import is_loop
     from .models import load_for_inference
