@@ -39,7 +39,7 @@ def make_records(tmp_path: Path, *, gates_failed: bool = False) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     Path(f"{data}.rejects.jsonl").write_text("".join(json.dumps({"id": f"x{i}", "reason": reason, "final": True}) + "\n"
                                                      for i, reason in enumerate(["too_short", "too_short", "leak"])))
-    from finetune_cli.publish.sources import sha256
+    from finetune_cli.files import sha256_file as sha256
 
     run = write_run(tmp_path, tmp_path / "no-such-base", ad)
     record = json.loads((run / "run.json").read_text())
@@ -138,7 +138,7 @@ def test_run_card_values_come_from_the_records(tmp_path):
     data = section(text, "Data")
     assert table_row(data, "training rows") == ["6"] and table_row(data, "share of tokens trained") == ["0.4375"]
     assert table_row(data, "token fingerprint (sha256)") == ["ab" * 32]
-    from finetune_cli.publish.sources import sha256
+    from finetune_cli.files import sha256_file as sha256
 
     assert table_row(data, str(r["data"])) == ["8", sha256(r["data"])]
     assert "core 6, adv 2" in data and "too_short 2, leak 1" in data
@@ -186,7 +186,7 @@ def test_dataset_card_counts_rows_buckets_and_rejects(tmp_path):
     assert meta["configs"][0]["data_files"][0]["path"] == "doric.jsonl"
     assert DatasetCard(text).data.task_categories == ["text-generation"]
     c = section(text, "Contents")
-    from finetune_cli.publish.sources import sha256
+    from finetune_cli.files import sha256_file as sha256
 
     assert table_row(c, "rows") == ["8"] and table_row(c, "sha256") == [sha256(r["data"])]
     assert table_row(c, "topics") == ["3"] and table_row(c, "core") == ["6"] and table_row(c, "adv") == ["2"]

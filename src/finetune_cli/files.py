@@ -1,6 +1,7 @@
-"""File modes of what ft writes.
+"""Files: the modes of what ft writes, readability checks, content hashes.
 
     umask_modes(out_dir)     # after save_pretrained: model.safetensors 0644 like the files beside it
+    sha256_file(path)        # hex digest, read in 1 MiB blocks
 
 safetensors writes through a private temp file and keeps its mode 0600, so a merged model or adapter
 came out readable by its owner only while the JSON beside it followed the umask: a server running as
@@ -9,6 +10,7 @@ another user could read the config and not the weights.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -62,3 +64,12 @@ def check_readable(path: str | Path) -> None:
     if problem is not None:
         raise DataError(f"damaged file ({problem})", path=str(path),
                         hint="write it again (re-run the step that made it)")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB blocks: a multi-GB file is never held in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -26,7 +26,6 @@ end, and the progress file removed; until then the input is never touched.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import orjson
 
 from .config import opt
 from .errors import ConfigError, DataError, ProviderError
+from .files import sha256_file
 from .jsonl import AppendWriter, read_json, read_rows, repair_tail, write_json_atomic
 from .ui import Reporter, count
 
@@ -310,7 +310,7 @@ def run(cfg: ExpandConfig, reporter: Reporter) -> dict:
     partial = progress_path(target)
     if cfg.overwrite:
         partial.unlink(missing_ok=True)
-    header = _progress_header(cfg, hashlib.sha256(Path(cfg.input).read_bytes()).hexdigest())
+    header = _progress_header(cfg, sha256_file(cfg.input))
     done = load_progress(partial, header, cfg, targets)
     fresh, done = done is None, done or {}
     resumed = sum(map(len, done.values()))

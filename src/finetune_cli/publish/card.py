@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..files import sha256_file
 from ..ui import Reporter
 from ..ui import human_size as _size
 from .config import CardConfig
-from .sources import Source, read_dataset, read_source, sha256
+from .sources import Source, read_dataset, read_source
 
 # ft's model aliases and the Hub models they are (their licence as their own card states it)
 ALIAS_IDS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -185,7 +186,7 @@ def _data(src: Source) -> str:
                 _table(["file", "rows", "sha256"], [[f.get("path"), f.get("rows"), f.get("sha256")] for f in files])]
     for f in files:
         p = Path(f.get("path") or "")
-        if p.is_file() and p.suffix == ".jsonl" and sha256(p) == f.get("sha256"):
+        if p.is_file() and p.suffix == ".jsonl" and sha256_file(p) == f.get("sha256"):
             buckets, rejects = dataset_stats(p)
             if buckets:
                 out += ["", f"`{p.name}` by bucket: " + ", ".join(f"{k} {v}" for k, v in buckets.most_common()) + "."]
@@ -334,7 +335,7 @@ def dataset_card(src: Source, *, repo: str) -> str:
     meta = {"tags": ["ft", "synthetic", "conversational"] + [f"persona-{p}" for p in personas],
             "task_categories": ["text-generation"], "size_categories": [_size_category(len(rows))],
             "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": path.name}]}]}
-    facts = [("rows", len(rows)), ("sha256", sha256(path)),
+    facts = [("rows", len(rows)), ("sha256", sha256_file(path)),
              ("persona", ", ".join(personas) or None), ("provider", ", ".join(providers) or None),
              ("generator model", ", ".join(map(str, models)) or None),
              ("languages", ", ".join(f"{k} {v}" for k, v in langs.items()) or None),

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError, FtError, GateFailed
+from ..files import sha256_file
 from ..ui import Reporter
 from .card import _size, contents, write_card
 from .config import PushConfig
-from .sources import PICKLES, Source, read_source, sha256
+from .sources import PICKLES, Source, read_source
 
 ALLOWED = (".safetensors", ".gguf", ".json", ".jsonl", ".jinja", ".txt", ".model", ".md", ".png")
 TOKENIZER_OR_MODEL_SKIP = ("README.md", "training_args.bin")
@@ -142,7 +143,7 @@ def _same(remote, local: Path) -> bool:
     if remote.size != local.stat().st_size:
         return False
     if remote.lfs is not None:
-        return remote.lfs.sha256 == sha256(local)
+        return remote.lfs.sha256 == sha256_file(local)
     return remote.blob_id == git_blob_id(local)
 
 

@@ -134,15 +134,5 @@ def read_dataset(path: Path) -> list[dict]:
     return rows
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def jsonable(v: Any) -> Any:
     return orjson.loads(orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS, default=str))

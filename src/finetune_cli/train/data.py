@@ -12,13 +12,13 @@ different shapes may share a file; one row with two conversation shapes is an er
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..files import sha256_file
 from ..jsonl import read_rows
 from ..sharegpt import alpaca_turns, is_alpaca, normalize_turns, with_system
 
@@ -48,14 +48,6 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.conversations) + len(self.documents)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _add_row(out: Inputs, row: Any, *, path: str, line: int, system: str | None) -> None:
@@ -150,7 +142,7 @@ def load_inputs(paths: list[str], *, system: str | None = None, seed: int = 0) -
                 _add_row(out, row, path=raw, line=line, system=system)
         if len(out) == before:
             raise DataError("no training rows", path=raw)
-        out.files.append({"path": raw, "sha256": _sha256(p), "rows": len(out) - before,
+        out.files.append({"path": raw, "sha256": sha256_file(p), "rows": len(out) - before,
                           **({"weight": weight} if weight is not None else {})})
         spans.append((out.files[-1], out.conversations[n_conv:] + out.documents[n_doc:]))
     return mix(out, spans, seed)
