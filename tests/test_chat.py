@@ -13,7 +13,6 @@ import termios
 import threading
 import time
 
-import orjson
 import pytest
 from typer.testing import CliRunner
 

@@ -6,7 +6,6 @@ output, log or file."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import orjson
