@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .config import config_record, opt
 from .errors import ConfigError, DataError
+from .evaluate.config import COMPILE_MODES
 from .jsonl import read_json, read_rows, write_json_atomic, write_rows_atomic
 from .ui import Reporter
 
@@ -58,7 +59,7 @@ class PairsConfig:
     batch_size: int = opt(16, "policy/base/--general: prompts generated at once.", ge=1)
     compile: str = opt("auto", "policy/base/--general: decode with a static KV cache and torch.compile, as ft "
                                "eval --compile: auto (on CUDA for at least 64 prompts × 256 tokens; eager when "
-                               "compiling fails), on, off.", choices=("auto", "on", "off"))
+                               "compiling fails), on, off.", choices=COMPILE_MODES)
     seed: int = opt(0, "Seed for --max-rows' sample and --general's frames.")
 
     def validate(self) -> None:

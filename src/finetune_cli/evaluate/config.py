@@ -171,13 +171,16 @@ class EvalConfig:
             raise ConfigError("option --fail-if: judge_* gates need --judge openai|anthropic")
 
 
+COMPILE_MODES = ("auto", "on", "off")  # --compile (ft eval, ft pairs)
+
+
 def compile_mode(value: str | bool) -> str:
     """``--compile``'s value: auto, on or off; a bool or true/false/1/0 (older configs) read as on/off."""
     if isinstance(value, bool):
         return "on" if value else "off"
     v = str(value).strip().lower()
     v = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(v, v)
-    if v not in ("auto", "on", "off"):
+    if v not in COMPILE_MODES:
         raise ConfigError(f"option --compile: {value!r} is not one of auto, on, off")
     return v
 

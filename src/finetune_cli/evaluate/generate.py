@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ..attention import attention_kernels
 from ..errors import ConfigError, FtError
+from .config import COMPILE_MODES
 
 
 @dataclass
@@ -146,7 +147,6 @@ def merge_lora_for_inference(model, *, rtol: float | None = None) -> tuple[Any, 
     return model.unload(), {"adapter": "merged", **info}  # unload keeps the merged weights, drops LoRA
 
 
-COMPILE_MODES = ("auto", "on", "off")
 # --compile auto compiles a generate() call of at least this many tokens (prompts × max_new_tokens): 64 prompts of
 # 256 tokens, ft eval's default prompt count. Compiling costs ~40 s for the first model of a process (~20 s for the
 # next) on an H100, then a call of 128 × 256 tokens takes ~2 s instead of ~8 s: it repays over an eval's calls
