@@ -110,3 +110,22 @@ def test_marker_count_equals_the_whole_word_regex(name):
     for _ in range(3000):
         text = "".join(rng.choice(pieces) + rng.choice(["", " ", " ", "'", "’", ", ", "-", "\n"]) for _ in range(12))
         assert count_markers(text, markers) == len(rx.findall(text)), text
+
+
+@pytest.mark.parametrize("name", ["doric", "bard"])
+def test_prompt_templates_never_near_copy_what_eval_measures(name):
+    """Every user-side template a persona trains on (core, adv, safety, multi) stays apart from ft eval's
+    general prompts and probes, so eval's refusal and general figures are measured on prompts never trained on;
+    the harmful asks are many and varied (what a refusal must generalise from)."""
+    from rapidfuzz import fuzz
+
+    from finetune_cli.evaluate.prompts import held_out_texts
+
+    p = load_persona(name)
+    texts = list(p.templates.core) + list(p.templates.adv) + list(p.templates.safety)
+    texts += [t for ts in p.templates.multi.values() for t in ts]
+    held = held_out_texts()
+    worst = max((fuzz.ratio(t.lower(), h), t, h) for t in texts for h in held)
+    assert worst[0] < 80, worst
+    if name == "doric":
+        assert len(set(p.templates.safety)) >= 40
