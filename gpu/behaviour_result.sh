@@ -6,6 +6,9 @@
 #
 #   gpu/behaviour_result.sh [MODEL] [OUT] [STAGE]    STAGE: sft, pref, eval, or all (default)
 #
+# Resumable: a step whose result file is already there (doric.jsonl, replay.jsonl, train-sft.json, ...) is skipped;
+# an interrupted `ft train` resumes from its last checkpoint.
+#
 # sft: ft gen (template provider), ft replay, ft train (SFT); pref: ft pairs, ft train --method dpo; eval: ft eval.
 # On a GPU `ft train` picks the Unsloth backend for SFT where Unsloth is installed; DPO runs on the hf backend.
 set -euo pipefail
@@ -15,21 +18,28 @@ STAGE=${3:-all}
 PAIR_ROWS=${PAIR_ROWS:-500}
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
+# step RESULT ft ARGS...: run once; RESULT is written only when the command succeeded.
+step() { local res=$1; shift; [ -s "$res" ] && return 0; "$@" > "$res.part"; mv "$res.part" "$res"; }
+# train NAME ARGS...: a run interrupted after a checkpoint resumes; one without a checkpoint starts again.
+train() {
+    local name=$1; shift
+    local more=()
+    if compgen -G "$OUT/runs/$name/checkpoint-*" > /dev/null; then more=(--resume); else rm -rf "$OUT/runs/$name"; fi
+    step "$OUT/train-$name.json" ft train --model "$MODEL" "$@" --runs-dir "$OUT/runs" --name "$name" --seed 42 \
+        "${more[@]}" --json
+}
 if [ "$STAGE" = sft ] || [ "$STAGE" = all ]; then
-    ft gen --topics-json topics.json --out "$OUT/doric.jsonl" --persona doric --provider template \
-        --n-per-topic 9 --seed 42 --quiet
-    ft replay --model "$MODEL" --persona doric --out "$OUT/replay.jsonl" --n 400 --json > "$OUT/replay.json"
-    ft train --model "$MODEL" --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:0.25" --runs-dir "$OUT/runs" \
-        --name sft --seed 42 --json > "$OUT/train-sft.json"
+    [ -s "$OUT/doric.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/doric.jsonl" --persona doric \
+        --provider template --n-per-topic 9 --seed 42 --quiet
+    step "$OUT/replay.json" ft replay --model "$MODEL" --persona doric --out "$OUT/replay.jsonl" --n 400 --json
+    train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:0.25"
 fi
 if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
-    ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy --model "$OUT/runs/sft" \
-        --general 200 --max-rows "$PAIR_ROWS" --json > "$OUT/pairs.json"
-    ft train --model "$MODEL" --method dpo --from "$OUT/runs/sft" --data "$OUT/pairs.jsonl" --runs-dir "$OUT/runs" \
-        --name dpo --seed 42 --json > "$OUT/train-dpo.json"
+    step "$OUT/pairs.json" ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy \
+        --model "$OUT/runs/sft" --general 200 --max-rows "$PAIR_ROWS" --json
+    train dpo --method dpo --from "$OUT/runs/sft" --data "$OUT/pairs.jsonl"
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
-    ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding greedy,sample --retention --out "$OUT/eval" --seed 42 \
-        --json > "$OUT/eval.json"
+    step "$OUT/eval.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \
+        --train-data "$OUT/doric.jsonl" --decoding greedy,sample --retention --out "$OUT/eval" --seed 42 --json
 fi

@@ -132,6 +132,25 @@ def test_a_failing_variant_is_recorded_and_the_sweep_goes_on(tiny_model, tmp_pat
     assert "--fail-fast" in res.output and "injected failure" in res.output
 
 
+def test_leaderboard_shows_each_variants_greedy_general_prompt_rates(tiny_model, tmp_path):
+    """Held-out loss ranks how well the data was learned; the general prompts, decoded greedily, show whether a
+    variant still stops elsewhere. The leaderboard carries them from the sweep's ft eval, greedy even though the
+    primary (ranked) decoding is sampled."""
+    data = write_data(tmp_path / "d.jsonl", 16)
+    args = ["sweep", "--name", "gen", "--grid", "r=4", "--model", str(tiny_model), "--data", str(data),
+            *[a for a in TINY if a not in ("--no-general", "--temperature", "0")], "--temperature", "0.7"]
+    invoke(args)
+    b = json.loads(Path("sweeps/gen/leaderboard.json").read_text())
+    doc = json.loads(Path(b["eval_dir"], "results.json").read_text())
+    assert "greedy" in doc["decodings"] and doc["primary_decoding"] == "sample"
+    for row in b["rows"]:
+        general = doc["by_decoding"]["greedy"]["by_source"][row["run"]][b["condition"]]["general"]
+        assert general["n"] == 40
+        assert (row["general_eos_rate"], row["general_loop_rate"]) == (general["eos_rate"], general["loop_rate"])
+    md = Path("sweeps/gen/leaderboard.md").read_text()
+    assert "general EOS" in md and "decoded greedily" in md
+
+
 def test_grid_random_and_config_table(tmp_path):
     from finetune_cli.sweep.grid import expand, parse_grid, sample
 

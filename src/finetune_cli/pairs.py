@@ -56,7 +56,8 @@ class PairsConfig:
                                      "or above this.", ge=0, le=1)
     max_rows: int = opt(0, "Use at most this many data rows (a seeded sample); 0 = all.", ge=0)
     max_new_tokens: int = opt(256, "policy/base/--general: tokens per generated answer.", ge=1)
-    batch_size: int = opt(16, "policy/base/--general: prompts generated at once.", ge=1)
+    batch_size: int = opt(0, "policy/base/--general: prompts generated at once; 0 = chosen from the prompt count and "
+                          "the device's free memory (as ft eval and ft replay do).", ge=0)
     compile: str = opt("auto", "policy/base/--general: decode with a static KV cache and torch.compile, as ft "
                                "eval --compile: auto (on CUDA for at least 64 prompts × 256 tokens; eager when "
                                "compiling fails), on, off.", choices=COMPILE_MODES)

@@ -95,6 +95,21 @@ def evaluated_candidate(doc: dict, targets) -> str | None:
     return None
 
 
+def general_figures(doc: dict, name: str, condition: str | None = None) -> dict:
+    """One candidate's answers to ft eval's general prompts (outside any training topic) in an eval's
+    results: greedy where measured (what servers and chat UIs use), else the primary decoding; ``condition``
+    or the first one. Empty when the eval had no general prompts."""
+    dec = "greedy" if "greedy" in (doc.get("decodings") or []) else doc.get("primary_decoding")
+    view = (doc.get("by_decoding") or {}).get(dec) or {"by_source": doc.get("by_source") or {}}
+    conds = view.get("by_source", {}).get(name) or {}
+    general = (conds.get(condition) if condition else next(iter(conds.values()), None)) or {}
+    general = general.get("general")
+    if not general:
+        return {}
+    return {"general_eos_rate": general.get("eos_rate"), "general_loop_rate": general.get("loop_rate"),
+            "general_relevance": general.get("relevance_mean"), "general_decoding": dec}
+
+
 def evals_of(targets, root: str | Path) -> list[tuple[Path, dict]]:
     """The ft evals under ``root`` (see :func:`read_evals`) that had one of ``targets`` among their candidates,
     oldest first."""

@@ -14,7 +14,7 @@ from typing import Any
 from .config import opt
 from .errors import ConfigError
 from .jsonl import read_json
-from .rundir import evaluated_candidate, read_evals
+from .rundir import evaluated_candidate, general_figures, read_evals
 from .ui import Reporter
 
 
@@ -67,14 +67,9 @@ def _general(path: Path, evals: list[tuple[Path, dict]]) -> dict:
         name = evaluated_candidate(doc, [path, path / "adapter", path / "model"])
         if name is None:
             continue
-        dec = "greedy" if "greedy" in (doc.get("decodings") or []) else doc.get("primary_decoding")
-        view = (doc.get("by_decoding") or {}).get(dec) or {"by_source": doc.get("by_source") or {}}
-        conds = view.get("by_source", {}).get(name) or {}
-        general = next(iter(conds.values()), {}).get("general")
+        general = general_figures(doc, name)
         if general:
-            return {"general_eos_rate": general.get("eos_rate"), "general_loop_rate": general.get("loop_rate"),
-                    "general_relevance": general.get("relevance_mean"), "general_eval": doc.get("name"),
-                    "general_decoding": dec}
+            return {**general, "general_eval": doc.get("name")}
     return {}
 
 

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonl import read_json, write_json_atomic, write_text_atomic
-from ..rundir import RunDir
+from ..rundir import RunDir, general_figures
 from ..ui import Reporter
 
+GENERAL_NOTE = ("General EOS / loops / relevance: ft eval's general prompts (outside any training topic), decoded "
+                "greedily where the eval had greedy (what servers and chat UIs use)")
 RULE = ("finished before failed; passing every --fail-if gate before failing (fewer failures first); "
         "higher judge-arena rating; higher human rating (ft rate); lower held-out loss (ft eval); lower "
         "best eval loss (training); name")
 FAILURE_METRICS = ["eos_rate", "loop_rate", "break_rate", "leak_rate", "script_rate", "distinct_2", "words_mean"]
+# On ft eval's general prompts (outside any training topic), greedy where evaluated: what a server shows.
+GENERAL = ["general_eos_rate", "general_loop_rate", "general_relevance"]
 COST = ["train_seconds", "tokens_per_s", "peak_mem_gib", "global_step", "best_eval_loss"]
 
 
@@ -29,13 +33,15 @@ def _primary(conditions: list[str]) -> str | None:
 
 
 def _row(name: str, kind: str, values: dict, runs_dir: str, results: dict, cond: str | None,
-         gates: list[dict], arena: dict | None, human: dict) -> dict:
+         gates: list[dict], arena: dict | None, human: dict, doc: dict) -> dict:
     rec = RunDir(Path(runs_dir) / name).read() if kind == "variant" else {}
     m = (results.get(name) or {}).get(cond) or {} if cond else {}
     row: dict[str, Any] = {"run": name, "kind": kind, "values": values}
     row.update({k: rec.get(k) for k in COST})
     row["heldout_loss"] = m.get("heldout_loss")
     row.update({k: m.get(k) for k in FAILURE_METRICS})
+    general = general_figures(doc, name, cond) if cond else {}
+    row.update({k: general.get(k) for k in GENERAL})
     failed = [f"{g['gate']} ({g['condition']})" for g in gates if g["candidate"] == name]
     row["gates_failed"] = failed
     r = (arena or {}).get("ratings", {}).get(name) or {}
@@ -82,7 +88,7 @@ def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
         human = human_ratings(eval_dir)
     rows = []
     for v in ledger["variants"]:
-        row = _row(v["name"], "variant", v["values"], ledger["runs_dir"], results, cond, gates, arena, human)
+        row = _row(v["name"], "variant", v["values"], ledger["runs_dir"], results, cond, gates, arena, human, doc)
         row.update(status=v.get("status"), error=v.get("error"))
         if row["train_seconds"] is None:
             row["train_seconds"] = v.get("seconds")
@@ -91,7 +97,7 @@ def build(cfg, ledger: dict, eval_dir: Path | None, arena: dict | None) -> dict:
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     if "base" in results:
-        base = _row("base", "base", {}, ledger["runs_dir"], results, cond, [], arena, human)
+        base = _row("base", "base", {}, ledger["runs_dir"], results, cond, [], arena, human, doc)
         base.update(status="base", rank=None, error=None)
         rows.append(base)
     best = rows[0] if rows and rows[0]["kind"] == "variant" and rows[0]["status"] == "completed" else None
@@ -124,14 +130,16 @@ def _rating(row: dict, key: str = "rating") -> Any:
 def table(board: dict) -> tuple[list[str], list[list[str]]]:
     keys = board["keys"]
     heads = ["#", "run", *keys, "status", "gates", "arena (95% CI)", "human", "held-out loss", "eos_rate",
-             "loop_rate", "break_rate", "distinct_2", "train s", "tok/s", "peak GiB"]
+             "loop_rate", "break_rate", "distinct_2", "general EOS", "general loops", "general relevance", "train s",
+             "tok/s", "peak GiB"]
     out = []
     for r in board["rows"]:
         out.append([fmt(r["rank"]), r["run"], *[fmt(r["values"].get(k)) for k in keys],
                     r["status"] + (f": {r['error']}" if r.get("error") else ""),
                     "–" if r["kind"] == "base" else fmt(r["gates_failed"]), fmt(_rating(r)),
                     fmt(_rating(r, "human_rating")), fmt(r["heldout_loss"]), fmt(r["eos_rate"]), fmt(r["loop_rate"]),
-                    fmt(r["break_rate"]), fmt(r["distinct_2"]), fmt(r["train_seconds"]), fmt(r["tokens_per_s"]),
+                    fmt(r["break_rate"]), fmt(r["distinct_2"]), *[fmt(r.get(k)) for k in GENERAL],
+                    fmt(r["train_seconds"]), fmt(r["tokens_per_s"]),
                     fmt(r["peak_mem_gib"])])
     return heads, out
 
@@ -151,7 +159,8 @@ def render_md(board: dict) -> str:
     heads, rows = table(board)
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = [f"# Sweep {cell(board['sweep'])}", "", f"Base `{cell(board['base'])}`; eval condition "
-             f"`{board['condition'] or 'none (--no-eval)'}`; {cell(board.get('generation') or '')}.", "", f"Order: {RULE}.", ""]
+             f"`{board['condition'] or 'none (--no-eval)'}`; {cell(board.get('generation') or '')}.", "", f"Order: {RULE}.", "",
+             f"{GENERAL_NOTE}.", ""]
     if board["gates"]:
         lines += [f"Gates: `{cell(', '.join(board['gates']))}`", ""]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
@@ -171,6 +180,7 @@ def render_html(board: dict) -> str:
             "</style></head><body>"
             f"<h1>Sweep {e(board['sweep'])}</h1><p>Base {e(board['base'])} · eval condition "
             f"{e(board['condition'] or 'none (--no-eval)')} · {e(board.get('generation') or '')}</p><p>Order: {e(RULE)}.</p>"
+            f"<p>{e(GENERAL_NOTE)}.</p>"
             + (f"<p>Gates: {e(', '.join(board['gates']))}</p>" if board["gates"] else "")
             + "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>\n" + body + "</table>"
             + (f"<p>{e(bias)}</p>" if bias else "") + "</body></html>\n")
@@ -187,7 +197,8 @@ def write(sweep_dir: Path, board: dict) -> dict[str, str]:
 def print_board(reporter: Reporter, board: dict) -> None:
     heads, rows = table(board)
     keep = [0, 1, *range(2, 2 + len(board["keys"])), 2 + len(board["keys"]), 3 + len(board["keys"]),
-            4 + len(board["keys"]), 6 + len(board["keys"]), 7 + len(board["keys"]), 8 + len(board["keys"])]
+            4 + len(board["keys"]), 6 + len(board["keys"]), 7 + len(board["keys"]), 8 + len(board["keys"]),
+            11 + len(board["keys"]), 12 + len(board["keys"])]
     reporter.table(f"sweep {board['sweep']}: leaderboard", [heads[i] for i in keep],
                    [[r[i] for i in keep] for r in rows])
     bias = _bias_line(board)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issues 20 and 22 on one lent GPU, in as few calls as the device time allows: the SmolLM2 sweep
+# (gpu/sweep_result.sh) and the behaviour chain (gpu/behaviour_result.sh) run side by side on the one card
+# (a 135M model leaves it mostly idle), detached, so that a call that ends at its time limit leaves them
+# running; the next call picks them up. Both scripts are resumable if the jobs die with the machine.
+#
+#   gpu/drive.sh WAIT_S
+#
+# Expects the bundle in /tmp/site, the SmolLM2 GGUF at /tmp/smol/s.gguf and this tree copied to /tmp/ft (the
+# call's own tree is replaced by the next call). Waits until both jobs end or WAIT_S seconds pass, then packs
+# their small results (no weights) into $OUT/results.tar.gz.
+set -uo pipefail
+WAIT=${1:-540}
+W=/tmp/work
+mkdir -p "$W"
+export PYTHONPATH=/tmp/site:/tmp/ft/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FT_SMOLLM2_GGUF=/tmp/smol/s.gguf \
+    FT_HOME=/tmp/fthome TOKENIZERS_PARALLELISM=false
+cd /tmp/ft
+t0=$(date +%s)
+# The GGUF → transformers conversion, once, before two jobs would race on its cache.
+[ -f "$W/convert.done" ] || { python -c "from finetune_cli.models import resolve_model; print(resolve_model('smollm2-135m'))" \
+    > "$W/convert.log" 2>&1 && touch "$W/convert.done"; } || { tail -20 "$W/convert.log"; exit 1; }
+start() {  # start NAME CMD...: unless it finished or is running
+    local name=$1; shift
+    [ -f "$W/$name.rc" ] && return 0
+    if [ -f "$W/$name.pid" ] && kill -0 "$(cat "$W/$name.pid")" 2>/dev/null; then return 0; fi
+    setsid nohup bash -c "$* >> $W/$name.log 2>&1; echo \$? > $W/$name.rc" > /dev/null 2>&1 < /dev/null &
+    echo $! > "$W/$name.pid"
+    echo "started $name"
+}
+start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
+start beh bash gpu/behaviour_result.sh smollm2-135m "$W/beh" all
+while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
+    [ -f "$W/sweep.rc" ] && [ -f "$W/beh.rc" ] && break
+    sleep 5
+done
+for j in sweep beh; do
+    echo "== $j: rc $(cat "$W/$j.rc" 2>/dev/null || echo running)"; tail -4 "$W/$j.log" 2>/dev/null
+done
+ls "$W/beh" "$W/sweep/runs" 2>/dev/null
+nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+cd "$W" && tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
+    --exclude='*.pth' --exclude='checkpoint-*' --exclude='*.gguf' --exclude='tokenizer*' . 2>/dev/null
+ls -la "$OUT"
