@@ -24,7 +24,9 @@ step() { local res=$1; shift; [ -s "$res" ] && return 0; "$@" > "$res.part"; mv 
 train() {
     local name=$1; shift
     local more=()
-    if compgen -G "$OUT/runs/$name/checkpoint-*" > /dev/null; then more=(--resume); else rm -rf "$OUT/runs/$name"; fi
+    [ -s "$OUT/train-$name.json" ] && return 0
+    if compgen -G "$OUT/runs/$name/checkpoints/checkpoint-*" > /dev/null; then more=(--resume)
+    else rm -rf "$OUT/runs/$name"; fi
     step "$OUT/train-$name.json" ft train --model "$MODEL" "$@" --runs-dir "$OUT/runs" --name "$name" --seed 42 \
         "${more[@]}" --json
 }

@@ -166,3 +166,10 @@ def test_gates_against_the_base_and_findings():
     assert failed["no_system", "eos_rate<base+0.5"]["value"] is None  # not measured there: fails
     noted = {(f["condition"], f["metric"]) for f in findings(results, kinds)}
     assert noted == {("no_system", "distinct_2"), ("no_system", "near_copy_rate")}
+
+
+def test_a_finding_never_shows_two_equal_numbers_as_below():
+    from finetune_cli.evaluate.run import _apart
+
+    assert _apart(0.9641, 0.96449) == ("0.9641", "0.9645")  # "0.964 below 0.964" was printed before
+    assert _apart(0.5, 0.6) == ("0.500", "0.600")

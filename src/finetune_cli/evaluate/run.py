@@ -28,6 +28,14 @@ from .config import EvalConfig
 from .prompts import Prompt, common_system, general_prompts, load_prompts, probe_prompts
 
 
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """Two different numbers with as few decimals (3 to 6) as tell them apart: never "0.964 below 0.964"."""
+    for d in range(3, 7):
+        if f"{a:.{d}f}" != f"{b:.{d}f}":
+            break
+    return f"{a:.{d}f}", f"{b:.{d}f}"
+
+
 def gather_prompts(cfg: EvalConfig, cands: list[Candidate], reporter: Reporter) -> list[Prompt]:
     prompts: list[Prompt] = []
     if cfg.prompts:
@@ -173,8 +181,9 @@ def findings(by_decoding: dict, kinds: dict[str, str]) -> list[dict]:
         for cond, m in conds.items():
             d2, ref = m.get("distinct_2"), (results[base][cond].get("distinct_2") if base else None)
             if d2 is not None and ref is not None and d2 < ref:
+                shown, ref_shown = _apart(d2, ref)
                 out.append({"candidate": cand, "condition": cond, "metric": "distinct_2", "value": d2, "base": ref,
-                            "message": f"distinct-2 {d2:.3f} is below the base model's {ref:.3f}: its answers are "
+                            "message": f"distinct-2 {shown} is below the base model's {ref_shown}: its answers are "
                                        "less varied than before tuning, as when a model answers every prompt from "
                                        "a narrow training set (more varied data: a larger phrase bank, an LLM "
                                        "provider, fewer epochs)"})
