@@ -30,9 +30,10 @@ QUESTIONS = ["What is the capital of France?", "Write a two-line poem about rain
              "What's 2 plus 2?"]
 
 
-def train_to_stop(path, *, steps: int = 150, **tiny):
+def train_to_stop(path, *, steps: int = 150, until: float = 0.02, **tiny):
     """A tiny model (hidden 256) trained until it answers every question with REPLY and its template's
-    end-of-turn token, through the model's own chat template."""
+    end-of-turn token, through the model's own chat template (training loss below ``until``; lower it for a model
+    that must answer unseen questions word for word too)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,12 +61,12 @@ def train_to_stop(path, *, steps: int = 150, **tiny):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(steps):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if loss.item() < 0.02:
+        if loss.item() < until:
             break
         loss.backward()
         opt.step()
         opt.zero_grad()
-    assert loss.item() < 0.02
+    assert loss.item() < until
     model.save_pretrained(path)
     return path
 
