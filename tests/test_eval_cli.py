@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from finetune_cli.cli import app
 from finetune_cli.evaluate.report import render_html, render_md
+from finetune_cli.evaluate.prompts import PROBES
 
 runner = CliRunner()
 SYSTEM = "You are Dod, a Doric fisherman from Peterheid. Speak broad Doric and stay in character always."
@@ -69,7 +70,7 @@ def test_end_to_end_base_and_adapter(tiny_model, run_dir, tmp_path):
         assert set(res[cand]) == {"system", "no_system"}  # both conditions, by default
         for cond in res[cand]:
             m = res[cand][cond]
-            assert m["n"] == 3 + 13  # held-out rows + probes
+            assert m["n"] == 3 + len(PROBES)  # held-out rows + probes
             assert 0 <= m["eos_rate"] <= 1 and m["tokens_mean"] <= 12
             assert m["heldout_loss"] > 0 and m["heldout_ppl"] > 1
             assert "marker_in_band" in m  # persona doric from the held-out rows' meta
