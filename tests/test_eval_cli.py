@@ -84,7 +84,7 @@ def test_end_to_end_base_and_adapter(tiny_model, run_dir, tmp_path):
     assert cands["base"]["system_prompt"] == SYSTEM  # the base is asked with the run's system prompt
     assert set(doc["definitions"]) >= set(res["dod"]["system"])
     outs = [json.loads(x) for x in (tmp_path / "out" / "outputs.jsonl").read_text().splitlines()]
-    assert len(outs) == 2 * 2 * 16
+    assert len(outs) == 2 * 2 * (3 + len(PROBES))
     by = {(o["candidate"], o["condition"], o["prompt_id"]): o["text"] for o in outs}
     # the system condition really carries the system prompt: the same prompt gets other replies
     assert sum(by["base", "system", p] != by["base", "no_system", p] for p in ("row-0", "probe-hi")) >= 1
