@@ -97,6 +97,13 @@ class EvalConfig:
     retention: bool = opt(False, "Compare each candidate's next-token distributions with the base's on neutral "
                                  "text (a bundled encyclopedic text and the general prompts): retention_kl, "
                                  "retention_kl_prompts, retention_ppl. Needs --base.", panel=M)
+    lm_eval: list[str] = opt([], "Benchmark tasks of lm-evaluation-harness (the lmeval extra) on every candidate, "
+                                 "e.g. arc_easy (repeat or comma-separate): only where a task's data is already "
+                                 "on this machine, never a download. Metrics lm_<task>_<metric>, gateable.",
+                             panel=M)
+    lm_eval_include: str | None = opt(None, "A directory of your own lm-eval task YAMLs (local data files) for "
+                                            "--lm-eval.", panel=M)
+    lm_eval_limit: int = opt(0, "Examples per --lm-eval task at most (the first N); 0 = all.", ge=0, panel=M)
     near_copy: bool = opt(True, "Score near-copies of training answers for candidates from a run.", panel=M)
     train_data: list[str] = opt([], "Training JSONL for the near-copy metric; default: the run's --data "
                                     "files (config.json).", panel=M)
@@ -136,6 +143,11 @@ class EvalConfig:
         return compile_mode(self.compile)
 
     @property
+    def lm_eval_tasks(self) -> list[str]:
+        """--lm-eval split on commas, each once, in order."""
+        return split_list(self.lm_eval)
+
+    @property
     def decodings(self) -> list[str]:
         """--decoding split on commas, each once, in order."""
         return split_list(self.decoding)
@@ -163,6 +175,11 @@ class EvalConfig:
                                   hint=f"add it to --decoding (now {','.join(decodings)})")
             if g.metric.startswith("retention_") and not self.retention:
                 raise ConfigError(f"option --fail-if: {g} needs --retention")
+            if g.metric.startswith("lm_") and not self.lm_eval_tasks:
+                raise ConfigError(f"option --fail-if: {g} needs --lm-eval TASK")
+        if self.lm_eval_include and not self.lm_eval_tasks:
+            raise ConfigError("option --lm-eval-include: names task files for --lm-eval, which is not set",
+                              hint="add --lm-eval TASK")
         if self.retention and not self.base:
             raise ConfigError("option --retention: compares candidates with the base model", hint="add --base MODEL")
         if not self.conditions:
@@ -233,7 +250,7 @@ def parse_gates(text: str | None) -> list[Gate]:
             raise ConfigError(f"option --fail-if: {part.strip()!r}: unknown qualifier "
                               f"{(quals or [group])[0]!r} (decodings: {', '.join(DECODINGS)}; prompt groups: "
                               f"{', '.join(GROUPS)})")
-        if metric not in GATE_METRICS:
+        if metric not in GATE_METRICS and not metric.startswith("lm_"):  # lm_<task>_<metric>: --lm-eval
             import difflib
 
             close = difflib.get_close_matches(metric, GATE_METRICS, n=1)

@@ -254,6 +254,11 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
     indexes: dict[Path, Any] = {}
     by_decoding: dict[str, dict] = {d: {"generation": _generation_text(cfg, d), "results": {}, "by_source": {}}
                                     for d in decodings}
+    harness = None
+    if cfg.lm_eval_tasks:  # checked and loaded before any generation: a task not on this machine fails at start
+        from .lm_harness import Harness
+
+        harness = Harness(cfg.lm_eval_tasks, cfg.lm_eval_include, cfg.lm_eval_limit)
     reference = None
     if cfg.retention:
         from .retention import reference_logprobs
@@ -298,6 +303,10 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                 from .retention import retention_metrics
 
                 retained = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
+            if harness is not None:
+                scores = harness.run(loaded.model, loaded.tokenizer)
+                reporter.info(f"  {c.name}: lm-eval " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())))
+                retained.update(scores)
             t0, n_tok, gen_secs = time.perf_counter(), 0, 0.0
             decoded: list[dict] = []  # what each generate call ran: compiled or eager (and why)
             for cond in conditions:
@@ -367,7 +376,8 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
         "generation": by_decoding[primary]["generation"],
         "candidates": cand_info, "conditions": conditions, "persona": persona.name if persona else None,
         "decodings": decodings, "primary_decoding": primary,
-        "definitions": {**M.DEFINITIONS, **_judge_definitions()}, "results": results, "by_source": sources,
+        "definitions": {**M.DEFINITIONS, **_judge_definitions(), **(harness.definitions if harness else {})},
+        "results": results, "by_source": sources,
         "by_decoding": by_decoding,
         "judge": judge_doc, "judge_error": judge_error, "gates": gates, "findings": noted, "timing": timing,
         "prompts": [{"id": p.id, "source": p.source, "turns": p.turns, "reference": p.reference} for p in prompts],
