@@ -4,7 +4,8 @@
 # (held-out rows, probes, ft eval's built-in general prompts — never trained on), greedy and sampled, with and
 # without the system prompt, retention against the base.
 #
-#   gpu/behaviour_result.sh [MODEL] [OUT] [STAGE]    STAGE: sft, pref, eval, or all (default)
+#   gpu/behaviour_result.sh [MODEL] [OUT] [STAGE]    STAGE: sft, pref, eval, or all (default); sfteval: the base
+#                                                    and the SFT run only, greedy (when device time is short)
 #
 # Resumable: a step whose result file is already there (doric.jsonl, replay.jsonl, train-sft.json, ...) is skipped;
 # an interrupted `ft train` resumes from its last checkpoint.
@@ -44,4 +45,8 @@ fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
     step "$OUT/eval.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \
         --train-data "$OUT/doric.jsonl" --decoding greedy,sample --retention --out "$OUT/eval" --seed 42 --json
+fi
+if [ "$STAGE" = sfteval ]; then
+    step "$OUT/eval-sft.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --persona doric \
+        --train-data "$OUT/doric.jsonl" --decoding greedy --out "$OUT/eval-sft" --seed 42 --json
 fi

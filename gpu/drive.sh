@@ -29,7 +29,10 @@ start() {  # start NAME CMD...: unless it finished or is running
     echo "started $name"
 }
 start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
-start beh bash gpu/behaviour_result.sh smollm2-135m "$W/beh" all
+# BEH_STAGES: the behaviour chain's stages, in order (default all; "sft sfteval" when device time is short)
+stages=""
+for st in ${BEH_STAGES:-all}; do stages="$stages bash gpu/behaviour_result.sh smollm2-135m $W/beh $st &&"; done
+start beh "${stages% &&}"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
     [ -f "$W/sweep.rc" ] && [ -f "$W/beh.rc" ] && break
     sleep 5
