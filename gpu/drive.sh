@@ -24,7 +24,7 @@ start() {  # start NAME CMD...: unless it finished or is running
     local name=$1; shift
     [ -f "$W/$name.rc" ] && return 0
     if [ -f "$W/$name.pid" ] && kill -0 "$(cat "$W/$name.pid")" 2>/dev/null; then return 0; fi
-    setsid nohup bash -c "$* >> $W/$name.log 2>&1; echo \$? > $W/$name.rc" > /dev/null 2>&1 < /dev/null &
+    setsid nohup bash -c "{ $*; } >> $W/$name.log 2>&1; echo \$? > $W/$name.rc" > /dev/null 2>&1 < /dev/null &
     echo $! > "$W/$name.pid"
     echo "started $name"
 }
