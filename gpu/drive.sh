@@ -28,16 +28,19 @@ start() {  # start NAME CMD...: unless it finished or is running
     echo $! > "$W/$name.pid"
     echo "started $name"
 }
-start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
+JOBS=${JOBS:-sweep beh}  # which of the two to run
+[[ " $JOBS " == *" sweep "* ]] && start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
 # BEH_STAGES: the behaviour chain's stages, in order (default all; "sft sfteval" when device time is short)
 stages=""
 for st in ${BEH_STAGES:-all}; do stages="$stages bash gpu/behaviour_result.sh smollm2-135m $W/beh $st &&"; done
-start beh "${stages% &&}"
+[[ " $JOBS " == *" beh "* ]] && start beh "${stages% &&}"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
-    [ -f "$W/sweep.rc" ] && [ -f "$W/beh.rc" ] && break
+    done_all=1
+    for j in $JOBS; do [ -f "$W/$j.rc" ] || done_all=0; done
+    [ "$done_all" = 1 ] && break
     sleep 5
 done
-for j in sweep beh; do
+for j in $JOBS; do
     echo "== $j: rc $(cat "$W/$j.rc" 2>/dev/null || echo running)"; tail -4 "$W/$j.log" 2>/dev/null
 done
 ls "$W/beh" "$W/sweep/runs" 2>/dev/null
