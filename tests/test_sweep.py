@@ -151,6 +151,29 @@ def test_leaderboard_shows_each_variants_greedy_general_prompt_rates(tiny_model,
     assert "general EOS" in md and "decoded greedily" in md
 
 
+def test_leaderboard_carries_retention_and_lm_eval_benchmarks(tiny_model, tmp_path):
+    """A persona variant that forgets general ability should show it on the board: --retention and --lm-eval
+    reach the sweep's ft eval, and each variant's row carries retention_kl and lm_<task>_<metric> as measured."""
+    pytest.importorskip("lm_eval")
+    from tests.lm_tasks import LL, write_tasks
+
+    tasks = write_tasks(tmp_path)
+    data = write_data(tmp_path / "d.jsonl", 16)
+    invoke(["sweep", "--name", "ret", "--grid", "lr=1e-2,3e-2", "--model", str(tiny_model), "--data", str(data),
+            *TINY, "--retention", "--lm-eval", LL, "--lm-eval-include", str(tasks), "--fail-if", "retention_kl>100"])
+    b = json.loads(Path("sweeps/ret/leaderboard.json").read_text())
+    doc = json.loads(Path(b["eval_dir"], "results.json").read_text())
+    metric = f"lm_{LL}_perplexity"
+    for row in b["rows"]:
+        m = doc["results"][row["run"]][b["condition"]]
+        assert row["extra"] == {"retention_kl": m["retention_kl"], metric: m[metric]}
+    base = b["rows"][-1]
+    assert base["run"] == "base" and base["extra"]["retention_kl"] == pytest.approx(0, abs=1e-6)
+    assert all(r["extra"]["retention_kl"] > 0 for r in b["rows"][:-1])  # the variants moved
+    md = Path("sweeps/ret/leaderboard.md").read_text()
+    assert f"| {metric} | retention_kl |" in md and b["gates"] == ["retention_kl>100"]
+
+
 def test_grid_random_and_config_table(tmp_path):
     from finetune_cli.sweep.grid import expand, parse_grid, sample
 

@@ -113,6 +113,8 @@ class Harness:
         out: dict[str, float] = {}
         for task, metrics in (res or {}).get("results", {}).items():
             for key, value in metrics.items():
+                if "," not in key:  # "metric,filter" are the scores; alias, sample_len are not
+                    continue
                 metric = key.split(",")[0]
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in metric:
                     out[metric_name(task, metric)] = float(value)

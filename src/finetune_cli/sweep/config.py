@@ -48,6 +48,13 @@ class SweepOptions:
     temperature: float = opt(0.7, "Eval sampling temperature; 0 = greedy only (else ft eval's decodings).",
                              ge=0, panel=E)
     eval_seed: int = opt(0, "Eval sampling seed, the same for every candidate.", panel=E)
+    retention: bool = opt(False, "Also measure how far each variant moved from the base on neutral text "
+                                 "(ft eval --retention: retention_kl on the leaderboard).", panel=E)
+    lm_eval: list[str] = opt([], "lm-evaluation-harness tasks for every candidate (ft eval --lm-eval; data "
+                                 "already on this machine only): lm_<task>_<metric> on the leaderboard.", panel=E)
+    lm_eval_include: str | None = opt(None, "A directory of your own lm-eval task YAMLs (ft eval "
+                                            "--lm-eval-include).", panel=E)
+    lm_eval_limit: int = opt(0, "Examples per --lm-eval task at most; 0 = all.", ge=0, panel=E)
     fail_if: str | None = opt(None, "Gates (ft eval's --fail-if language, e.g. \"eos_rate<0.9,loop_rate>0.05\"): "
                                     "a variant failing one ranks below those passing; exit 1 when the "
                                     "leaderboard's best fails one.", panel=E)

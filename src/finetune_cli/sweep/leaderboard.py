@@ -40,6 +40,8 @@ def _row(name: str, kind: str, values: dict, runs_dir: str, results: dict, cond:
     row.update({k: rec.get(k) for k in COST})
     row["heldout_loss"] = m.get("heldout_loss")
     row.update({k: m.get(k) for k in FAILURE_METRICS})
+    # retention and benchmarks, when the sweep measured them (--retention, --lm-eval)
+    row["extra"] = {k: v for k, v in m.items() if k == "retention_kl" or k.startswith("lm_")}
     general = general_figures(doc, name, cond) if cond else {}
     row.update({k: general.get(k) for k in GENERAL})
     failed = [f"{g['gate']} ({g['condition']})" for g in gates if g["candidate"] == name]
@@ -132,6 +134,8 @@ def table(board: dict) -> tuple[list[str], list[list[str]]]:
     heads = ["#", "run", *keys, "status", "gates", "arena (95% CI)", "human", "held-out loss", "eos_rate",
              "loop_rate", "break_rate", "distinct_2", "general EOS", "general loops", "general relevance", "train s",
              "tok/s", "peak GiB"]
+    extra = sorted({k for r in board["rows"] for k in r.get("extra") or {}})
+    heads += extra
     out = []
     for r in board["rows"]:
         out.append([fmt(r["rank"]), r["run"], *[fmt(r["values"].get(k)) for k in keys],
@@ -140,7 +144,7 @@ def table(board: dict) -> tuple[list[str], list[list[str]]]:
                     fmt(_rating(r, "human_rating")), fmt(r["heldout_loss"]), fmt(r["eos_rate"]), fmt(r["loop_rate"]),
                     fmt(r["break_rate"]), fmt(r["distinct_2"]), *[fmt(r.get(k)) for k in GENERAL],
                     fmt(r["train_seconds"]), fmt(r["tokens_per_s"]),
-                    fmt(r["peak_mem_gib"])])
+                    fmt(r["peak_mem_gib"]), *[fmt((r.get("extra") or {}).get(k)) for k in extra]])
     return heads, out
 
 

@@ -241,7 +241,8 @@ def evaluate(cfg, ledger: Ledger, names: list[str], reporter: Reporter) -> Path:
                    trust_remote_code=cfg.trust_remote_code, prompts=cfg.prompts, max_prompts=cfg.max_prompts,
                    probes=cfg.probes, general=cfg.general, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, seed=cfg.eval_seed, out=str(out),
-                   decoding=["greedy"] if cfg.temperature == 0 else None)
+                   decoding=["greedy"] if cfg.temperature == 0 else None, retention=cfg.retention,
+                   lm_eval=cfg.lm_eval, lm_eval_include=cfg.lm_eval_include, lm_eval_limit=cfg.lm_eval_limit)
     known = {f.name for f in fields(EvalConfig)}  # ft eval's options as this version has them
     ecfg = EvalConfig(**{k: v for k, v in options.items() if k in known and v is not None})
     ecfg.validate()
