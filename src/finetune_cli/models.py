@@ -145,6 +145,15 @@ def convert_gguf(gguf: Path, reporter: Reporter = NULL) -> Path:
     return out
 
 
+def is_gemma_sentencepiece(fields: dict) -> bool:
+    """A Gemma GGUF whose tokenizer is SentencePiece (``tokenizer.ggml.model`` llama): the one transformers
+    rebuilds wrongly from GGUF metadata (see :func:`_gemma_tokenizer`)."""
+    def value(key: str) -> Any:
+        return fields[key].contents() if key in fields else None
+
+    return str(value("general.architecture") or "").startswith("gemma") and value("tokenizer.ggml.model") == "llama"
+
+
 def _gemma_tokenizer(fields: dict) -> Any:
     """Gemma's tokenizer from a Gemma GGUF's SentencePiece keys, or None for any other GGUF.
 
@@ -157,7 +166,7 @@ def _gemma_tokenizer(fields: dict) -> Any:
     def value(key: str) -> Any:
         return fields[key].contents() if key in fields else None
 
-    if not str(value("general.architecture") or "").startswith("gemma") or value("tokenizer.ggml.model") != "llama":
+    if not is_gemma_sentencepiece(fields):
         return None
     from tokenizers import AddedToken
     from transformers import GemmaTokenizer

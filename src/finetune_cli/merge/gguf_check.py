@@ -52,11 +52,9 @@ def _tokenizer_agrees(path: Path, tok: Any, texts: list[str]) -> bool | None:
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from ..models import quiet_gguf
+    from ..models import is_gemma_sentencepiece, quiet_gguf
 
-    fields = GGUFReader(str(path)).fields
-    if str(fields["general.architecture"].contents()).startswith("gemma") and \
-            fields["tokenizer.ggml.model"].contents() == "llama":
+    if is_gemma_sentencepiece(GGUFReader(str(path)).fields):
         return None
     quiet_gguf()
     try:
