@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
-from typing import Any
 
 from ..errors import ConfigError
 
@@ -82,11 +81,10 @@ class Harness:
                                   + (f" (did you mean {close[0]!r}?)" if close else ""),
                                   hint="lm-eval --tasks list shows them; your own YAMLs need --lm-eval-include")
         self.definitions: dict[str, str] = {}  # what each lm_ metric is, for results.json
-        self.loaded: dict[str, Any] = {}
-        for t in self.tasks:
+        for t in self.tasks:  # a check only: simple_evaluate builds (and configures) its own task objects per call
             try:
                 with offline():
-                    self.loaded[t] = self.manager.load([t])  # builds the task: its dataset loads here
+                    self.manager.load([t])  # builds the task: its dataset loads here
             except Exception as e:  # noqa: BLE001 - datasets/hub raise many kinds; each means "not here"
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise ConfigError(f"option --lm-eval: task {t!r}: its data is not on this machine and ft never "
@@ -117,8 +115,9 @@ class Harness:
                     continue
                 metric = key.split(",")[0]
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in metric:
-                    out[metric_name(task, metric)] = float(value)
-                    self.definitions[metric_name(task, metric)] = (
+                    name = metric_name(task, metric)
+                    out[name] = float(value)
+                    self.definitions[name] = (
                         f"lm-evaluation-harness task {task}, metric {metric}"
                         + (f", its first {self.limit} examples" if self.limit else ""))
         return out
