@@ -298,15 +298,15 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                               "system_prompt": system, "run_dir": str(c.run_dir) if c.run_dir else None})
             for view in by_decoding.values():
                 view["results"][c.name], view["by_source"][c.name] = {}, {}
-            retained = {}
+            model_metrics = {}  # of the model itself, the same in every condition: retention, benchmarks
             if reference is not None:
                 from .retention import retention_metrics
 
-                retained = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
+                model_metrics = retention_metrics(loaded, reference, reporter=reporter, name=c.name)
             if harness is not None:
                 scores = harness.run(loaded.model, loaded.tokenizer)
                 reporter.info(f"  {c.name}: lm-eval " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items())))
-                retained.update(scores)
+                model_metrics.update(scores)
             t0, n_tok, gen_secs = time.perf_counter(), 0, 0.0
             decoded: list[dict] = []  # what each generate call ran: compiled or eager (and why)
             for cond in conditions:
@@ -333,7 +333,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
                                            regex=regex, schema=schema, index=index)
                     agg = M.aggregate([r["text"] for r in rows], rows)
                     agg["heldout_loss"], agg["heldout_ppl"] = loss, perplexity(loss)
-                    agg.update(retained)
+                    agg.update(model_metrics)
                     by_decoding[dec]["results"][c.name][cond] = agg
                     by_decoding[dec]["by_source"][c.name][cond] = by_source(rows)
                     for p, g, r in zip(prompts, gens, rows):

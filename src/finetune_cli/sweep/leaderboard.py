@@ -200,9 +200,10 @@ def write(sweep_dir: Path, board: dict) -> dict[str, str]:
 
 def print_board(reporter: Reporter, board: dict) -> None:
     heads, rows = table(board)
-    keep = [0, 1, *range(2, 2 + len(board["keys"])), 2 + len(board["keys"]), 3 + len(board["keys"]),
-            4 + len(board["keys"]), 6 + len(board["keys"]), 7 + len(board["keys"]), 8 + len(board["keys"]),
-            11 + len(board["keys"]), 12 + len(board["keys"])]
+    shown = ("status", "gates", "arena (95% CI)", "held-out loss", "eos_rate", "loop_rate", "general EOS",
+             "general loops")
+    fixed = 2 + len(board["keys"])  # "#", "run" and the varied values first; a value may be named like a column
+    keep = [*range(fixed), *(fixed + heads[fixed:].index(h) for h in shown)]
     reporter.table(f"sweep {board['sweep']}: leaderboard", [heads[i] for i in keep],
                    [[r[i] for i in keep] for r in rows])
     bias = _bias_line(board)
