@@ -19,6 +19,7 @@ STAGE=${3:-all}
 PAIR_ROWS=${PAIR_ROWS:-500}
 N_PER_TOPIC=${N_PER_TOPIC:-9}  # persona rows per topic (9: 1,098 rows)
 REPLAY_N=${REPLAY_N:-400}      # everyday prompts ft replay asks the base model
+GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
 # step RESULT ft ARGS...: run once; RESULT is written only when the command succeeded.
@@ -35,7 +36,7 @@ train() {
 }
 if [ "$STAGE" = sft ] || [ "$STAGE" = all ]; then
     [ -s "$OUT/doric.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/doric.jsonl" --persona doric \
-        --provider template --n-per-topic "$N_PER_TOPIC" --seed 42 --quiet
+        --provider template --n-per-topic "$N_PER_TOPIC" --seed 42 --quiet $GEN_OPTS
     step "$OUT/replay.json" ft replay --model "$MODEL" --persona doric --out "$OUT/replay.jsonl" --n "$REPLAY_N" --json
     train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:0.25"
 fi

@@ -28,12 +28,18 @@ start() {  # start NAME CMD...: unless it finished or is running
     echo $! > "$W/$name.pid"
     echo "started $name"
 }
-JOBS=${JOBS:-sweep beh}  # which of the two to run
+JOBS=${JOBS:-sweep beh}  # which jobs to run: sweep, beh, beh2
 [[ " $JOBS " == *" sweep "* ]] && start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
 # BEH_STAGES: the behaviour chain's stages, in order (default all; "sft sfteval" when device time is short)
-stages=""
-for st in ${BEH_STAGES:-all}; do stages="$stages bash gpu/behaviour_result.sh smollm2-135m $W/beh $st &&"; done
-[[ " $JOBS " == *" beh "* ]] && start beh "${stages% &&}"
+chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one command line
+    local dir=$1; shift
+    local stages=""
+    for st in ${BEH_STAGES:-all}; do stages="$stages $* bash gpu/behaviour_result.sh smollm2-135m $W/$dir $st &&"; done
+    echo "${stages% &&}"
+}
+[[ " $JOBS " == *" beh "* ]] && start beh "$(chain beh)"
+# beh2: the same chain with twice the share of refused harmful asks in the SFT data (--safety-ratio 0.1)
+[[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(chain beh2 "GEN_OPTS='--safety-ratio 0.1'")"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
     done_all=1
     for j in $JOBS; do [ -f "$W/$j.rc" ] || done_all=0; done
@@ -43,7 +49,7 @@ done
 for j in $JOBS; do
     echo "== $j: rc $(cat "$W/$j.rc" 2>/dev/null || echo running)"; tail -4 "$W/$j.log" 2>/dev/null
 done
-ls "$W/beh" "$W/sweep/runs" 2>/dev/null
+ls "$W"/beh* "$W/sweep/runs" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 cd "$W" && tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
     --exclude='*.pth' --exclude='checkpoint-*' --exclude='*.gguf' --exclude='tokenizer*' . 2>/dev/null
