@@ -202,3 +202,46 @@ def test_errors_and_help():
     assert res.exit_code == 2 and "--compare" in res.output
     res = runner.invoke(app, ["chat", "--help"])
     assert res.exit_code == 0 and "--compare" in res.output
+
+
+def test_stream_keeps_streaming_when_earlier_text_decodes_differently(tiny_model):
+    """A tokenizer whose decode joins " ." into "." changes text already shown: the reply keeps streaming
+    (a piece every step or two), not held back to the end, so Ctrl-C can land mid-reply."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finetune_cli.evaluate.generate import TokenStream
+
+    words = {10: "Hello", 11: " ", 12: "."} | {20 + i: f" w{i}" for i in range(30)}
+    script = [10, 11, 12] + [20 + i for i in range(30)] + [2]
+    real = AutoTokenizer.from_pretrained(str(tiny_model))
+
+    class Tok:  # the real tokenizer, with a decode that cleans up spaces before a full stop
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, *a, **k):
+            return real(*a, **k)
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(words.get(i, "") for i in ids).replace(" .", ".")
+
+    class Scripted(torch.nn.Module):  # answers the script, one token a step
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = type("C", (), {"max_position_embeddings": 512})()
+            self.step = 0
+
+        def forward(self, input_ids, past_key_values=None, use_cache=True):
+            logits = torch.zeros(1, input_ids.shape[1], 64)
+            logits[0, -1, script[self.step]] = 1.0
+            self.step += 1
+            return type("O", (), {"logits": logits, "past_key_values": None})()
+
+    stream = TokenStream(Scripted(), Tok(), [{"role": "user", "content": "Hi"}], eos_ids=[2], max_new_tokens=100)
+    at = []
+    for piece in stream:
+        at.append(stream.n_tokens)
+    assert stream.stopped_on_eos and stream.text == "Hello. " + " ".join(f"w{i}" for i in range(30)).strip()
+    assert len(at) >= 30 and at[-2] >= 30  # pieces kept coming up to the end

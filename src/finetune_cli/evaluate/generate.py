@@ -458,7 +458,8 @@ class TokenStream:
         seq = torch.tensor([ids], device=device)
         step_input, past = seq, None
         stop = set(self.eos_ids)
-        shown = ""
+        shown = ""  # what has been yielded, joined
+        prefix_at = read_at = 0  # the decode window: ids[prefix_at:read_at] is text already shown
         start = time.perf_counter()
         # the prompt's logits but the last are never read: not computing them (vocab × prompt floats, 128k × n
         # for a Llama-3 model) is most of what separates the first token from a bare streamer's
@@ -481,13 +482,20 @@ class TokenStream:
                     self.stopped_on_eos = True
                     break
                 seq, step_input = torch.cat([seq, nxt], dim=-1), nxt
-                # decode the whole reply each step: a byte-level token may hold half a character (shown once
-                # complete), and a tokenizer may join pieces differently than it decodes them one by one
-                text = tok.decode(self.ids, skip_special_tokens=True).lstrip()
-                if text.endswith("\ufffd") or not text.startswith(shown):
+                # decode a window of the last few tokens (text-generation-inference's incremental detokenizing):
+                # a byte-level token may hold half a character (shown once complete), and a tokenizer may join
+                # pieces differently than it decodes them one by one; a window, unlike decoding the whole reply,
+                # never holds the rest of the reply back when an earlier character decodes differently later
+                before = tok.decode(self.ids[prefix_at:read_at], skip_special_tokens=True)
+                now = tok.decode(self.ids[prefix_at:], skip_special_tokens=True)
+                if len(now) <= len(before) or now.endswith("\ufffd"):
                     continue
-                piece, shown = text[len(shown):], text
-                self.text = text.strip()
+                piece = now[len(before):]
+                prefix_at, read_at = read_at, len(self.ids)
+                if not shown:
+                    piece = piece.lstrip()
+                shown += piece
+                self.text = shown.strip()
                 if piece:
                     yield piece
         body = self.ids[:-1] if self.stopped_on_eos else self.ids
