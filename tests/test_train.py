@@ -695,6 +695,17 @@ def test_the_loop_skips_its_walks_yet_trains_in_training_mode_and_drops_gradient
     assert steps_with_walk == 2 and walks[-1] <= per_walk * 10  # only the steps after the evaluations at 3 and 6 walk
 
 
+def test_replay_tip_only_for_one_chat_dataset():
+    from finetune_cli.train.config import TrainConfig
+    from finetune_cli.train.run import replay_tip
+
+    chat = {"chat_examples": 10}
+    assert "ft replay" in replay_tip(TrainConfig(model="m", data=["d.jsonl"]), chat)
+    assert replay_tip(TrainConfig(model="m", data=["d.jsonl", "g.jsonl:0.2"]), chat) is None  # mixed already
+    assert replay_tip(TrainConfig(model="m", data=["d.jsonl"]), {"chat_examples": 0}) is None  # raw text
+    assert replay_tip(TrainConfig(model="m", data=["p.jsonl"], method="dpo"), chat) is None
+
+
 def test_batching_tip_only_for_small_gpu_batches():
     from finetune_cli.train.config import TrainConfig
     from finetune_cli.train.run import batching_tip

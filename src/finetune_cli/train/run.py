@@ -122,15 +122,24 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         k, n = stats["eos_trained_examples"], stats["chat_examples"]
         lines.append(f"  EOS trained: {'yes' if k == n else 'NO'} (id {pe.eos_id} in {k}/{n} examples)")
     lines.append(f"  batching   {padding_free}")
-    tip = batching_tip(cfg, setup.device, stats["length"]["p50"])
-    if tip:
-        lines.append(f"  tip        {tip}")
+    for tip in (batching_tip(cfg, setup.device, stats["length"]["p50"]), replay_tip(cfg, stats)):
+        if tip:
+            lines.append(f"  tip        {tip}")
     lines.append(f"  system     {system!r}" if system else "  system     none")
     if no_system:
         lines.append(f"             left out of {no_system}/{n_train} training conversations (--system-dropout), "
                      "so the voice holds without it")
     for ln in lines:
         reporter.info(ln)
+
+
+def replay_tip(cfg: TrainConfig, stats: dict) -> str | None:
+    """Chat SFT on one dataset: a voice tuned on its own topics alone drifts, runs on and loops on other questions
+    under greedy decoding (docs/results.md); general chat mixed in is the cure ft offers."""
+    if cfg.method in ("dpo", "orpo") or len(cfg.data) != 1 or not stats.get("chat_examples"):
+        return None
+    return ("one dataset: asked outside its topics, the tuned model may run on and loop under greedy decoding; "
+            "mix general chat in: ft replay --model MODEL --out replay.jsonl, then --data replay.jsonl:0.25")
 
 
 def batching_tip(cfg: TrainConfig, device: str, p50: int) -> str | None:
