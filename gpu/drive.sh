@@ -28,8 +28,8 @@ start() {  # start NAME CMD...: unless it finished or is running
     echo $! > "$W/$name.pid"
     echo "started $name"
 }
-JOBS=${JOBS:-sweep beh}  # which jobs to run: sweep, beh, beh2
-[[ " $JOBS " == *" sweep "* ]] && start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 --max-prompts 16
+JOBS=${JOBS:-sweep beh}  # which jobs to run: sweep, beh, beh2 (SWEEP_OPTS: ft sweep options)
+[[ " $JOBS " == *" sweep "* ]] && start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 "${SWEEP_OPTS:---max-prompts 16}"
 # BEH_STAGES: the behaviour chain's stages, in order (default all; "sft sfteval" when device time is short)
 chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one command line
     local dir=$1; shift
