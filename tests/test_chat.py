@@ -97,6 +97,13 @@ class Terminal:
     def send(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def type(self, line: str) -> None:
+        """Wait for the ``you>`` prompt, then type ``line`` and Enter, as a person would. Typed earlier, the
+        line would reach the terminal in its cooked mode (echoed by the kernel, read later by the prompt), and
+        a Ctrl-C sent after it could reach the prompt as a key instead of the answer as SIGINT."""
+        self.expect(r"you>")
+        self.send(line + "\r")
+
 
 def test_repl_streams_toggles_system_saves_and_survives_ctrl_c(run_dir, tmp_path):
     from finetune_cli.evaluate.prompts import load_prompts
@@ -104,29 +111,30 @@ def test_repl_streams_toggles_system_saves_and_survives_ctrl_c(run_dir, tmp_path
     t = Terminal([run_dir, "--greedy", "--max-new-tokens", "8"], cwd=tmp_path)
     try:
         t.expect(r"/help for commands")
-        t.send("/prompt\r")
+        t.type("/prompt")
         t.expect(r"<\|im_start\|>system\nYe speak Doric\.<\|im_end\|>")  # the run's prompt, in its template
-        t.send("/system off\r")
+        t.type("/system off")
         t.expect(r"system prompt off")
-        t.send("Hello\r")
+        t.type("Hello")
         answer = t.expect(r"\[8 tokens · [0-9.]+ tokens/s · HIT THE 8-TOKEN LIMIT[^\]]*\]")
-        t.send("/prompt\r")
+        t.type("/prompt")
         shown = t.expect(r"<\|im_start\|>user\nHello<\|im_end\|>")
         assert "Ye speak Doric" not in shown
-        t.send("/save conv.jsonl\r")
+        t.type("/save conv.jsonl")
         t.expect(r"appended 1 conversation")
         # a long answer, stopped as soon as it starts streaming: the chat goes on
-        t.send("/max 1900\r")
+        t.type("/max 1900")
         t.expect(r"at most 1900 tokens")
-        t.send("Tell me a long story\r")
+        t.type("Tell me a long story")
         t.expect(r"Tell me a long story\n")
         t.expect(r"[^\n]{40}", timeout=30)  # the answer has started to appear
         t.send("\x03")
         stopped = t.expect(r"\[(\d+) tokens · [0-9.]+ tokens/s · stopped \(Ctrl-C\)\]")
         assert int(re.search(r"\[(\d+) tokens", stopped).group(1)) < 1900
-        t.send("/max 8\r")
-        t.send("Hello again\r")
+        t.type("/max 8")
+        t.type("Hello again")
         t.expect(r"\[8 tokens · [0-9.]+ tokens/s · HIT THE 8-TOKEN LIMIT")
+        t.expect(r"you>")
         t.send("\x04")
         assert t.proc.wait(timeout=30) == 0
     finally:
