@@ -237,3 +237,38 @@ def test_a_subprocess_on_its_own_gpu_gets_the_variant_exactly():
     res = invoke(["train", *train_argv(tc), "--dry-run", "--json"])
     assert {k: v["value"] for k, v in json.loads(res.stdout).items()} == to_dict(tc)
     assert tc.name == "g-lr=1e-3" and tc.lr == 1e-3 and tc.method == "dora"
+
+
+def test_on_a_gpu_each_variant_trains_in_its_own_process_on_the_cards_given(tiny_model, tmp_path, monkeypatch):
+    """Unsloth patches transformers' model classes for the whole process it is imported in, so on a GPU the
+    sweep trains every variant in an `ft train` subprocess, even one card at a time (in-process, the sweep's
+    eval of a freshly loaded base failed on an H100). Here the 'GPU' is pretended (the subprocess trains on
+    CPU); the card each variant gets is taken from the sweep's own CUDA_VISIBLE_DEVICES."""
+    import finetune_cli.sweep.run as sweep_run
+
+    data = write_data(tmp_path / "d.jsonl", 16)
+    monkeypatch.setattr(sweep_run, "visible_gpus", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    real, seen = subprocess.Popen, []
+
+    def popen(argv, **kw):
+        seen.append((argv[3], kw["env"]["CUDA_VISIBLE_DEVICES"]))
+        return real(argv, **kw)
+
+    monkeypatch.setattr(sweep_run.subprocess, "Popen", popen)
+    res = invoke(["sweep", "--name", "p", "--grid", "r=4", "--model", str(tiny_model), "--data", str(data), *TINY,
+                  "--no-eval", "--json"])
+    assert seen == [("train", "5")]
+    [row] = json.loads(res.stdout)["rows"]
+    assert row["status"] == "completed" and row["global_step"] == 2
+    name = row["run"]
+    assert Path(f"sweeps/p/logs/{name}.log").is_file() and Path(f"runs/{name}/adapter/adapter_config.json").is_file()
+
+
+def test_gpu_slots_follow_the_sweeps_own_visible_devices(monkeypatch):
+    from finetune_cli.sweep.run import gpu_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert gpu_slots(2) == ["2", "3"] and gpu_slots(1) == ["2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_slots(2) == ["0", "1"]

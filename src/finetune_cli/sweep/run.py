@@ -6,7 +6,7 @@
     ft sweep --name doric --grid "lr=1e-5..1e-3:log;r=8,16,32" --random 6 ...    # 6 draws
     ft runs --sweep smoke
 
-The recipe: variants (grid.py) → train each (in this process, or one subprocess per GPU) → ft eval
+The recipe: variants (grid.py) → train each (on CPU in this process; on a GPU an `ft train` subprocess per variant, one per card at once) → ft eval
 of the base and every finished variant on the same prompts, seed and decodings → judge arena
 (optional, arena.py) → leaderboard (leaderboard.py). Every step is resumable: a finished run is
 skipped, an interrupted one resumed from its last checkpoint (one that died before its first
@@ -178,8 +178,16 @@ def train_in_process(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Repor
                                     f"{ledger.row(v.name)['error']}") from None
 
 
+def gpu_slots(gpus: int) -> list[str]:
+    """What each subprocess gets as CUDA_VISIBLE_DEVICES: this process's own entries where it has them (a
+    sweep started with CUDA_VISIBLE_DEVICES=2,3 trains on cards 2 and 3, not 0 and 1), else 0..gpus-1."""
+    own = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return own[:gpus] if len(own) >= gpus else [str(i) for i in range(gpus)]
+
+
 def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter, gpus: int) -> None:
     """One ``ft train`` subprocess per GPU (CUDA_VISIBLE_DEVICES), the next variant as one finishes."""
+    devices = gpu_slots(gpus)
     logs = ledger.path.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     queue = list(todo)
@@ -194,10 +202,10 @@ def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter
                     continue
                 slot = next(i for i in range(gpus) if i not in running)
                 log = open(logs / f"{v.name}.log", "ab")
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[slot]}
                 p = subprocess.Popen([sys.executable, "-m", "finetune_cli", "train", *train_argv(tc), "--quiet"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
-                reporter.info(f"sweep: training {v.name} on GPU {slot} (log {logs / (v.name + '.log')})")
+                reporter.info(f"sweep: training {v.name} on GPU {devices[slot]} (log {logs / (v.name + '.log')})")
                 running[slot] = (p, tc, time.perf_counter(), log)
             if not running:
                 break
@@ -269,9 +277,14 @@ def run(cfg, reporter: Reporter) -> dict:
     ledger = Ledger(sweep_dir / "sweep.json", cfg, vs)
     ledger.save()
     reporter.info(f"ft sweep {cfg.name}: {len(vs)} variant(s) under {cfg.runs_dir}/ · record {ledger.path}")
-    gpus = cfg.parallel_gpus or visible_gpus()
-    if gpus > 1:
-        train_on_gpus(cfg, vs, ledger, reporter, gpus)
+    cards = visible_gpus()
+    gpus = cfg.parallel_gpus or cards
+    # On a GPU every variant trains in its own `ft train` process, even one at a time: Unsloth patches
+    # transformers' model classes for the whole process it is imported in (the sweep's ft eval of a freshly
+    # loaded base then failed on an H100: "'LlamaForCausalLM' object has no attribute 'max_seq_length'"),
+    # and a process that ends gives all its GPU memory back before the next variant loads.
+    if gpus > 1 or cards:
+        train_on_gpus(cfg, vs, ledger, reporter, max(gpus, 1))
     else:
         train_in_process(cfg, vs, ledger, reporter)
 
