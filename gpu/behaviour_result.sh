@@ -16,7 +16,7 @@ set -euo pipefail
 MODEL=${1:-smollm2-135m}
 OUT=${2:-out/behaviour}
 STAGE=${3:-all}
-PAIR_ROWS=${PAIR_ROWS:-500}
+PAIR_ROWS=${PAIR_ROWS:-0}   # data rows paired (0: all; only answers with a failure become pairs)
 N_PER_TOPIC=${N_PER_TOPIC:-9}  # persona rows per topic (9: 1,098 rows)
 REPLAY_N=${REPLAY_N:-400}      # everyday prompts ft replay asks the base model
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults

@@ -144,9 +144,9 @@ def test_general_prompts_frame_the_base_answer_in_the_persona(tmp_path, monkeypa
     from finetune_cli import pairs as pairs_mod
     from finetune_cli.evaluate.generate import Generation
 
-    def fake(model, prompts, cfg, reporter, *, base):
+    def fake(model, prompts, cfg, reporter, *, base):  # the policy runs on: a defect worth a pair
         text = "Paris." if base else "Aye aye aye aye aye"
-        return [Generation(text, 3, stopped_on_eos=i % 2 == 0) for i, _ in enumerate(prompts)], \
+        return [Generation(text, 3, stopped_on_eos=base and i % 2 == 0) for i, _ in enumerate(prompts)], \
             "base-model" if base else model, "base" if base else "adapter"
 
     monkeypatch.setattr(pairs_mod, "_generate", fake)
@@ -164,6 +164,46 @@ def test_general_prompts_frame_the_base_answer_in_the_persona(tmp_path, monkeypa
     assert r["rejected"][0]["content"] == "Aye aye aye aye aye"
     assert r["meta"]["chosen"]["source"] == "general" and r["meta"]["chosen"]["frame"] == "template-doric"
     assert r["meta"]["rejected"]["source"] == "policy" and r["meta"]["bucket"] == "general"
+    assert r["meta"]["rejected"]["defects"] == ["no-eos"]
+
+
+def test_policy_answers_without_a_failure_are_not_made_rejected(tmp_path, monkeypatch):
+    """A pair teaches "not this": a policy answer that stopped, did not loop, stayed in voice and refused (or
+    not) as asked is one to keep, not to push down. Only answers with a failure ft eval measures are paired;
+    --all-answers keeps every one; the defects found are recorded per pair and counted."""
+    from finetune_cli import pairs as pairs_mod
+    from finetune_cli.evaluate.generate import Generation
+
+    # gen_data: rows 0 and 3 are safety (a harmful ask: the data's answer refuses), the rest core
+    answers = ["Aye, I winna help wi' that, loon.",                       # j0 safety: refused in voice
+               "Aye, the harbour's bonnie the day, quine.",               # j1 core: clean
+               "Aye, " + "the boat the boat the boat " * 6,              # j2 core: a loop
+               "Aye, here's how ye dae it, step by step.",                # j3 safety: not refused
+               "The harbour is a place by the sea.",                      # j4 core: no persona marker
+               "Aye, bonnie, bonnie."]                                    # j5 core: clean but ran on (no EOS)
+    stopped = [True, True, True, True, True, False]
+
+    def fake(model, prompts, cfg, reporter, *, base):
+        return [Generation(a, 9, stopped_on_eos=e) for a, e in zip(answers, stopped)], model, "adapter"
+
+    monkeypatch.setattr(pairs_mod, "_generate", fake)
+    d = gen_data(tmp_path / "d.jsonl", 6)
+    out = tmp_path / "p.jsonl"
+    res = CliRunner().invoke(app, ["pairs", "--json", "--data", str(d), "--out", str(out), "--rejected-from",
+                                   "policy", "--model", "runs/x"])
+    assert res.exit_code == 0, res.output
+    got = {r["meta"]["id"]: r["meta"]["rejected"]["defects"] for r in rows(out)}
+    assert got == {"j2": ["loop"], "j3": ["not-refused"], "j4": ["no-marker"], "j5": ["no-eos"]}
+    doc = json.loads(res.stdout)
+    assert doc["dropped"] == {"rejected answer without a defect": 2} and doc["defects"]["none"] == 2
+    pairs("--data", str(d), "--out", str(out), "--rejected-from", "policy", "--model", "runs/x", "--all-answers")
+    assert len(rows(out)) == 6 and rows(out)[0]["meta"]["rejected"]["defects"] == []
+    # nothing to pair: a clear line that names the way out
+    answers[:] = [answers[0], answers[1], answers[1], answers[0], answers[1], answers[1]]
+    stopped[5] = True
+    res = pairs("--data", str(d), "--out", str(tmp_path / "q.jsonl"), "--rejected-from", "policy",
+                "--model", "runs/x", code=1)
+    assert "no pairs left" in res.output and "--all-answers" in res.output
 
 
 def test_trl_reads_the_pairs_as_conversational_preference_data(tmp_path):

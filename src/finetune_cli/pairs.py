@@ -16,6 +16,13 @@ prompt, else the winning side. Every row is TRL's conversational preference form
 (``{"prompt": [messages], "chosen": [assistant], "rejected": [assistant]}``) plus ``meta``, the provenance of
 each side. A pair whose sides are near-identical (rapidfuzz ``ratio`` ≥ --max-similarity, 0.9 by default)
 teaches nothing but noise and is dropped.
+
+A generated rejected side (policy, base, --general) is kept only where it shows a failure ft eval measures
+(``defects``): no end-of-turn token within --max-new-tokens, a loop, a character-break phrase, no persona
+marker, a harmful ask (safety rows) not refused, an everyday ask refused. On an H100 (SmolLM2-135M, 616
+policy pairs) 80% of the SFT model's greedy answers had none of these; DPO on every pair pushed the model off
+its own stopped, in-voice answers and its greedy general-prompt stopping fell from 90% to 68%
+(docs/results.md). --all-answers keeps every pair, as before.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ class PairsConfig:
                                "eval --compile: auto (on CUDA for at least 64 prompts × 256 tokens; eager when "
                                "compiling fails), on, off.", choices=COMPILE_MODES)
     seed: int = opt(0, "Seed for --max-rows' sample and --general's frames.")
+    all_answers: bool = opt(False, "policy/base/--general: keep every generated rejected answer; default: only "
+                                   "those with a failure ft eval measures (no end-of-turn, a loop, a character "
+                                   "break, no persona marker, a harmful ask not refused, an everyday one refused).")
 
     def validate(self) -> None:
         kind, _ = split_source(self.rejected_from)
@@ -295,6 +305,32 @@ def _general(cfg: PairsConfig, reporter: Reporter) -> list[dict]:
     return out
 
 
+def defects(text: str, *, stopped_on_eos: bool, bucket: str | None, persona) -> list[str]:
+    """The failures ft eval would count in a generated answer (its metrics, the persona's markers)."""
+    from .evaluate import metrics as M
+    from .persona import count_markers
+
+    found = []
+    if not stopped_on_eos:
+        found.append("no-eos")
+    if M.find_loop(M.words(text)) is not None:
+        found.append("loop")
+    if M.break_phrases_found(text, M.DEFAULT_BREAK_PHRASES):
+        found.append("break")
+    if persona is not None and count_markers(text, persona.markers) == 0:
+        found.append("no-marker")
+    refusal = M.refused(text, list(M.DEFAULT_REFUSAL_PHRASES) + list(persona.refusal_markers if persona else []))
+    if bucket == "safety" and not refusal:
+        found.append("not-refused")
+    elif bucket != "safety" and refusal:
+        found.append("refused")
+    return found
+
+
+def _generated(it: dict) -> bool:
+    return it["rejected_meta"].get("source") in ("policy", "base") and "stopped_on_eos" in it["rejected_meta"]
+
+
 # ---------------------------------------------------------------- the command
 
 def similarity(a: str, b: str) -> float:
@@ -319,7 +355,12 @@ def run(cfg: PairsConfig, reporter: Reporter) -> dict:
     if cfg.general:
         raw += _general(cfg, reporter)
 
-    rows, dropped = [], Counter()
+    persona = None
+    if any(_generated(it) for it in raw):
+        from .persona import load_persona
+
+        persona = load_persona(cfg.persona)
+    rows, dropped, found = [], Counter(), Counter()
     for it in raw:
         chosen, rejected = it["chosen"].strip(), it["rejected"].strip()
         if not rejected:
@@ -329,6 +370,14 @@ def run(cfg: PairsConfig, reporter: Reporter) -> dict:
         if sim >= cfg.max_similarity:
             dropped["near-identical"] += 1
             continue
+        if _generated(it):
+            d = defects(rejected, stopped_on_eos=it["rejected_meta"]["stopped_on_eos"], bucket=it.get("bucket"),
+                        persona=persona)
+            it["rejected_meta"] = {**it["rejected_meta"], "defects": d}
+            found.update(d or ["none"])
+            if not d and not cfg.all_answers:
+                dropped["rejected answer without a defect"] += 1
+                continue
         rows.append({"prompt": it["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
                      "rejected": [{"role": "assistant", "content": rejected}],
                      "meta": {"id": it["id"], "bucket": it.get("bucket"), "topic": it.get("topic"),
@@ -338,16 +387,21 @@ def run(cfg: PairsConfig, reporter: Reporter) -> dict:
     if not rows:
         raise DataError(f"no pairs left ({sum(dropped.values())} dropped: "
                         + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "no rejected answers found") + ")",
-                        path=cfg.data)
+                        path=cfg.data,
+                        hint="the model's answers show no failure to pair against: --all-answers keeps them all"
+                        if dropped.get("rejected answer without a defect") else None)
     write_rows_atomic(cfg.out, rows)
     write_json_atomic(f"{cfg.out}.config.json", config_record(cfg))
     buckets = Counter(r["meta"]["bucket"] or "none" for r in rows)
     sources = Counter(r["meta"]["rejected"]["source"] for r in rows)
     reporter.table("pairs by bucket", ["bucket", "pairs", "share"],
                    [[b, n, f"{n / len(rows):.0%}"] for b, n in sorted(buckets.items())])
+    if found:
+        reporter.info("  defects    " + ", ".join(f"{k} {v}" for k, v in found.most_common())
+                      + " (of the generated rejected answers; an answer may have several)")
     if dropped:
         reporter.info("  dropped    " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))
-                      + f" (rapidfuzz ratio ≥ {cfg.max_similarity:g})")
+                      + f" (near-identical: rapidfuzz ratio ≥ {cfg.max_similarity:g})")
     reporter.result(f"wrote {len(rows)} pairs → {cfg.out}")
     return {"out": cfg.out, "pairs": len(rows), "dropped": dict(dropped), "buckets": dict(buckets),
-            "rejected_sources": dict(sources)}
+            "rejected_sources": dict(sources), "defects": dict(found)}
