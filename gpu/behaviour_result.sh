@@ -19,6 +19,7 @@ STAGE=${3:-all}
 PAIR_ROWS=${PAIR_ROWS:-0}   # data rows paired (0: all; only answers with a failure become pairs)
 N_PER_TOPIC=${N_PER_TOPIC:-9}  # persona rows per topic (9: 1,098 rows)
 REPLAY_N=${REPLAY_N:-400}      # everyday prompts ft replay asks the base model
+DPO_OPTS=${DPO_OPTS:-}         # more DPO options (e.g. "--sft-weight 1")
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
@@ -43,7 +44,7 @@ fi
 if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
     step "$OUT/pairs.json" ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy \
         --model "$OUT/runs/sft" --general 200 --max-rows "$PAIR_ROWS" --json
-    train dpo --method dpo --from "$OUT/runs/sft" --data "$OUT/pairs.jsonl"
+    train dpo --method dpo --from "$OUT/runs/sft" --data "$OUT/pairs.jsonl" $DPO_OPTS
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
     step "$OUT/eval.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \

@@ -176,3 +176,36 @@ def test_weighted_data_makes_up_its_share_of_the_mixture_and_is_recorded(tiny_mo
     assert json.loads(Path("runs/mix/run.json").read_text())["train_rows"] == 100
     res = train("--model", str(tiny_model), "--data", f"{persona}:0.5", "--data", f"{general}:0.6", code=2)
     assert "summing below 1" in res.output
+
+
+def test_sft_weight_keeps_the_chosen_answers_likely(tiny_model, tmp_path):
+    """Plain DPO can lower the chosen answers' own log-probability along with the rejected ones' (seen on an
+    H100: SmolLM2's chosen log-probability fell while the margin rose). --sft-weight adds TRL's language-model
+    loss on the chosen side (RPO): after the same steps the held-out chosen answers are more likely than under
+    plain DPO, and the margin still rises."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl")
+    common = ["--model", str(tiny_model), "--method", "dpo", "--data", str(pairs), "--max-steps", "8", "--lr",
+              "5e-3", "--val-split", "0.25", "--eval-steps", "8", *FAST]
+    train(*common, "--name", "plain")
+    train(*common, "--name", "rpo", "--sft-weight", "1")
+    assert json.loads(Path("runs/rpo/run.json").read_text())["sft_weight"] == 1.0
+    held = json.loads(Path("runs/rpo/heldout_pairs.json").read_text())
+    tok = AutoTokenizer.from_pretrained("runs/rpo/adapter")
+
+    def chosen_logp(name):
+        m = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+        if name:
+            m = PeftModel.from_pretrained(m, f"runs/{name}/adapter")
+        m.eval()
+        return sum(seq_logp(m, tok, p["prompt"], p["chosen"][0]["content"])[0] for p in held) / len(held), \
+            margins(m, tok, held)
+
+    (base_c, base_m), (plain_c, plain_m), (rpo_c, rpo_m) = chosen_logp(None), chosen_logp("plain"), chosen_logp("rpo")
+    print(f"held-out chosen log-prob: base {base_c:.1f}, DPO {plain_c:.1f}, DPO + LM loss {rpo_c:.1f}; "
+          f"margin {base_m:.2f} → {plain_m:.2f} / {rpo_m:.2f}")
+    assert rpo_c > plain_c + 1.0 and rpo_m > base_m
+    train("--model", str(tiny_model), "--method", "orpo", "--data", str(pairs), "--sft-weight", "1", *FAST, code=2)

@@ -51,6 +51,10 @@ class TrainConfig:
                                      "template and tokenizer) instead of a fresh one.", flag="--from", panel="Model")
     beta: float = opt(0.1, "--method dpo/orpo: DPO's beta (how far from the reference the policy may move; "
                            "higher = closer) or ORPO's odds-ratio weight (lambda).", gt=0, panel="Model")
+    sft_weight: float = opt(0.0, "--method dpo: weight of a language-model loss on the chosen answers beside "
+                                 "DPO's (RPO; TRL loss_type sigmoid+sft), which keeps DPO from lowering the "
+                                 "chosen answers' own likelihood along with the rejected ones'; 0 = plain DPO.",
+                            ge=0, panel="Model")
     backend: str = opt("auto", "Training backend: hf (transformers + peft, any device); unsloth (CUDA, also under "
                                "DDP); auto = unsloth where a CUDA GPU and the unsloth package are present and one "
                                "process trains, else hf.", choices=("auto", "hf", "unsloth"), panel="Model")
@@ -181,6 +185,9 @@ class TrainConfig:
             errors.append("option --chunk-overlap must be smaller than --chunk-tokens")
         if self.from_run and self.method not in PREFERENCE:
             errors.append("option --from needs --method dpo or orpo")
+        if self.sft_weight and self.method != "dpo":
+            errors.append(f"option --sft-weight applies to --method dpo (ORPO has its own language-model loss), "
+                          f"not --method {self.method}")
         if self.method in PREFERENCE and self.gpus > 1:
             errors.append(f"option --method {self.method} trains in one process for now (--gpus 1)")
         if errors:

@@ -158,7 +158,8 @@ def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(model=model, ref_model=None, args=DPOConfig(**common), processing_class=tok,
+        loss = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, cfg.sft_weight]) if cfg.sft_weight else {}
+        return DPOTrainer(model=model, ref_model=None, args=DPOConfig(**common, **loss), processing_class=tok,
                           callbacks=list(callbacks) + extra, **data)
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -204,13 +205,16 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
     system = next((m["content"] for m in train[0]["prompt"] if m.get("role") == "system"), None)
     rd.update(name=name, status="running", created=created, started=now(), base_model=setup.base_model,
               base_model_arg=cfg.model, method=cfg.method, adapter=cfg.adapter, from_run=cfg.from_run,
-              beta=cfg.beta, backend="hf", chat_template=setup.template, system_prompt=system,
+              beta=cfg.beta, sft_weight=cfg.sft_weight, backend="hf", chat_template=setup.template,
+              system_prompt=system,
               eos_token=pe.eos_token, pad_token=pe.pad_token, end_of_turn=pe.end_of_turn,
               added_tokens=setup.added_tokens, learning_rate=cfg.learning_rate,
               lora_alpha=cfg.lora_alpha, train_rows=len(train), val_rows=len(val), total_steps=total,
               best_checkpoint=None, global_step=0, versions=library_versions(), world_size=1)
     reporter.info(f"ft train: {name} → {rd.path}")
-    reporter.info(f"  method     {cfg.method} (beta {cfg.beta:g}) on a {cfg.adapter} adapter"
+    reporter.info(f"  method     {cfg.method} (beta {cfg.beta:g}"
+                  + (f", chosen-answer LM loss × {cfg.sft_weight:g}" if cfg.sft_weight else "")
+                  + f") on a {cfg.adapter} adapter"
                   + (f" from {cfg.from_run}" if cfg.from_run else " (fresh)")
                   + f" · reference: {'none (ORPO)' if cfg.method == 'orpo' else 'the base, adapter disabled' if not cfg.from_run else 'the SFT adapter, frozen copy'}")
     reporter.info(f"  data       {len(train)} train / {len(val)} held-out pairs · {total} steps · lr {cfg.learning_rate:g}")
