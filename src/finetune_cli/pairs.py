@@ -20,7 +20,7 @@ teaches nothing but noise and is dropped.
 A generated rejected side (policy, base, --general) is kept only where it shows a failure ft eval measures
 (``defects``): no end-of-turn token within --max-new-tokens, a loop, a character-break phrase, no persona
 marker, a harmful ask (safety rows) not refused, an everyday ask refused. On an H100 (SmolLM2-135M, 616
-policy pairs) 80% of the SFT model's greedy answers had none of these; DPO on every pair pushed the model off
+policy pairs) 75% of the SFT model's greedy answers had none of these; DPO on every pair pushed the model off
 its own stopped, in-voice answers and its greedy general-prompt stopping fell from 90% to 68%
 (docs/results.md). --all-answers keeps every pair, as before.
 """
