@@ -38,8 +38,9 @@ chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one comman
     echo "${stages% &&}"
 }
 [[ " $JOBS " == *" beh "* ]] && start beh "$(chain beh)"
-# beh2: the same chain with twice the share of refused harmful asks in the SFT data (--safety-ratio 0.1)
-[[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(chain beh2 "GEN_OPTS='--safety-ratio 0.1'")"
+# beh2: the same chain with other settings, BEH2 (env assignments for gpu/behaviour_result.sh); by default twice
+# the share of refused harmful asks in the SFT data. E.g. BEH2="DPO_OPTS='--sft-weight 1'" for DPO with RPO's loss.
+[[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(chain beh2 "${BEH2:-GEN_OPTS='--safety-ratio 0.1'}")"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
     done_all=1
     for j in $JOBS; do [ -f "$W/$j.rc" ] || done_all=0; done
