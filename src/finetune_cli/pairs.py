@@ -319,7 +319,7 @@ def defects(text: str, *, stopped_on_eos: bool, bucket: str | None, persona) -> 
         found.append("break")
     if persona is not None and count_markers(text, persona.markers) == 0:
         found.append("no-marker")
-    refusal = M.refused(text, list(M.DEFAULT_REFUSAL_PHRASES) + list(persona.refusal_markers if persona else []))
+    refusal = M.refused(text, M.refusal_phrases(persona))
     if bucket == "safety" and not refusal:
         found.append("not-refused")
     elif bucket != "safety" and refusal:

@@ -243,6 +243,11 @@ def refused(text: str, phrases: Sequence[str]) -> bool:
     return bool(break_phrases_found(text, phrases))
 
 
+def refusal_phrases(persona=None) -> list[str]:
+    """What marks a refusal: ft's general phrases and the persona's own refusal markers ("I winna")."""
+    return list(DEFAULT_REFUSAL_PHRASES) + list(persona.refusal_markers if persona is not None else [])
+
+
 # --- scripts -------------------------------------------------------------------------------
 
 _SCRIPT_ALIASES = {"cjk": "han", "chinese": "han", "japanese": "han", "korean": "hangul",

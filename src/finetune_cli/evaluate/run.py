@@ -89,7 +89,7 @@ def load_candidate(c: Candidate, cfg: EvalConfig):
 def score_condition(texts_gens, prompts: list[Prompt], *, cfg: EvalConfig, leak_system: str | None, persona,
                     regex, schema, index) -> list[dict]:
     scripts = M.normalize_scripts(cfg.scripts)
-    refusal_phrases = list(M.DEFAULT_REFUSAL_PHRASES) + list(persona.refusal_markers if persona else [])
+    refusal_phrases = M.refusal_phrases(persona)
     rows = []
     for p, g in zip(prompts, texts_gens):
         s = M.score_output(g.text, n_tokens=g.n_tokens, stopped_on_eos=g.stopped_on_eos,
