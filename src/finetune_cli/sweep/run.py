@@ -186,10 +186,13 @@ def gpu_slots(gpus: int) -> list[str]:
 
 
 def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter, gpus: int) -> None:
-    """One ``ft train`` subprocess per GPU (CUDA_VISIBLE_DEVICES), the next variant as one finishes."""
+    """One ``ft train`` subprocess per GPU (CUDA_VISIBLE_DEVICES), the next variant as one finishes. On one
+    card the subprocess writes to this terminal (its progress shows, as when training in process); on several
+    each writes to sweeps/<name>/logs/<variant>.log, where interleaved output would be unreadable."""
     devices = gpu_slots(gpus)
     logs = ledger.path.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    shared = gpus == 1  # the terminal, not a log: stdout to our stderr (a --json summary stays alone on stdout)
     queue = list(todo)
     running: dict[int, tuple[subprocess.Popen, TrainConfig, float, object]] = {}
     stop = False
@@ -201,11 +204,16 @@ def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter
                 if tc is None:
                     continue
                 slot = next(i for i in range(gpus) if i not in running)
-                log = open(logs / f"{v.name}.log", "ab")
+                log = None if shared else open(logs / f"{v.name}.log", "ab")
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": devices[slot]}
-                p = subprocess.Popen([sys.executable, "-m", "finetune_cli", "train", *train_argv(tc), "--quiet"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env)
-                reporter.info(f"sweep: training {v.name} on GPU {devices[slot]} (log {logs / (v.name + '.log')})")
+                quiet = ["--quiet"] if reporter.quiet or not shared else []
+                argv = [sys.executable, "-m", "finetune_cli", "train", *train_argv(tc), *quiet]
+                if shared:
+                    p = subprocess.Popen(argv, stdout=2, env=env)
+                else:
+                    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+                reporter.info(f"sweep: training {v.name} on GPU {devices[slot]}"
+                              + ("" if shared else f" (log {logs / (v.name + '.log')})"))
                 running[slot] = (p, tc, time.perf_counter(), log)
             if not running:
                 break
@@ -213,10 +221,12 @@ def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter
             for slot, (p, tc, t0, log) in list(running.items()):
                 if p.poll() is None:
                     continue
-                log.close()
+                if log:
+                    log.close()
                 del running[slot]
                 err = None if p.returncode == 0 else TrainingError(
-                    f"ft train exited {p.returncode} (log {logs / (tc.name + '.log')})")
+                    f"ft train exited {p.returncode} "
+                    + ("(its messages are above)" if shared else f"(log {logs / (tc.name + '.log')})"))
                 _record(ledger, tc, time.perf_counter() - t0, err)
                 if err is not None:
                     reporter.warn(f"sweep: {tc.name} failed: {ledger.row(tc.name)['error']}")
@@ -227,7 +237,8 @@ def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter
         for p, tc, _, log in running.values():
             p.terminate()
             p.wait()
-            log.close()
+            if log:
+                log.close()
             ledger.set(tc.name, status="stopped")
         raise
 
