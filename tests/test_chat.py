@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def chat_json(*args, input: str):
 
 class Terminal:
     """``python -m finetune_cli chat ...`` on a pseudo-terminal it has as its controlling terminal (so \\x03 is
-    SIGINT, as in a shell); what it writes is collected, escape sequences stripped, by a reader thread."""
+    SIGINT, as in a shell), started with SIGINT ignored; what it writes is collected, escape sequences
+    stripped, by a reader thread."""
 
     def __init__(self, args, cwd, columns=100):
         master, slave = os.openpty()
@@ -59,6 +61,9 @@ class Terminal:
         def controlling_tty():
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # started with SIGINT ignored, as a shell's background job, nohup or a CI runner may start it:
+            # ft chat must take Ctrl-C back itself (it once ran every stopped answer to its limit then)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         env = dict(os.environ, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm", COLUMNS=str(columns))
         self.proc = subprocess.Popen([sys.executable, "-m", "finetune_cli", "chat", *map(str, args)], cwd=cwd,

@@ -7,6 +7,9 @@ on; Ctrl-C at the prompt clears the line; Ctrl-D or /quit ends the chat.
 
 from __future__ import annotations
 
+import signal
+import threading
+
 from pathlib import Path
 
 from ..config import ft_home
@@ -252,6 +255,20 @@ def chat(cands: list[Candidate], settings: Settings, reporter: Reporter) -> None
 
     ft_home().mkdir(parents=True, exist_ok=True)
     session = PromptSession(history=FileHistory(str(ft_home() / "chat_history")))
+    # Ctrl-C stops an answer through SIGINT → KeyboardInterrupt. A process started with SIGINT ignored (a
+    # shell's background job, nohup, some CI runners) inherits that, and Python then never raises it: the
+    # answer would run to its token limit. On a terminal the REPL takes Ctrl-C back for as long as it runs.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _loop(session, cands, settings, reporter)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _loop(session, cands: list[Candidate], settings: Settings, reporter: Reporter) -> None:
     state = Chat(cands, settings, reporter)
     names = ", ".join(f"{c.name} ({c.kind})" for c in cands)
     state.say(f"ft chat · {names} · {settings.describe()} · /help for commands, Ctrl-D to leave", "dim")
