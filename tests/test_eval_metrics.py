@@ -173,3 +173,32 @@ def test_a_finding_never_shows_two_equal_numbers_as_below():
 
     assert _apart(0.9641, 0.96449) == ("0.9641", "0.9645")  # "0.964 below 0.964" was printed before
     assert _apart(0.5, 0.6) == ("0.500", "0.600")
+
+
+def test_a_preference_stage_worse_than_the_sft_run_it_started_from_is_a_finding(tmp_path):
+    """On an H100, DPO from an SFT run cut greedy stopping on general prompts from 90% to 68% while still above
+    the base's 40%: a comparison with the base alone hides that the preference stage undid SFT's work."""
+    import json
+
+    from finetune_cli.evaluate.run import findings, started_from
+
+    general = {"base": {"eos_rate": 0.40, "loop_rate": 0.45, "relevance_mean": 0.63},
+               "sft": {"eos_rate": 0.90, "loop_rate": 0.12, "relevance_mean": 0.64},
+               "dpo": {"eos_rate": 0.68, "loop_rate": 0.28, "relevance_mean": 0.62}}
+    view = {"results": {c: {"system": {}} for c in general},
+            "by_source": {c: {"system": {"general": m}} for c, m in general.items()}}
+    kinds = {"base": "base", "sft": "adapter", "dpo": "adapter"}
+    for d, parent in (("sft", None), ("dpo", str(tmp_path / "runs" / "sft"))):
+        (tmp_path / "runs" / d).mkdir(parents=True)
+        (tmp_path / "runs" / d / "run.json").write_text(json.dumps({"name": d, "from_run": parent}))
+    info = [{"name": "base", "run_dir": None}, {"name": "sft", "run_dir": str(tmp_path / "runs" / "sft")},
+            {"name": "dpo", "run_dir": str(tmp_path / "runs" / "dpo")}]
+    parents = started_from(info)
+    assert parents == {"dpo": "sft"}
+    noted = findings({"greedy": view}, kinds, parents)
+    against_sft = {(f["candidate"], f["metric"]): f for f in noted if f.get("from")}
+    assert set(against_sft) == {("dpo", "eos_rate"), ("dpo", "loop_rate")}  # relevance within 0.05 of SFT's
+    f = against_sft["dpo", "eos_rate"]
+    assert f["from"] == "sft" and f["from_value"] == 0.90 and "the run it started from" in f["message"]
+    assert not [f for f in noted if f.get("base") is not None]  # both tuned runs beat the base on all three
+    assert findings({"greedy": view}, kinds) == []  # without the parent, nothing to say

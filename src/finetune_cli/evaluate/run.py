@@ -166,11 +166,47 @@ def check_gates(cfg: EvalConfig, by_decoding: dict, kinds: dict[str, str]) -> di
 _WORSE = {"eos_rate": -0.05, "loop_rate": 0.05, "relevance_mean": -0.05}
 
 
-def findings(by_decoding: dict, kinds: dict[str, str]) -> list[dict]:
+def started_from(cand_info: list[dict]) -> dict[str, str]:
+    """candidate → the candidate it was trained from (a DPO/ORPO run's ``--from`` SFT run), where both are here."""
+    from ..rundir import RunDir
+
+    by_dir = {str(Path(ci["run_dir"]).resolve()): ci["name"] for ci in cand_info if ci.get("run_dir")}
+    out = {}
+    for ci in cand_info:
+        if not ci.get("run_dir"):
+            continue
+        try:
+            parent = RunDir(Path(ci["run_dir"])).read().get("from_run")
+        except Exception:  # noqa: BLE001 - a run record that cannot be read just has no parent here
+            parent = None
+        if parent and str(Path(parent).resolve()) in by_dir:
+            out[ci["name"]] = by_dir[str(Path(parent).resolve())]
+    return out
+
+
+def _general_worse(by_decoding: dict, cand: str, cond: str, ref_cand: str) -> list[tuple[str, str, float, float]]:
+    """(decoding, metric, value, reference) where ``cand`` does worse than ``ref_cand`` on the general prompts."""
+    out = []
+    for dec, view in by_decoding.items():
+        mine = view["by_source"][cand][cond].get("general") or {}
+        theirs = (view["by_source"].get(ref_cand, {}).get(cond) or {}).get("general") or {}
+        for metric, margin in _WORSE.items():
+            v, ref = mine.get(metric), theirs.get(metric)
+            if v is not None and ref is not None and (v < ref + margin if margin < 0 else v > ref + margin):
+                out.append((dec, metric, v, ref))
+    return out
+
+
+_WORSE_WHAT = {"eos_rate": "stops (EOS) in fewer answers", "loop_rate": "loops in more answers",
+               "relevance_mean": "answers further from the question"}
+
+
+def findings(by_decoding: dict, kinds: dict[str, str], parents: dict[str, str] | None = None) -> list[dict]:
     """What a reader should not miss even without a gate: a tuned model less varied than its base (it
     answers from a narrow training set: the template-answer failure), reciting its training answers, and on
     the general prompts (outside its training) stopping less, looping more or straying from the question more
-    than its base."""
+    than its base — or than the SFT run a preference stage started from (``parents``: candidate → that run's
+    candidate), where the preference stage undid what SFT had."""
     primary = primary_decoding(list(by_decoding))
     results = by_decoding[primary]["results"]
     base = base_candidate(results, kinds)
@@ -192,22 +228,23 @@ def findings(by_decoding: dict, kinds: dict[str, str]) -> list[dict]:
                 out.append({"candidate": cand, "condition": cond, "metric": "near_copy_rate", "value": nc,
                             "message": f"{nc:.0%} of answers are near-copies of a training answer: it recites "
                                        "its data (fewer epochs or a lower learning rate, more varied data)"})
+            parent = (parents or {}).get(cand)
+            if parent is not None:
+                for dec, metric, v, ref in _general_worse(by_decoding, cand, cond, parent):
+                    out.append({"candidate": cand, "condition": cond, "decoding": dec, "group": "general",
+                                "metric": metric, "value": v, "from": parent, "from_value": ref,
+                                "message": f"{dec}, general prompts: {_WORSE_WHAT[metric]} than {parent}, the run "
+                                           f"it started from ({metric} {v:.3f} vs {ref:.3f}): the preference stage "
+                                           "undid what SFT had (pairs only where the rejected answer fails, as ft "
+                                           "pairs keeps by default; --sft-weight; fewer steps)"})
             if base is None:
                 continue
-            for dec, view in by_decoding.items():
-                mine = view["by_source"][cand][cond].get("general") or {}
-                theirs = view["by_source"][base][cond].get("general") or {}
-                for metric, margin in _WORSE.items():
-                    v, ref = mine.get(metric), theirs.get(metric)
-                    if v is None or ref is None or not (v < ref + margin if margin < 0 else v > ref + margin):
-                        continue
-                    what = {"eos_rate": "stops (EOS) in fewer answers", "loop_rate": "loops in more answers",
-                            "relevance_mean": "answers further from the question"}[metric]
-                    out.append({"candidate": cand, "condition": cond, "decoding": dec, "group": "general",
-                                "metric": metric, "value": v, "base": ref,
-                                "message": f"{dec}, general prompts: {what} than the base ({metric} {v:.3f} vs "
-                                           f"{ref:.3f}): tuning cost behaviour outside the training topics (fewer "
-                                           "epochs or a lower learning rate, general chat mixed into the data)"})
+            for dec, metric, v, ref in _general_worse(by_decoding, cand, cond, base):
+                out.append({"candidate": cand, "condition": cond, "decoding": dec, "group": "general",
+                            "metric": metric, "value": v, "base": ref,
+                            "message": f"{dec}, general prompts: {_WORSE_WHAT[metric]} than the base ({metric} "
+                                       f"{v:.3f} vs {ref:.3f}): tuning cost behaviour outside the training topics "
+                                       "(fewer epochs or a lower learning rate, general chat mixed into the data)"})
     return out
 
 
@@ -370,7 +407,7 @@ def run(cfg: EvalConfig, reporter: Reporter) -> dict:
 
     kinds = {ci["name"]: ci["kind"] for ci in cand_info}
     gates = check_gates(cfg, by_decoding, kinds)
-    noted = findings(by_decoding, kinds)
+    noted = findings(by_decoding, kinds, started_from(cand_info))
     doc = {
         "ft_eval": 1, "name": out_dir.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generation": by_decoding[primary]["generation"],
