@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import threading
-
 from pathlib import Path
 
 from ..config import ft_home

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_record, text_or_file, to_dict
-from ..errors import ConfigError, FtError, ProviderError
+from ..errors import ConfigError, DataError, FtError, ProviderError
 from ..jsonl import read_json, write_json_atomic, write_rows_atomic
 from ..ui import Reporter
 from . import metrics as M
@@ -177,10 +177,11 @@ def started_from(cand_info: list[dict]) -> dict[str, str]:
             continue
         try:
             parent = RunDir(Path(ci["run_dir"])).read().get("from_run")
-        except Exception:  # noqa: BLE001 - a run record that cannot be read just has no parent here
-            parent = None
-        if parent and str(Path(parent).resolve()) in by_dir:
-            out[ci["name"]] = by_dir[str(Path(parent).resolve())]
+        except DataError:  # a corrupt run.json: no parent to compare with here
+            continue
+        found = by_dir.get(str(Path(parent).resolve())) if parent else None
+        if found is not None:
+            out[ci["name"]] = found
     return out
 
 

@@ -34,8 +34,8 @@ class SweepOptions:
     fail_fast: bool = opt(False, "Stop at the first variant that fails; default: record it and go on.",
                           panel=S)
     parallel_gpus: int = opt(0, "Variants trained at once, one per GPU (CUDA_VISIBLE_DEVICES per subprocess); "
-                                "0 = every visible GPU; on a GPU each variant trains in its own ft train process, on CPU in "
-                                "this one, one after another.",
+                                "0 = every visible GPU; on a GPU each variant trains in its own ft train process, "
+                                "on CPU in this one, one after another.",
                              ge=0, panel=S)
     sweeps_dir: str = opt("sweeps", "Where sweep records and leaderboards are written.", panel=S)
 

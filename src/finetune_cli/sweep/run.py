@@ -6,8 +6,8 @@
     ft sweep --name doric --grid "lr=1e-5..1e-3:log;r=8,16,32" --random 6 ...    # 6 draws
     ft runs --sweep smoke
 
-The recipe: variants (grid.py) → train each (on CPU in this process; on a GPU an `ft train` subprocess per variant, one per card at once) → ft eval
-of the base and every finished variant on the same prompts, seed and decodings → judge arena
+The recipe: variants (grid.py) → train each (on CPU in this process; on a GPU an `ft train` subprocess
+per variant, one per card at once) → ft eval of the base and every finished variant on the same prompts, seed and decodings → judge arena
 (optional, arena.py) → leaderboard (leaderboard.py). Every step is resumable: a finished run is
 skipped, an interrupted one resumed from its last checkpoint (one that died before its first
 checkpoint is moved aside to runs/.<name>.interrupted-N and started again), an existing run with
@@ -190,9 +190,10 @@ def train_on_gpus(cfg, todo: list[G.Variant], ledger: Ledger, reporter: Reporter
     card the subprocess writes to this terminal (its progress shows, as when training in process); on several
     each writes to sweeps/<name>/logs/<variant>.log, where interleaved output would be unreadable."""
     devices = gpu_slots(gpus)
-    logs = ledger.path.parent / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     shared = gpus == 1  # the terminal, not a log: stdout to our stderr (a --json summary stays alone on stdout)
+    logs = ledger.path.parent / "logs"
+    if not shared:
+        logs.mkdir(parents=True, exist_ok=True)
     queue = list(todo)
     running: dict[int, tuple[subprocess.Popen, TrainConfig, float, object]] = {}
     stop = False
