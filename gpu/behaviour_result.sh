@@ -19,6 +19,7 @@ STAGE=${3:-all}
 PAIR_ROWS=${PAIR_ROWS:-0}   # data rows paired (0: all; only answers with a failure become pairs)
 N_PER_TOPIC=${N_PER_TOPIC:-9}  # persona rows per topic (9: 1,098 rows)
 REPLAY_N=${REPLAY_N:-400}      # everyday prompts ft replay asks the base model
+REPLAY_SHARE=${REPLAY_SHARE:-0.25}  # the replay file's share of the SFT data (--data FILE:SHARE)
 DPO_OPTS=${DPO_OPTS:-}         # more DPO options (e.g. "--sft-weight 1")
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 mkdir -p "$OUT"
@@ -39,7 +40,7 @@ if [ "$STAGE" = sft ] || [ "$STAGE" = all ]; then
     [ -s "$OUT/doric.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/doric.jsonl" --persona doric \
         --provider template --n-per-topic "$N_PER_TOPIC" --seed 42 --quiet $GEN_OPTS
     step "$OUT/replay.json" ft replay --model "$MODEL" --persona doric --out "$OUT/replay.jsonl" --n "$REPLAY_N" --json
-    train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:0.25"
+    train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:$REPLAY_SHARE"
 fi
 if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
     step "$OUT/pairs.json" ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy \

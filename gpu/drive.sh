@@ -28,7 +28,7 @@ start() {  # start NAME CMD...: unless it finished or is running
     echo $! > "$W/$name.pid"
     echo "started $name"
 }
-JOBS=${JOBS:-sweep beh}  # which jobs to run: sweep, beh, beh2 (SWEEP_OPTS: ft sweep options)
+JOBS=${JOBS:-sweep beh}  # which jobs to run: sweep, beh, beh2, beh3, sched, schedg (SWEEP_OPTS: ft sweep options)
 [[ " $JOBS " == *" sweep "* ]] && start sweep bash gpu/sweep_result.sh smollm2-135m "$W/sweep" 3 "${SWEEP_OPTS:---max-prompts 16}"
 # BEH_STAGES: the behaviour chain's stages, in order (default all; "sft sfteval" when device time is short)
 chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one command line
@@ -41,6 +41,12 @@ chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one comman
 # beh2: the same chain with other settings, BEH2 (env assignments for gpu/behaviour_result.sh); by default twice
 # the share of refused harmful asks in the SFT data. E.g. BEH2="DPO_OPTS='--sft-weight 1'" for DPO with RPO's loss.
 [[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(chain beh2 "${BEH2:-GEN_OPTS='--safety-ratio 0.1'}")"
+# beh3: a third chain, BEH3 likewise (e.g. REPLAY_SHARE=0.5)
+[[ " $JOBS " == *" beh3 "* ]] && start beh3 "$(chain beh3 "${BEH3:-REPLAY_SHARE=0.5}")"
+# sched: the schedule table on SmolLM2 (gpu/schedule_result.sh); schedg: on Gemma 3 270M where its GGUF is at
+# /tmp/gemma/g.gguf (SCHEDG: env assignments for the script, e.g. SIZES, VARIANTS, P, TRAIN_OPTS)
+[[ " $JOBS " == *" sched "* ]] && start sched "${SCHED:-} bash gpu/schedule_result.sh smollm2-135m $W/sched"
+[[ " $JOBS " == *" schedg "* ]] && start schedg "${SCHEDG:-} bash gpu/schedule_result.sh /tmp/gemma/g.gguf $W/schedg"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do
     done_all=1
     for j in $JOBS; do [ -f "$W/$j.rc" ] || done_all=0; done
@@ -50,7 +56,7 @@ done
 for j in $JOBS; do
     echo "== $j: rc $(cat "$W/$j.rc" 2>/dev/null || echo running)"; tail -4 "$W/$j.log" 2>/dev/null
 done
-ls "$W"/beh* "$W/sweep/runs" 2>/dev/null
+ls "$W"/beh* "$W/sweep/runs" "$W"/sched*/train-*.json 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 cd "$W" && tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
     --exclude='*.pth' --exclude='checkpoint-*' --exclude='*.gguf' --exclude='tokenizer*' . 2>/dev/null
