@@ -6,14 +6,14 @@
 #   gpu/schedule_result.sh [MODEL] [OUT]
 #
 # SIZES: conversations per topic (topics.json has 122 leaves: 3 ≈ 370 rows, 8 ≈ 980, 20 ≈ 2,440, 41 ≈ 5,000);
-# VARIANTS: "lr:epochs" pairs; P: trainings at once (one GPU runs several small models side by side).
+# VARIANTS: "lr:epochs" pairs. Every training runs at once (a small model leaves one GPU mostly idle); each size is
+# evaluated as soon as its own trainings end.
 # Resumable: finished trainings (train-NAME.json) and evals (eval-SIZE.json) are skipped.
 set -uo pipefail
 MODEL=${1:-smollm2-135m}
 OUT=${2:-out/schedule}
 SIZES=${SIZES:-41 20 8 3}
 VARIANTS=${VARIANTS:-2e-4:3 1e-3:3 1e-3:1}
-P=${P:-6}
 MAX_PROMPTS=${MAX_PROMPTS:-24}
 TRAIN_OPTS=${TRAIN_OPTS:-}  # more ft train options (e.g. "--backend hf")
 mkdir -p "$OUT"
@@ -27,11 +27,6 @@ for n in $SIZES; do
     [ -s "$OUT/data-$n.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/data-$n.jsonl" --persona doric \
         --provider template --n-per-topic "$n" --seed 42 --quiet || exit 1
 done
-jobs_file="$OUT/jobs.txt"
-: > "$jobs_file"
-for n in $SIZES; do  # largest first: the longest trainings start first
-    for v in $VARIANTS; do echo "$n ${v%%:*} ${v##*:}" >> "$jobs_file"; done
-done
 one() {  # one N LR EPOCHS: train a variant unless it finished; an interrupted one starts again
     local n=$1 lr=$2 ep=$3 name="n$1-lr$2-e$3"
     [ -s "$OUT/train-$name.json" ] && return 0
@@ -42,20 +37,21 @@ one() {  # one N LR EPOCHS: train a variant unless it finished; an interrupted o
         && mv "$OUT/train-$name.json.part" "$OUT/train-$name.json"
     echo "$name rc $?"
 }
-export -f one
-export OUT MODEL TRAIN_OPTS
-xargs -P "$P" -L 1 bash -c 'one "$0" "$1" "$2"' < "$jobs_file"
-for n in $SIZES; do  # one eval per size: the base and that size's variants on the same prompts
-    [ -s "$OUT/eval-$n.json" ] && continue
-    adapters=()
+size() {  # size N: that size's variants side by side, then one eval of the base and them on the same prompts
+    local n=$1 v adapters=()
+    for v in $VARIANTS; do one "$n" "${v%%:*}" "${v##*:}" & done
+    wait
+    [ -s "$OUT/eval-$n.json" ] && return 0
     for v in $VARIANTS; do
         name="n$n-lr${v%%:*}-e${v##*:}"
         [ -s "$OUT/train-$name.json" ] && adapters+=(--adapter "$OUT/runs/$name")
     done
-    [ ${#adapters[@]} -gt 0 ] || continue
-    ( ft eval --base "$MODEL" "${adapters[@]}" --persona doric --prompts "$OUT/val.jsonl" --heldout "$OUT/val.jsonl" \
+    [ ${#adapters[@]} -gt 0 ] || return 0
+    ft eval --base "$MODEL" "${adapters[@]}" --persona doric --prompts "$OUT/val.jsonl" --heldout "$OUT/val.jsonl" \
         --max-prompts "$MAX_PROMPTS" --no-probes --decoding greedy --conditions system --out "$OUT/eval-$n" \
         --seed 42 --quiet --json > "$OUT/eval-$n.json.part" 2> "$OUT/eval-$n.log" \
-        && mv "$OUT/eval-$n.json.part" "$OUT/eval-$n.json"; echo "eval $n rc $?" ) &
-done
+        && mv "$OUT/eval-$n.json.part" "$OUT/eval-$n.json"
+    echo "eval $n rc $?"
+}
+for n in $SIZES; do size "$n" & done  # every size at once: a 135M model leaves the card mostly idle
 wait
