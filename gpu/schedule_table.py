@@ -4,7 +4,8 @@
 
 Columns: training rows, steps, train seconds, held-out loss on the shared validation rows (ft eval), then ft eval's
 greedy answers with the system prompt: EOS and loops on the validation prompts and on ft eval's general prompts
-(outside any training topic), general relevance, distinct-2 over all answers.
+(outside any training topic), general relevance, distinct-2 over all answers. The base is evaluated once per size
+on the same prompts and shown once.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def f3(x):
 
 
 def main(out: Path, label: str) -> None:
-    print(f"| model | rows | lr | epochs | steps | train s | held-out loss | held-out EOS | held-out loops "
+    print("| model | rows | lr | epochs | steps | train s | held-out loss | held-out EOS | held-out loops "
           "| general EOS | general loops | general relevance | distinct-2 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base_done = False  # every size evaluates the base on the same prompts: one row
     for ev in sorted(out.glob("eval-*/results.json"), key=lambda p: -int(p.parent.name.split("-")[1])):
         r = json.loads(ev.read_text())
         n = ev.parent.name.split("-")[1]
@@ -37,13 +39,16 @@ def main(out: Path, label: str) -> None:
             res = r["results"][cand]["system"]
             g, h = src["general"], src["file"]
             if cand == "base":
-                lr = ep = steps = secs = "–"
+                if base_done:
+                    continue
+                base_done, shown, lr, ep, steps, secs = True, "–", "–", "–", "–", "–"
             else:
+                shown = rows
                 t = json.loads((out / f"train-{cand}.json").read_text())
                 lr, ep = re.fullmatch(r"n\d+-lr(.+)-e(.+)", cand).groups()
                 steps = t["global_step"]
                 secs = f"{t['global_step'] * t['seconds_per_step']:.0f}"
-            print(f"| {label} | {rows} | {lr} | {ep} | {steps} | {secs} | {f3(res.get('heldout_loss'))} "
+            print(f"| {label}{', base' if cand == 'base' else ''} | {shown} | {lr} | {ep} | {steps} | {secs} | {f3(res.get('heldout_loss'))} "
                   f"| {pct(h['eos_rate'])} | {pct(h['loop_rate'])} | {pct(g['eos_rate'])} | {pct(g['loop_rate'])} "
                   f"| {f3(g.get('relevance_mean'))} | {f3(res.get('distinct_2'))} |")
 

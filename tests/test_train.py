@@ -706,6 +706,25 @@ def test_replay_tip_only_for_one_chat_dataset():
     assert replay_tip(TrainConfig(model="m", data=["p.jsonl"], method="dpo"), chat) is None
 
 
+def test_schedule_tip_for_a_small_model_given_few_steps():
+    from finetune_cli.train.config import TrainConfig
+    from finetune_cli.train.run import schedule_tip
+
+    cfg = TrainConfig(model="m", data=["d"])  # lr 2e-4
+    assert "--epochs or --lr" in schedule_tip(cfg, 183, 135_000_000)    # under-trained on SmolLM2-135M
+    assert schedule_tip(cfg, 459, 135_000_000) is None                  # 2e-4 × 459: stopped 98%
+    assert schedule_tip(TrainConfig(model="m", data=["d"], lr=1e-3), 69, 135_000_000) is None
+    assert schedule_tip(cfg, 183, 8_000_000_000) is None                # measured on a small model only
+    assert schedule_tip(TrainConfig(model="m", data=["p"], method="dpo"), 20, 135_000_000) is None
+
+
+def test_train_shows_the_schedule_tip(tiny_model, tmp_path):
+    data = write_data(tmp_path / "d.jsonl", 8)
+    res = train("--model", str(tiny_model), "--data", str(data), "--max-steps", "2", "--val-split", "0",
+                "--name", "tip", *FAST[:-1])  # not --quiet: the setup lines are what is checked
+    assert "2 steps at lr 0.0002 is a short schedule" in res.output
+
+
 def test_batching_tip_only_for_small_gpu_batches():
     from finetune_cli.train.config import TrainConfig
     from finetune_cli.train.run import batching_tip

@@ -122,7 +122,8 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
         k, n = stats["eos_trained_examples"], stats["chat_examples"]
         lines.append(f"  EOS trained: {'yes' if k == n else 'NO'} (id {pe.eos_id} in {k}/{n} examples)")
     lines.append(f"  batching   {padding_free}")
-    for tip in (batching_tip(cfg, setup.device, stats["length"]["p50"]), replay_tip(cfg, stats)):
+    for tip in (batching_tip(cfg, setup.device, stats["length"]["p50"]), replay_tip(cfg, stats),
+                schedule_tip(cfg, total, setup.total_params)):
         if tip:
             lines.append(f"  tip        {tip}")
     lines.append(f"  system     {system!r}" if system else "  system     none")
@@ -140,6 +141,27 @@ def replay_tip(cfg: TrainConfig, stats: dict) -> str | None:
         return None
     return ("one dataset: asked outside its topics, the tuned model may run on and loop under greedy decoding; "
             "mix general chat in: ft replay --model MODEL --out replay.jsonl, then --data replay.jsonl:0.25")
+
+
+# Peak learning rate × optimizer steps below which a small model's SFT was measured under-trained (gpu/
+# schedule_result.sh on SmolLM2-135M, one H100, docs/results.md): greedy answers to general prompts stopped in 57%
+# (2e-4 × 69 steps) and 85% (2e-4 × 183), looping 57% and 15%; from 0.069 (1e-3 × 69) up, 95–100% stopped with ≤ 5%
+# loops. Measured on a 135M model only: larger models learn more per step, so the tip stays below 1B parameters.
+SHORT_SCHEDULE = 0.06
+SMALL_MODEL = 1_000_000_000
+
+
+def schedule_tip(cfg: TrainConfig, total_steps: int, total_params: int) -> str | None:
+    """A small model given few steps at a low learning rate stays under-trained: it rambles and loops."""
+    if cfg.method in ("full", "dpo", "orpo") or not total_params or total_params >= SMALL_MODEL:
+        return None
+    budget = cfg.learning_rate * total_steps
+    if budget >= SHORT_SCHEDULE:
+        return None
+    return (f"{total_steps} steps at lr {cfg.learning_rate:g} is a short schedule for a "
+            f"{total_params / 1e6:.0f}M model: on SmolLM2-135M, 2e-4 × 183 steps stopped only 85% of greedy "
+            "answers (15% looped), 2e-4 × 459 or 1e-3 × 69 stopped 95–100% (docs/results.md); raise --epochs "
+            f"or --lr until lr × steps ≥ {SHORT_SCHEDULE:g}")
 
 
 def batching_tip(cfg: TrainConfig, device: str, p50: int) -> str | None:
