@@ -158,8 +158,8 @@ def schedule_tip(cfg: TrainConfig, total_steps: int, total_params: int) -> str |
     budget = cfg.learning_rate * total_steps
     if budget >= SHORT_SCHEDULE:
         return None
-    return (f"{total_steps} steps at lr {cfg.learning_rate:g} is a short schedule for a "
-            f"{total_params / 1e6:.0f}M model: on SmolLM2-135M, 2e-4 × 183 steps stopped only 85% of greedy "
+    size = f"{total_params / 1e6:.0f}M-parameter" if total_params >= 1e6 else f"{total_params:,}-parameter"
+    return (f"{total_steps} steps at lr {cfg.learning_rate:g} is a short schedule for a {size} model: on SmolLM2-135M, 2e-4 × 183 steps stopped only 85% of greedy "
             "answers (15% looped), 2e-4 × 459 or 1e-3 × 69 stopped 95–100% (docs/results.md); raise --epochs "
             f"or --lr until lr × steps ≥ {SHORT_SCHEDULE:g}")
 
