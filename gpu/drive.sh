@@ -44,7 +44,7 @@ chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one comman
 # beh3: a third chain, BEH3 likewise (e.g. REPLAY_SHARE=0.4), its stages BEH3_STAGES (e.g. "sft sfteval")
 [[ " $JOBS " == *" beh3 "* ]] && start beh3 "$(BEH_STAGES=${BEH3_STAGES:-${BEH_STAGES:-all}} chain beh3 "${BEH3:-REPLAY_SHARE=0.4}")"
 # sched: the schedule table on SmolLM2 (gpu/schedule_result.sh); schedg: on Gemma 3 270M where its GGUF is at
-# /tmp/gemma/g.gguf (SCHEDG: env assignments for the script, e.g. SIZES, VARIANTS, P, TRAIN_OPTS)
+# /tmp/gemma/g.gguf (SCHED, SCHEDG: env assignments for the script, e.g. SIZES, VARIANTS, TRAIN_OPTS)
 [[ " $JOBS " == *" sched "* ]] && start sched "${SCHED:-} bash gpu/schedule_result.sh smollm2-135m $W/sched"
 [[ " $JOBS " == *" schedg "* ]] && start schedg "${SCHEDG:-} bash gpu/schedule_result.sh /tmp/gemma/g.gguf $W/schedg"
 while [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do

@@ -27,23 +27,25 @@ for n in $SIZES; do
     [ -s "$OUT/data-$n.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/data-$n.jsonl" --persona doric \
         --provider template --n-per-topic "$n" --seed 42 --quiet || exit 1
 done
-one() {  # one N LR EPOCHS: train a variant unless it finished; an interrupted one starts again
-    local n=$1 lr=$2 ep=$3 name="n$1-lr$2-e$3"
+vname() { echo "n$1-lr${2%%:*}-e${2##*:}"; }  # vname N LR:EPOCHS: the variant's run name
+one() {  # one N LR:EPOCHS: train a variant unless it finished; an interrupted one starts again
+    local n=$1 name
+    name=$(vname "$1" "$2")
     [ -s "$OUT/train-$name.json" ] && return 0
     rm -rf "$OUT/runs/$name"
-    python -m finetune_cli train --model "$MODEL" --data "$OUT/data-$n.jsonl" --val-file "$OUT/val.jsonl" \
-        --lr "$lr" --epochs "$ep" --runs-dir "$OUT/runs" --name "$name" --seed 42 $TRAIN_OPTS --quiet --json \
+    ft train --model "$MODEL" --data "$OUT/data-$n.jsonl" --val-file "$OUT/val.jsonl" \
+        --lr "${2%%:*}" --epochs "${2##*:}" --runs-dir "$OUT/runs" --name "$name" --seed 42 $TRAIN_OPTS --quiet --json \
         > "$OUT/train-$name.json.part" 2> "$OUT/train-$name.log" \
         && mv "$OUT/train-$name.json.part" "$OUT/train-$name.json"
     echo "$name rc $?"
 }
 size() {  # size N: that size's variants side by side, then one eval of the base and them on the same prompts
-    local n=$1 v adapters=()
-    for v in $VARIANTS; do one "$n" "${v%%:*}" "${v##*:}" & done
+    local n=$1 v name adapters=()
+    for v in $VARIANTS; do one "$n" "$v" & done
     wait
     [ -s "$OUT/eval-$n.json" ] && return 0
     for v in $VARIANTS; do
-        name="n$n-lr${v%%:*}-e${v##*:}"
+        name=$(vname "$n" "$v")
         [ -s "$OUT/train-$name.json" ] && adapters+=(--adapter "$OUT/runs/$name")
     done
     [ ${#adapters[@]} -gt 0 ] || return 0

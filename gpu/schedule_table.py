@@ -11,7 +11,6 @@ on the same prompts and shown once.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -42,14 +41,16 @@ def main(out: Path, label: str) -> None:
                 if base_done:
                     continue
                 base_done, shown, lr, ep, steps, secs = True, "–", "–", "–", "–", "–"
-            else:
+            else:  # the rate and epochs the run itself recorded
                 shown = rows
                 t = json.loads((out / f"train-{cand}.json").read_text())
-                lr, ep = re.fullmatch(r"n\d+-lr(.+)-e(.+)", cand).groups()
+                rec = json.loads((out / "runs" / cand / "config.json").read_text())
+                lr = f"{rec['resolved']['learning_rate']:.0e}".replace("e-0", "e-")
+                ep = f"{rec['config']['epochs']:g}"
                 steps = t["global_step"]
                 secs = f"{t['global_step'] * t['seconds_per_step']:.0f}"
-            print(f"| {label}{', base' if cand == 'base' else ''} | {shown} | {lr} | {ep} | {steps} | {secs} | {f3(res.get('heldout_loss'))} "
-                  f"| {pct(h['eos_rate'])} | {pct(h['loop_rate'])} | {pct(g['eos_rate'])} | {pct(g['loop_rate'])} "
+            print(f"| {label}{', base' if cand == 'base' else ''} | {shown} | {lr} | {ep} | {steps} | {secs} "
+                  f"| {f3(res.get('heldout_loss'))} | {pct(h['eos_rate'])} | {pct(h['loop_rate'])} | {pct(g['eos_rate'])} | {pct(g['loop_rate'])} "
                   f"| {f3(g.get('relevance_mean'))} | {f3(res.get('distinct_2'))} |")
 
 

@@ -24,7 +24,7 @@ from ..files import umask_modes
 from ..ui import Reporter
 from . import callbacks as ft_callbacks
 from . import distributed
-from .config import TrainConfig
+from .config import PREFERENCE, TrainConfig
 from .data import Inputs, load_inputs, most_common_system
 from .plan import check_resume, default_name, schedule
 from .examples import check_truncation, drop_system, masking_stats, split_val, token_batches, tokenize_inputs
@@ -143,25 +143,26 @@ def replay_tip(cfg: TrainConfig, stats: dict) -> str | None:
             "mix general chat in: ft replay --model MODEL --out replay.jsonl, then --data replay.jsonl:0.25")
 
 
-# Peak learning rate × optimizer steps below which a small model's SFT was measured under-trained (gpu/
-# schedule_result.sh on SmolLM2-135M, one H100, docs/results.md): greedy answers to general prompts stopped in 57%
-# (2e-4 × 69 steps) and 85% (2e-4 × 183), looping 57% and 15%; from 0.069 (1e-3 × 69) up, 95–100% stopped with ≤ 5%
-# loops. Measured on a 135M model only: larger models learn more per step, so the tip stays below 1B parameters.
+# Peak learning rate × optimizer steps below which a small model's SFT was measured under-trained
+# (gpu/schedule_result.sh on SmolLM2-135M, one H100, docs/results.md): greedy answers to general prompts stopped
+# in 57% (2e-4 × 69 steps) and 85% (2e-4 × 183), looping 57% and 15%; from 0.069 (1e-3 × 69) up, 95–100% stopped
+# with ≤ 5% loops. Measured on a 135M model only: larger models learn more per step, so the tip stays below 1B
+# parameters.
 SHORT_SCHEDULE = 0.06
 SMALL_MODEL = 1_000_000_000
 
 
 def schedule_tip(cfg: TrainConfig, total_steps: int, total_params: int) -> str | None:
     """A small model given few steps at a low learning rate stays under-trained: it rambles and loops."""
-    if cfg.method in ("full", "dpo", "orpo") or not total_params or total_params >= SMALL_MODEL:
+    if cfg.method == "full" or cfg.method in PREFERENCE or not total_params or total_params >= SMALL_MODEL:
         return None
-    budget = cfg.learning_rate * total_steps
-    if budget >= SHORT_SCHEDULE:
+    if cfg.learning_rate * total_steps >= SHORT_SCHEDULE:
         return None
-    size = f"{total_params / 1e6:.0f}M-parameter" if total_params >= 1e6 else f"{total_params:,}-parameter"
-    return (f"{total_steps} steps at lr {cfg.learning_rate:g} is a short schedule for a {size} model: on SmolLM2-135M, 2e-4 × 183 steps stopped only 85% of greedy "
-            "answers (15% looped), 2e-4 × 459 or 1e-3 × 69 stopped 95–100% (docs/results.md); raise --epochs "
-            f"or --lr until lr × steps ≥ {SHORT_SCHEDULE:g}")
+    size = f"{total_params / 1e6:.0f}M" if total_params >= 1e6 else f"{total_params:,}"
+    return (f"{total_steps} steps at lr {cfg.learning_rate:g} is a short schedule for a {size}-parameter model: "
+            "on SmolLM2-135M, 2e-4 × 183 steps stopped only 85% of greedy answers (15% looped), 2e-4 × 459 or "
+            "1e-3 × 69 stopped 95–100% (docs/results.md); raise --epochs or --lr until lr × steps ≥ "
+            f"{SHORT_SCHEDULE:g}")
 
 
 def batching_tip(cfg: TrainConfig, device: str, p50: int) -> str | None:
