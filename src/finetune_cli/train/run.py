@@ -137,7 +137,7 @@ def print_setup(reporter: Reporter, cfg: TrainConfig, setup, stats: dict, *, nam
 def replay_tip(cfg: TrainConfig, stats: dict) -> str | None:
     """Chat SFT on one dataset: a voice tuned on its own topics alone drifts, runs on and loops on other questions
     under greedy decoding (docs/results.md); general chat mixed in is the cure ft offers."""
-    if cfg.method in ("dpo", "orpo") or len(cfg.data) != 1 or not stats.get("chat_examples"):
+    if cfg.method in PREFERENCE or len(cfg.data) != 1 or not stats.get("chat_examples"):
         return None
     return ("one dataset: asked outside its topics, the tuned model may run on and loop under greedy decoding; "
             "mix general chat in: ft replay --model MODEL --out replay.jsonl, then --data replay.jsonl:0.25")
@@ -193,7 +193,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> dict | None:
     # ---- setup
     processes = distributed.world_size()
     distributed.check(cfg, processes=processes)
-    preference_stage = cfg.method in ("dpo", "orpo")  # hf only for now: auto means hf there
+    preference_stage = cfg.method in PREFERENCE  # hf only for now: auto means hf there
     # before anything imports transformers (Unsloth)
     backend_name = pick_backend("hf" if preference_stage and cfg.backend == "auto" else cfg.backend)
     from .trainer import check_transformers
