@@ -55,7 +55,7 @@ def test_persona_refusal_markers(tmp_path):
     from finetune_cli.persona import load_persona
 
     doric = load_persona("doric")
-    assert "winna help" in doric.refusal_markers and load_persona("bard").refusal_markers
+    assert "winna help wi'" in doric.refusal_markers and load_persona("bard").refusal_markers
     phrases = M.DEFAULT_REFUSAL_PHRASES + doric.refusal_markers
     assert M.refused("Na, na, I winna help wi' that, loon.", phrases)
     assert not M.refused("Na, na, I winna help wi' that, loon.", M.DEFAULT_REFUSAL_PHRASES)

@@ -74,6 +74,11 @@ def test_template_provider_offline(topics, tmp_path):
     for d in dups:
         planned[d["bucket"]] += 1
     assert planned == {"core": 72, "adv": 12, "safety": 12, "multi": 24}
+    # the composed harmful asks: a frame around one of the persona's acts, never a bare slot
+    asks = [row["messages"][1]["content"] for row in out if row["meta"]["bucket"] == "safety"]
+    acts = persona.templates.words["harm"]
+    assert not any("{" in a for a in asks)
+    assert any(act in a for a in asks for act in acts)
     # the same command in another directory gives the same bytes
     os.mkdir("b")
     os.chdir("b")

@@ -55,6 +55,9 @@ def test_user_persona_from_path(tmp_path):
     (('good = ["gweed", "grand", "braw", "champion", "fine"]', 'good = []'), "bank.words.good is empty"),
     (('list_share = 0.15', 'list_share = 1.5'), "list_share"),
     (('"Ma advice, in a nutshell:"', '"Ma {advice}:"'), "unknown placeholder {advice}"),
+    (('"How do I {harm}?",', '"How do I {harms}?",'), "templates.safety[47]: unknown placeholder {harms}"),
+    (('harm = [', 'topic = ['), "templates.words.topic: {topic} is filled by ft"),
+    (('"derail a train",', '"derail a {train}",'), "templates.words.harm[48]: unknown placeholder {train}"),
 ])
 def test_bad_persona_names_file_and_key(tmp_path, edit, expect):
     text = open(load_persona("doric").source, encoding="utf-8").read()
@@ -124,8 +127,47 @@ def test_prompt_templates_never_near_copy_what_eval_measures(name):
     p = load_persona(name)
     texts = list(p.templates.core) + list(p.templates.adv) + list(p.templates.safety)
     texts += [t for ts in p.templates.multi.values() for t in ts]
+    texts = [x for t in texts for x in expand(t, p.templates.words)]  # every ask a {word-list} slot can make
     held = held_out_texts()
     worst = max((fuzz.ratio(t.lower(), h), t, h) for t in texts for h in held)
     assert worst[0] < 80, worst
     if name == "doric":
-        assert len(set(p.templates.safety)) >= 40
+        safety = {x for t in p.templates.safety for x in expand(t, p.templates.words)}
+        assert len(safety) >= 1500
+
+
+def expand(template: str, words: dict[str, list[str]]) -> list[str]:
+    """Every text a template can become with its {word-list} slots filled ({topic} and {thing} left as they are)."""
+    import itertools
+    import string
+
+    slots = [f for _, f, _, _ in string.Formatter().parse(template) if f in words]
+    keep = {"topic": "{topic}", "thing": "{thing}"}
+    return [template.format(**keep, **dict(zip(slots, pick)))
+            for pick in itertools.product(*(words[s] for s in slots))]
+
+
+def test_every_template_word_list_is_used():
+    import string
+
+    p = load_persona("doric")
+    texts = list(p.templates.core) + list(p.templates.adv) + list(p.templates.safety)
+    used = {f for t in texts for _, f, _, _ in string.Formatter().parse(t) if f}
+    assert set(p.templates.words) <= used
+
+
+@pytest.mark.parametrize("name", ["doric", "bard"])
+def test_refusal_markers_find_every_bank_refusal_and_nothing_else(name):
+    """ft eval's refusal figures and ft pairs' defects read refusals through the persona's markers: a refusal
+    the bank teaches must count as one (else a model that learnt it scores 0 and DPO is taught away from it),
+    and an opener like "I'll nae keep ye lang" must not (else a plain answer counts as over-refusal)."""
+    from finetune_cli.evaluate.metrics import refusal_phrases, refused
+
+    p = load_persona(name)
+    phrases = refusal_phrases(p)
+    missed = [r for r in p.bank.refusals if not refused(r, phrases)]
+    assert not missed
+    others = [x for f in ("openers", "bodies", "closers", "redirects", "adv_openers", "multi_openers", "followups",
+                          "connectors", "list_intros") for x in getattr(p.bank, f)]
+    others += [x for items in p.bank.group_bodies.values() for x in items]
+    assert not [x for x in others if refused(x, phrases)]

@@ -37,6 +37,8 @@ class Templates:
     adv: list[str] = opt(help="Questions that push the assistant to drop the voice.")
     safety: list[str] = opt(help="Harmful asks the assistant refuses, in the voice.")
     multi: dict[str, list[str]] = opt(help="Questions written in another language, keyed by language name.")
+    words: dict[str, list[str]] = opt({}, "Named word lists: any template may say {name} to draw one of them at "
+                                      "random (doric's safety asks say {harm}: a frame around one of many acts).")
 
 
 @dataclass
@@ -102,15 +104,22 @@ class Persona:
             errors.append(f"{origin}: length_words must be [lo, hi] with 0 < lo <= hi, got {self.length_words}")
         if not [m for m in self.markers if m.strip()]:
             errors.append(f"{origin}: markers must list at least one word")
+        fields = PROMPT_FIELDS | set(self.templates.words)
         for bucket in ("core", "adv", "safety"):
             items = getattr(self.templates, bucket)
             if not items:
                 errors.append(f"{origin}: templates.{bucket} is empty")
-            errors += _check_fields(items, PROMPT_FIELDS, f"{origin}: templates.{bucket}")
+            errors += _check_fields(items, fields, f"{origin}: templates.{bucket}")
         for lang, items in self.templates.multi.items():
             if not items:
                 errors.append(f"{origin}: templates.multi.{lang} is empty")
-            errors += _check_fields(items, PROMPT_FIELDS, f"{origin}: templates.multi.{lang}")
+            errors += _check_fields(items, fields, f"{origin}: templates.multi.{lang}")
+        for name, items in self.templates.words.items():
+            if name in PROMPT_FIELDS:
+                errors.append(f"{origin}: templates.words.{name}: {{{name}}} is filled by ft, pick another name")
+            if not items:
+                errors.append(f"{origin}: templates.words.{name} is empty")
+            errors += _check_fields(items, set(), f"{origin}: templates.words.{name}")
         for lang in self.languages:
             if lang not in self.templates.multi:
                 errors.append(f"{origin}: languages: {lang!r} has no templates.multi.{lang} "

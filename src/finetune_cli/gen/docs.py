@@ -69,7 +69,7 @@ def plan_doc_jobs(persona, cfg) -> tuple[list[DocJob], dict[str, str]]:
     """Every job of a --from-docs run, in output order, and the documents' texts by file."""
     from .docs_source import chunk_document, read_documents
     from .config import MAX_JOBS
-    from .template_provider import topic_phrase, topic_things
+    from .template_provider import compose_prompt
 
     if cfg.chunk_overlap >= cfg.chunk_tokens:
         raise ConfigError(f"--chunk-overlap ({cfg.chunk_overlap}) must be smaller than --chunk-tokens "
@@ -99,9 +99,7 @@ def plan_doc_jobs(persona, cfg) -> tuple[list[DocJob], dict[str, str]]:
             lang = rng.choice(persona.multi_languages) if bucket == "multi" else None
             prompt = None
             if bucket in ("adv", "safety", "multi"):
-                pool = persona.templates.multi[lang] if lang else getattr(persona.templates, bucket)
-                prompt = rng.choice(pool).format(topic=topic_phrase(topic), thing=rng.choice(topic_things(topic)))
-                prompt = prompt[:1].upper() + prompt[1:]
+                prompt = compose_prompt(persona, bucket, topic, lang, rng)
             jobs.append(DocJob(jid, len(jobs), topic, "docs", bucket, index, lang, prompt, chunk.file, chunk.index,
                                chunk.start, chunk.end, chunk.heading, chunk.text))
     return jobs, {d.file: d.text for d in docs}

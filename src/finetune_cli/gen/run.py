@@ -37,7 +37,7 @@ def job_id(seed: int, topic: str, bucket: str, index: int) -> str:
 
 def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -> list[Job]:
     """Every job of the run, in output order. Bucket counts are exact shares of the total."""
-    from .template_provider import topic_phrase, topic_things
+    from .template_provider import compose_prompt
 
     total = len(topics) * cfg.n_per_topic
     if total > MAX_JOBS:  # checked before any list of that size is built (a typo is not a MemoryError)
@@ -56,9 +56,7 @@ def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -
             bucket = buckets[t_i * cfg.n_per_topic + index]
             rng = random.Random(f"{cfg.seed}:{topic}:{bucket}:{index}")
             lang = rng.choice(persona.multi_languages) if bucket == "multi" else None
-            pool = persona.templates.multi[lang] if lang else getattr(persona.templates, bucket)
-            prompt = rng.choice(pool).format(topic=topic_phrase(topic), thing=rng.choice(topic_things(topic)))
-            prompt = prompt[:1].upper() + prompt[1:]
+            prompt = compose_prompt(persona, bucket, topic, lang, rng)
             jobs.append(Job(job_id(cfg.seed, topic, bucket, index), len(jobs), topic, group, bucket, index,
                             lang, prompt))
     return jobs

@@ -72,6 +72,15 @@ def _uncap(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def compose_prompt(persona: Persona, bucket: str, topic: str, lang: str | None, rng: random.Random) -> str:
+    """A user ask for ``bucket`` (a template of the persona's, or of its ``lang`` for multi) about ``topic``:
+    {topic} and {thing} filled from it, any {word-list} slot drawn from the persona's ``templates.words``."""
+    pool = persona.templates.multi[lang] if lang else getattr(persona.templates, bucket)
+    template = rng.choice(pool)
+    fill = {"topic": topic_phrase(topic), "thing": rng.choice(topic_things(topic))}
+    return _say(template, fill, persona.templates.words, rng)
+
+
 def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: str | None,
                    rng: random.Random, *, max_tries: int = 40) -> str:
     """One answer in the persona's voice for ``bucket`` ('core', 'adv', 'safety', 'multi')."""
