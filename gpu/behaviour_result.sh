@@ -5,7 +5,7 @@
 # without the system prompt, retention against the base.
 #
 #   gpu/behaviour_result.sh [MODEL] [OUT] [STAGE]    STAGE: sft, pref, eval, or all (default); sfteval: the base
-#                                                    and the SFT run only, greedy (when device time is short)
+#                                                    and the SFT run only (SFTEVAL_DECODING, greedy by default)
 #
 # Resumable: a step whose result file is already there (doric.jsonl, replay.jsonl, train-sft.json, ...) is skipped;
 # an interrupted `ft train` resumes from its last checkpoint.
@@ -21,6 +21,8 @@ N_PER_TOPIC=${N_PER_TOPIC:-9}  # persona rows per topic (9: 1,098 rows)
 REPLAY_N=${REPLAY_N:-400}      # everyday prompts ft replay asks the base model
 REPLAY_SHARE=${REPLAY_SHARE:-0.25}  # the replay file's share of the SFT data (--data FILE:SHARE)
 DPO_OPTS=${DPO_OPTS:-}         # more DPO options (e.g. "--sft-weight 1")
+SFT_OPTS=${SFT_OPTS:-}         # more SFT options (e.g. "--lr 1e-3")
+SFTEVAL_DECODING=${SFTEVAL_DECODING:-greedy}  # sfteval's decodings (greedy,sample for the full table)
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
@@ -40,7 +42,7 @@ if [ "$STAGE" = sft ] || [ "$STAGE" = all ]; then
     [ -s "$OUT/doric.jsonl" ] || ft gen --topics-json topics.json --out "$OUT/doric.jsonl" --persona doric \
         --provider template --n-per-topic "$N_PER_TOPIC" --seed 42 --quiet $GEN_OPTS
     step "$OUT/replay.json" ft replay --model "$MODEL" --persona doric --out "$OUT/replay.jsonl" --n "$REPLAY_N" --json
-    train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:$REPLAY_SHARE"
+    train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:$REPLAY_SHARE" $SFT_OPTS
 fi
 if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
     step "$OUT/pairs.json" ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy \
@@ -53,5 +55,5 @@ if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
 fi
 if [ "$STAGE" = sfteval ]; then
     step "$OUT/eval-sft.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding greedy --out "$OUT/eval-sft" --seed 42 --json
+        --train-data "$OUT/doric.jsonl" --decoding "$SFTEVAL_DECODING" --out "$OUT/eval-sft" --seed 42 --json
 fi
