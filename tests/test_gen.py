@@ -73,12 +73,16 @@ def test_template_provider_offline(topics, tmp_path):
     planned = Counter(buckets)
     for d in dups:
         planned[d["bucket"]] += 1
-    assert planned == {"core": 72, "adv": 12, "safety": 12, "multi": 24}
+    assert planned == {"core": 66, "adv": 12, "safety": 12, "multi": 24, "identity": 6}  # identity: doric's 0.05
     # the composed harmful asks: a frame around one of the persona's acts, never a bare slot
     asks = [row["messages"][1]["content"] for row in out if row["meta"]["bucket"] == "safety"]
     acts = persona.templates.words["harm"]
     assert not any("{" in a for a in asks)
     assert any(act in a for a in asks for act in acts)
+    # identity asks answered honestly in the voice, never about the row's topic
+    ident = [row for row in out if row["meta"]["bucket"] == "identity"]
+    assert ident and all(row["messages"][1]["content"] in persona.templates.identity for row in ident)
+    assert json.loads(Path("a.jsonl.config.json").read_text())["resolved"] == {"identity_ratio": 0.05}
     # the same command in another directory gives the same bytes
     os.mkdir("b")
     os.chdir("b")
@@ -416,3 +420,20 @@ def test_a_huge_job_count_is_a_config_error_before_allocating(topics):
     r = gen("--topics-json", topics, "--out", "h.jsonl", "--n-per-topic", 1_000_000_000)
     assert r.exit_code == 2 and "6,000,000,000 jobs" in r.stderr and "at most 1,000,000" in r.stderr
     assert not Path("h.jsonl").exists()
+
+
+def test_identity_ratio_resolves_against_the_persona(topics, tmp_path):
+    """--identity-ratio: doric's default share, 0 turns it off, a persona without identity asks (bard) makes
+    none by default and says so on one line when asked for some."""
+    def buckets(path):
+        return Counter(r["meta"]["bucket"] for r in rows(path))
+
+    assert gen("--topics-json", topics, "--out", "off.jsonl", "--n-per-topic", 20, "--identity-ratio", 0).exit_code == 0
+    assert "identity" not in buckets("off.jsonl")
+    assert gen("--topics-json", topics, "--out", "b.jsonl", "--persona", "bard", "--n-per-topic", 4).exit_code == 0
+    assert "identity" not in buckets("b.jsonl")
+    r = gen("--topics-json", topics, "--out", "b2.jsonl", "--persona", "bard", "--identity-ratio", 0.1)
+    assert r.exit_code == 2 and "persona 'bard' has no identity templates" in r.output
+    assert not Path("b2.jsonl").exists()
+    r = gen("--topics-json", topics, "--out", "c.jsonl", "--adv-ratio", 0.5, "--safety-ratio", 0.2, "--multi-ratio", 0.3)
+    assert r.exit_code == 2 and "must be ≤ 1 (got 1.05), with the persona's identity share 0.05" in r.output

@@ -90,7 +90,7 @@ def test_every_word_slot_is_used_and_every_slot_has_words(name):
 
     bank = load_persona(name).bank
     phrases = [p for f in ("openers", "bodies", "closers", "refusals", "redirects", "adv_openers", "multi_openers",
-                           "followups", "connectors", "list_intros") for p in getattr(bank, f)]
+                           "followups", "connectors", "list_intros", "identity", "offers") for p in getattr(bank, f)]
     phrases += [p for items in bank.group_bodies.values() for p in items]
     used = {f for p in phrases for _, f, _, _ in string.Formatter().parse(p) if f}
     assert set(bank.words) <= used  # no dead word list
@@ -125,7 +125,7 @@ def test_prompt_templates_never_near_copy_what_eval_measures(name):
     from finetune_cli.evaluate.prompts import held_out_texts
 
     p = load_persona(name)
-    texts = list(p.templates.core) + list(p.templates.adv) + list(p.templates.safety)
+    texts = list(p.templates.core) + list(p.templates.adv) + list(p.templates.safety) + list(p.templates.identity)
     texts += [t for ts in p.templates.multi.values() for t in ts]
     texts = [x for t in texts for x in expand(t, p.templates.words)]  # every ask a {word-list} slot can make
     held = held_out_texts()
@@ -168,6 +168,35 @@ def test_refusal_markers_find_every_bank_refusal_and_nothing_else(name):
     missed = [r for r in p.bank.refusals if not refused(r, phrases)]
     assert not missed
     others = [x for f in ("openers", "bodies", "closers", "redirects", "adv_openers", "multi_openers", "followups",
-                          "connectors", "list_intros") for x in getattr(p.bank, f)]
+                          "connectors", "list_intros", "identity", "offers") for x in getattr(p.bank, f)]
     others += [x for items in p.bank.group_bodies.values() for x in items]
     assert not [x for x in others if refused(x, phrases)]
+
+
+def test_identity_answers_keep_the_voice_and_say_no_break_phrase():
+    """What the template provider answers to "are you a real person?": in voice, through ft gen's own gates, and
+    without a phrase ft eval counts as breaking character ("as an AI", "language model")."""
+    import random
+
+    from finetune_cli.evaluate.metrics import DEFAULT_BREAK_PHRASES, break_phrases_found
+    from finetune_cli.gen.gates import check_answer
+    from finetune_cli.gen.template_provider import compose_answer
+
+    p = load_persona("doric")
+    assert len(p.templates.identity) >= 20
+    assert not [x for x in p.bank.identity + p.bank.offers if break_phrases_found(x, DEFAULT_BREAK_PHRASES)]
+    rng = random.Random(5)
+    for ask in p.templates.identity:
+        answer = compose_answer(p, "identity", "planning a week of cheap family meals", "home", None, rng)
+        assert check_answer(answer, persona=p, prompt=ask, topic="planning a week of cheap family meals") is None
+        assert "meals" not in answer  # the ask has no topic; the answer must not drag one in
+
+
+def test_identity_templates_need_the_bank_lines(tmp_path):
+    text = open(load_persona("doric").source, encoding="utf-8").read()
+    bad = tmp_path / "bad.toml"
+    import re
+
+    bad.write_text(re.sub(r"\noffers = \[.*?\n\]\n", "\n", text, count=1, flags=re.S), encoding="utf-8")
+    with pytest.raises(ConfigError, match="templates.identity needs bank.identity and bank.offers"):
+        load_persona(str(bad))

@@ -23,7 +23,7 @@ from .config import from_mapping, load_toml, opt
 from .errors import ConfigError
 
 PERSONA_DIR = Path(__file__).parent / "personas"
-BUCKETS = ("core", "adv", "safety", "multi")
+BUCKETS = ("core", "adv", "safety", "multi", "identity")
 # Placeholders a template or bank phrase may use; anything else is a typo caught at load time.
 PROMPT_FIELDS = {"topic", "thing"}
 BANK_FIELDS = {"topic", "thing", "lang"}
@@ -37,6 +37,8 @@ class Templates:
     adv: list[str] = opt(help="Questions that push the assistant to drop the voice.")
     safety: list[str] = opt(help="Harmful asks the assistant refuses, in the voice.")
     multi: dict[str, list[str]] = opt(help="Questions written in another language, keyed by language name.")
+    identity: list[str] = opt([], "Asks that press on who the assistant is (\"are you a real person?\"), "
+                                  "answered in the voice and honestly; empty: ft gen makes no identity rows.")
     words: dict[str, list[str]] = opt({}, "Named word lists: any template may say {name} to draw one of them at "
                                       "random (doric's safety asks say {harm}: a frame around one of many acts).")
 
@@ -56,6 +58,9 @@ class Bank:
     adv_openers: list[str] = opt(help="First sentence when asked to drop the voice.")
     multi_openers: list[str] = opt(help="First sentence when the user wrote in another language ({lang}).")
     followups: list[str] = opt(help="Follow-up user turns for multi-turn rows (the simulated user).")
+    identity: list[str] = opt([], "First sentence of an answer to an identity ask: what the assistant is, in the "
+                              "voice and honestly, never a character-break phrase (\"as an AI\").")
+    offers: list[str] = opt([], "What follows an identity answer: an offer to help (no {topic}: the ask has none).")
     declines: list[str] = opt([], "ft gen --from-docs, offline: saying the document does not answer the question "
                               "({thing}: what was asked about); empty: a plain English line.")
     group_bodies: dict[str, list[str]] = opt({}, "Extra body sentences per topic group.")
@@ -105,8 +110,10 @@ class Persona:
         if not [m for m in self.markers if m.strip()]:
             errors.append(f"{origin}: markers must list at least one word")
         fields = PROMPT_FIELDS | set(self.templates.words)
-        for bucket in ("core", "adv", "safety"):
+        for bucket in ("core", "adv", "safety", "identity"):
             items = getattr(self.templates, bucket)
+            if bucket == "identity" and not items:
+                continue
             if not items:
                 errors.append(f"{origin}: templates.{bucket} is empty")
             errors += _check_fields(items, fields, f"{origin}: templates.{bucket}")
@@ -143,6 +150,10 @@ class Persona:
                 if not items:
                     errors.append(f"{origin}: bank.words.{name} is empty")
                 errors += _check_fields(items, set(), f"{origin}: bank.words.{name}")
+            if self.templates.identity and not (b.identity and b.offers):
+                errors.append(f"{origin}: templates.identity needs bank.identity and bank.offers")
+            for name in ("identity", "offers"):
+                errors += _check_fields(getattr(b, name), fields, f"{origin}: bank.{name}")
             if b.list_share > 0 and not b.list_intros:
                 errors.append(f"{origin}: bank.list_share > 0 needs bank.list_intros")
             if len(b.sentences) != 2 or not 1 <= b.sentences[0] <= b.sentences[1]:

@@ -11,6 +11,8 @@ from ..errors import ConfigError
 MAX_JOBS = 1_000_000  # conversations one `ft gen` plans; each job is held in memory with its prompt
 
 
+IDENTITY_SHARE = 0.05  # --identity-ratio where the persona has identity asks and the user set none
+
 @dataclass
 class GenConfig:
     topics_json: str | None = opt(None, "Topics file (any shape ft topics accepts); or --from-docs.",
@@ -32,6 +34,9 @@ class GenConfig:
     adv_ratio: float = opt(0.1, "Share of rows whose user pushes the assistant to drop the voice.", ge=0, le=1)
     safety_ratio: float = opt(0.05, "Share of rows with a harmful ask, refused in the voice.", ge=0, le=1)
     multi_ratio: float = opt(0.2, "Share of rows where the user writes in another language.", ge=0, le=1)
+    identity_ratio: float | None = opt(None, "Share of rows whose user presses on who the assistant is (\"are you "
+                                       "a real person?\"), answered in the voice; none: 0.05 where the persona has "
+                                       "identity templates (0 with --from-docs), else 0.", ge=0, le=1)
     turns: int = opt(1, "Assistant turns per conversation; follow-up user turns are generated too.", ge=1, le=20)
     seed: int = opt(42, "Seed for buckets, prompts, template answers and job ids.")
     max_concurrency: int = opt(50, "Jobs in flight at once.", ge=1, le=4096, panel="Provider")
@@ -69,9 +74,31 @@ class GenConfig:
     def validate(self) -> None:
         if bool(self.topics_json) == bool(self.from_docs):
             raise ConfigError("give either --topics-json or --from-docs (one of them)")
-        decline = self.decline_ratio if self.from_docs else 0.0
-        if self.adv_ratio + self.safety_ratio + self.multi_ratio + decline > 1.0 + 1e-9:
-            raise ConfigError("--adv-ratio + --safety-ratio + --multi-ratio" + (" + --decline-ratio" if decline else "")
-                              + f" must be ≤ 1 (got {self.adv_ratio + self.safety_ratio + self.multi_ratio + decline:g})")
+        self._check_sum(self.identity_ratio or 0.0)
         if self.min_recall > self.max_recall:
             raise ConfigError(f"--min-recall ({self.min_recall:g}) must be ≤ --max-recall ({self.max_recall:g})")
+
+    def _check_sum(self, identity: float) -> None:
+        decline = self.decline_ratio if self.from_docs else 0.0
+        total = self.adv_ratio + self.safety_ratio + self.multi_ratio + identity + decline
+        if total > 1.0 + 1e-9:
+            raise ConfigError("--adv-ratio + --safety-ratio + --multi-ratio + --identity-ratio"
+                              + (" + --decline-ratio" if decline else "") + f" must be ≤ 1 (got {total:g})"
+                              + ("" if self.identity_ratio is not None else f", with the persona's identity share "
+                                 f"{identity:g}: set --identity-ratio to change it"))
+
+    def shares(self, persona) -> dict[str, float]:
+        """Each bucket's share of the rows but core's, in planning order; identity's default resolved against the
+        persona (IDENTITY_SHARE where it has identity templates, else none; none by default with --from-docs, whose
+        rows answer from a document)."""
+        identity = self.identity_ratio
+        if identity is None:
+            identity = IDENTITY_SHARE if persona.templates.identity and not self.from_docs else 0.0
+        elif identity and not persona.templates.identity:
+            raise ConfigError(f"option --identity-ratio: persona {persona.name!r} has no identity templates",
+                              hint="set --identity-ratio 0, or add templates.identity (and bank.identity, "
+                                   "bank.offers) to the persona")
+        self._check_sum(identity)
+        shares = {"decline": self.decline_ratio} if self.from_docs else {}
+        return shares | {"adv": self.adv_ratio, "safety": self.safety_ratio, "multi": self.multi_ratio,
+                         "identity": identity}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from .grounding import UNGROUNDED_BUCKETS
 
 QUESTION_SYSTEM = ("You write one question that a curious reader of the passage might ask. Reply with the "
                    "question only: one sentence in plain English, no preamble.")
@@ -83,8 +84,7 @@ def plan_doc_jobs(persona, cfg) -> tuple[list[DocJob], dict[str, str]]:
     if total > MAX_JOBS:
         raise ConfigError(f"option --n-per-topic: {cfg.n_per_topic:,} × {len(chunks):,} chunks = {total:,} jobs; "
                           f"one run plans at most {MAX_JOBS:,}", hint="lower --n-per-topic or split the documents")
-    counts = {b: round(total * r) for b, r in (("decline", cfg.decline_ratio), ("adv", cfg.adv_ratio),
-                                               ("safety", cfg.safety_ratio), ("multi", cfg.multi_ratio))}
+    counts = {b: round(total * r) for b, r in cfg.shares(persona).items()}
     if counts["multi"] and not persona.multi_languages:
         raise ConfigError(f"persona {persona.name!r} has no multi languages; set --multi-ratio 0")
     buckets = ["core"] * (total - sum(counts.values())) + [b for b, c in counts.items() for _ in range(c)]
@@ -98,7 +98,7 @@ def plan_doc_jobs(persona, cfg) -> tuple[list[DocJob], dict[str, str]]:
             rng = random.Random(f"{cfg.seed}:{jid}")
             lang = rng.choice(persona.multi_languages) if bucket == "multi" else None
             prompt = None
-            if bucket in ("adv", "safety", "multi"):
+            if bucket in ("adv", "safety", "multi", "identity"):
                 prompt = compose_prompt(persona, bucket, topic, lang, rng)
             jobs.append(DocJob(jid, len(jobs), topic, "docs", bucket, index, lang, prompt, chunk.file, chunk.index,
                                chunk.start, chunk.end, chunk.heading, chunk.text))
@@ -124,7 +124,7 @@ class GroundedLLM:
 
     async def answer(self, job: DocJob, messages: list[dict], turn: int, attempt: int):
         system = self.persona.instructions
-        if job.bucket == "safety":
+        if job.bucket in UNGROUNDED_BUCKETS:
             return await self.llm.complete(system, messages)
         if job.bucket == "multi" and turn == 0:
             system += f"\nThe user writes in {job.lang}. Answer in your own voice, not in {job.lang}."

@@ -16,6 +16,7 @@ import re
 import orjson
 
 from ..persona import Persona, count_words, marker_density
+from .grounding import UNGROUNDED_BUCKETS
 from .template_provider import STOPWORDS, Completion, _say, _uncap, compose_answer, compose_followup, topic_phrase
 
 STAND_IN = ("offline extractive stand-in: questions from headings and sentences, answers are the chunk's own "
@@ -132,8 +133,8 @@ class ExtractiveProvider:
 
     async def answer(self, job, messages: list[dict], turn: int, attempt: int) -> Completion:
         rng = self._rng(job.id, turn, attempt, "answer")
-        if job.bucket == "safety" and turn == 0:
-            return Completion(compose_answer(self.persona, "safety", job.topic, job.group, None, rng))
+        if job.bucket in UNGROUNDED_BUCKETS and turn == 0:
+            return Completion(compose_answer(self.persona, job.bucket, job.topic, job.group, None, rng))
         bucket = job.bucket if turn == 0 else "core"
         return Completion(extract_answer(self.persona, job.chunk, messages[-1]["content"], bucket, rng,
                                          heading=job.heading, start=job.start, file=job.file, lang=job.lang,

@@ -43,8 +43,7 @@ def plan_jobs(topics: list[tuple[str, str]], persona: Persona, cfg: GenConfig) -
     if total > MAX_JOBS:  # checked before any list of that size is built (a typo is not a MemoryError)
         raise ConfigError(f"option --n-per-topic: {cfg.n_per_topic:,} × {len(topics):,} topics = {total:,} jobs; "
                           f"one run plans at most {MAX_JOBS:,}", hint="lower --n-per-topic or split the topics file")
-    counts = {b: round(total * r) for b, r in (("adv", cfg.adv_ratio), ("safety", cfg.safety_ratio),
-                                               ("multi", cfg.multi_ratio))}
+    counts = {b: round(total * r) for b, r in cfg.shares(persona).items()}
     if counts["multi"] and not persona.multi_languages:
         raise ConfigError(f"persona {persona.name!r} has no multi languages; set --multi-ratio 0")
     buckets = [b for b, c in counts.items() for _ in range(c)]
@@ -133,6 +132,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     from ..persona import load_persona
 
     persona = load_persona(cfg.persona)
+    identity = cfg.shares(persona)["identity"]  # checked before anything is written; recorded beside the rows
     gate = None
     if cfg.from_docs:
         from .docs import plan_doc_jobs
@@ -161,7 +161,7 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter, gate=gate))
     gen_s = time.perf_counter() - t0
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)
-    write_json_atomic(config_path(cfg.out), config_record(cfg))  # each value and where it was set
+    write_json_atomic(config_path(cfg.out), config_record(cfg, identity_ratio=identity))  # each value and where it was set
     elapsed = time.perf_counter() - t0
     rows = summary_rows(stats, final["kept_by_bucket"])
     reporter.table(f"ft gen: {out} ({count(final['kept'], 'row')}; {elapsed:.1f} s)",

@@ -83,7 +83,7 @@ def compose_prompt(persona: Persona, bucket: str, topic: str, lang: str | None, 
 
 def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: str | None,
                    rng: random.Random, *, max_tries: int = 40) -> str:
-    """One answer in the persona's voice for ``bucket`` ('core', 'adv', 'safety', 'multi')."""
+    """One answer in the persona's voice for ``bucket`` ('core', 'adv', 'safety', 'multi', 'identity')."""
     bank = persona.bank
     assert bank is not None, "persona has no phrase bank"
     base = {"topic": topic_phrase(topic), "lang": lang or "another language"}
@@ -99,10 +99,10 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
         def say(phrases: list[str]) -> str:
             return _say(rng.choice(phrases), fill, bank.words, rng)
 
-        if bucket == "safety":
-            head = [say(bank.refusals)]
-            body = [_say(p, fill, bank.words, rng)
-                    for p in rng.sample(bank.redirects, k=min(len(bank.redirects), rng.randint(1, 2)))]
+        if bucket in ("safety", "identity"):  # a refusal and redirects; who the assistant is and offers of help
+            head = [say(bank.refusals if bucket == "safety" else bank.identity)]
+            rest = bank.redirects if bucket == "safety" else bank.offers
+            body = [_say(p, fill, bank.words, rng) for p in rng.sample(rest, k=min(len(rest), rng.randint(1, 2)))]
         else:
             k = min(len(pool), rng.randint(*bank.sentences))
             # distinct bodies: sample indices, then drop repeats of a weighted group body
@@ -110,7 +110,7 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             # adv and multi answers always open by answering the request; core ones may dive straight in
             head = [say(first[bucket])] if bucket != "core" or rng.random() < bank.opener_share else []
         # closers wish the asker luck with the task: never after refusing it
-        tail = [say(bank.closers)] if bucket != "safety" and rng.random() < bank.closer_share else []
+        tail = [say(bank.closers)] if bucket not in ("safety", "identity") and rng.random() < bank.closer_share else []
         if bank.layout == "verse":
             lines = head + body + tail
             cut = rng.randint(2, len(lines) - 2) if len(lines) >= 4 and rng.random() < bank.break_share else 0
@@ -119,8 +119,11 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             items = "\n".join(f"{i}. {b}" for i, b in enumerate(body, 1))
             text = "\n".join([" ".join(head + [say(bank.list_intros)]), items] + [" ".join(tail)] * bool(tail))
         else:
-            if bank.connectors:
-                body = [say(bank.connectors) + " " + _uncap(b)
+            # a refusal or an identity answer is not about the row's topic: no lead-in that names it
+            conns = bank.connectors if bucket not in ("safety", "identity") else \
+                [c for c in bank.connectors if not {"topic", "thing"} & set(_slots(c))]
+            if conns:
+                body = [say(conns) + " " + _uncap(b)
                         if (i or head) and rng.random() < bank.connector_share else b for i, b in enumerate(body)]
             sents = head + body + tail
             cut = rng.randint(2, len(sents) - 2) if len(sents) >= 4 and rng.random() < bank.break_share else 0
