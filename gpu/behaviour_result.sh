@@ -55,5 +55,5 @@ if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
 fi
 if [ "$STAGE" = sfteval ]; then
     step "$OUT/eval-sft.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding "$SFTEVAL_DECODING" --out "$OUT/eval-sft" --seed 42 --json
+        --train-data "$OUT/doric.jsonl" --decoding "$SFTEVAL_DECODING" --retention --out "$OUT/eval-sft" --seed 42 --json
 fi

@@ -39,8 +39,9 @@ chain() {  # chain DIR [ENV=VALUE...]: the behaviour stages in order, one comman
 }
 [[ " $JOBS " == *" beh "* ]] && start beh "$(chain beh)"
 # beh2: the same chain with other settings, BEH2 (env assignments for gpu/behaviour_result.sh); by default twice
-# the share of refused harmful asks in the SFT data. E.g. BEH2="DPO_OPTS='--sft-weight 1'" for DPO with RPO's loss.
-[[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(chain beh2 "${BEH2:-GEN_OPTS='--safety-ratio 0.1'}")"
+# the share of refused harmful asks in the SFT data. E.g. BEH2="DPO_OPTS='--sft-weight 1'" for DPO with RPO's loss;
+# its stages BEH2_STAGES (e.g. "sft sfteval")
+[[ " $JOBS " == *" beh2 "* ]] && start beh2 "$(BEH_STAGES=${BEH2_STAGES:-${BEH_STAGES:-all}} chain beh2 "${BEH2:-GEN_OPTS='--safety-ratio 0.1'}")"
 # beh3: a third chain, BEH3 likewise (e.g. REPLAY_SHARE=0.4), its stages BEH3_STAGES (e.g. "sft sfteval")
 [[ " $JOBS " == *" beh3 "* ]] && start beh3 "$(BEH_STAGES=${BEH3_STAGES:-${BEH_STAGES:-all}} chain beh3 "${BEH3:-REPLAY_SHARE=0.4}")"
 # sched: the schedule table on SmolLM2 (gpu/schedule_result.sh); schedg: on Gemma 3 270M where its GGUF is at
