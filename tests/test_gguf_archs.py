@@ -23,7 +23,10 @@ TENSOR_GATE = {"f16": 1e-3, "q8_0": 1e-2, "q4_k_m": 0.1}
 ARCHS = {  # test id -> make_tiny_model arguments and the template's end-of-turn token
     "qwen3": (dict(arch="qwen3", pre="qwen2", head_dim=128), "<|im_end|>"),
     "gemma3": (dict(arch="gemma3_text", template="gemma"), "<end_of_turn>"),
-    "phi3": (dict(arch="phi3", pre="gpt-2"), "<|im_end|>"),  # Phi-4's shape: phi3 with a byte-level BPE
+    # Phi-4's shape: phi3 with a byte-level BPE. Seed 3: the tiny tokenizer is trained on ft's persona files, and
+    # with doric's composed harmful asks seed 0's weights stall at loss 0.16 under lr 1e-2 ('Aye' and ' fit' never
+    # learnt); seeds 1-3 reach 0.02 in 18-40 steps
+    "phi3": (dict(arch="phi3", pre="gpt-2", seed=3), "<|im_end|>"),
     # Mistral v0.3: SentencePiece, [INST] control tokens. Seed 4: seed 0's weights reach the loss with one reply
     # token on a knife edge (q4_k_m moves it: KL 0.2), a property of that random model, not of the file
     "mistral": (dict(arch="mistral", template="mistral", seed=4), "</s>"),
