@@ -435,5 +435,6 @@ def test_identity_ratio_resolves_against_the_persona(topics, tmp_path):
     r = gen("--topics-json", topics, "--out", "b2.jsonl", "--persona", "bard", "--identity-ratio", 0.1)
     assert r.exit_code == 2 and "persona 'bard' has no identity templates" in r.output
     assert not Path("b2.jsonl").exists()
-    r = gen("--topics-json", topics, "--out", "c.jsonl", "--adv-ratio", 0.5, "--safety-ratio", 0.2, "--multi-ratio", 0.3)
+    r = gen("--topics-json", topics, "--out", "c.jsonl", "--adv-ratio", 0.5, "--safety-ratio", 0.2,
+            "--multi-ratio", 0.3)
     assert r.exit_code == 2 and "must be ≤ 1 (got 1.05), with the persona's identity share 0.05" in r.output

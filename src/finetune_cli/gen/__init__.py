@@ -1,4 +1,5 @@
-"""``ft gen``: topics → prompts in five buckets (core, adv, safety, multi, identity) → answers in a persona's voice → gates → dedup.
+"""``ft gen``: topics → prompts in five buckets (core, adv, safety, multi, identity) → answers in a persona's
+voice → gates → dedup.
 
     ft gen --topics-json topics.json --out datasets/doric.jsonl --n-per-topic 6 \\
         --adv-ratio 0.1 --safety-ratio 0.05 --multi-ratio 0.2 --max-concurrency 50 --seed 42

@@ -9,8 +9,6 @@ from ..errors import ConfigError
 
 
 MAX_JOBS = 1_000_000  # conversations one `ft gen` plans; each job is held in memory with its prompt
-
-
 IDENTITY_SHARE = 0.05  # --identity-ratio where the persona has identity asks and the user set none
 
 @dataclass

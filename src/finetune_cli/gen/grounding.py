@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import orjson
 
-from .template_provider import STOPWORDS
+from .template_provider import STOPWORDS, TOPICLESS
 
 REASONS = ("ungrounded", "low_recall", "copied", "quote_not_in_source", "not_declined", "bad_json",
            "bad_reference")
 QUOTE_MIN_WORDS = 3
-UNGROUNDED_BUCKETS = ("safety", "identity")  # a refused harmful ask, who the assistant is: not about the chunk
+UNGROUNDED_BUCKETS = TOPICLESS  # a refused harmful ask, who the assistant is: not about the chunk
 
 _WORD = re.compile(r"[^\W\d_][\w'’-]*", re.UNICODE)
 _QUOTED = re.compile(r"\"([^\"\n]+)\"|“([^”\n]+)”")

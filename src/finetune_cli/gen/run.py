@@ -161,7 +161,8 @@ def run(cfg: GenConfig, reporter: Reporter) -> dict:
     stats = asyncio.run(generate(todo, provider, persona, cfg, out, rej, reporter, gate=gate))
     gen_s = time.perf_counter() - t0
     final = finalize(jobs, persona, cfg, out, rej, stats, reporter)
-    write_json_atomic(config_path(cfg.out), config_record(cfg, identity_ratio=identity))  # each value and where it was set
+    # each value and where it was set
+    write_json_atomic(config_path(cfg.out), config_record(cfg, identity_ratio=identity))
     elapsed = time.perf_counter() - t0
     rows = summary_rows(stats, final["kept_by_bucket"])
     reporter.table(f"ft gen: {out} ({count(final['kept'], 'row')}; {elapsed:.1f} s)",

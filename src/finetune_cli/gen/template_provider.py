@@ -29,6 +29,9 @@ ours their them they he she his her we i me us what which who whom whose when wh
 both each few more most other some own same up down out off again further once why really actually
 one two three first new old without get gets getting make makes making keep keeping way ways""".split())
 
+# buckets whose answers are not about the row's topic: a refused harmful ask, who the assistant is
+TOPICLESS = ("safety", "identity")
+
 _WORDS = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
 
@@ -99,7 +102,7 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
         def say(phrases: list[str]) -> str:
             return _say(rng.choice(phrases), fill, bank.words, rng)
 
-        if bucket in ("safety", "identity"):  # a refusal and redirects; who the assistant is and offers of help
+        if bucket in TOPICLESS:  # a refusal and redirects; who the assistant is and offers of help
             head = [say(bank.refusals if bucket == "safety" else bank.identity)]
             rest = bank.redirects if bucket == "safety" else bank.offers
             body = [_say(p, fill, bank.words, rng) for p in rng.sample(rest, k=min(len(rest), rng.randint(1, 2)))]
@@ -110,7 +113,7 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             # adv and multi answers always open by answering the request; core ones may dive straight in
             head = [say(first[bucket])] if bucket != "core" or rng.random() < bank.opener_share else []
         # closers wish the asker luck with the task: never after refusing it
-        tail = [say(bank.closers)] if bucket not in ("safety", "identity") and rng.random() < bank.closer_share else []
+        tail = [say(bank.closers)] if bucket not in TOPICLESS and rng.random() < bank.closer_share else []
         if bank.layout == "verse":
             lines = head + body + tail
             cut = rng.randint(2, len(lines) - 2) if len(lines) >= 4 and rng.random() < bank.break_share else 0
@@ -120,7 +123,7 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             text = "\n".join([" ".join(head + [say(bank.list_intros)]), items] + [" ".join(tail)] * bool(tail))
         else:
             # a refusal or an identity answer is not about the row's topic: no lead-in that names it
-            conns = bank.connectors if bucket not in ("safety", "identity") else \
+            conns = bank.connectors if bucket not in TOPICLESS else \
                 [c for c in bank.connectors if not {"topic", "thing"} & set(_slots(c))]
             if conns:
                 body = [say(conns) + " " + _uncap(b)
