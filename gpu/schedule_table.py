@@ -50,7 +50,8 @@ def main(out: Path, label: str) -> None:
                 steps = t["global_step"]
                 secs = f"{t['global_step'] * t['seconds_per_step']:.0f}"
             print(f"| {label}{', base' if cand == 'base' else ''} | {shown} | {lr} | {ep} | {steps} | {secs} "
-                  f"| {f3(res.get('heldout_loss'))} | {pct(h['eos_rate'])} | {pct(h['loop_rate'])} | {pct(g['eos_rate'])} | {pct(g['loop_rate'])} "
+                  f"| {f3(res.get('heldout_loss'))} | {pct(h['eos_rate'])} | {pct(h['loop_rate'])} "
+                  f"| {pct(g['eos_rate'])} | {pct(g['loop_rate'])} "
                   f"| {f3(g.get('relevance_mean'))} | {f3(res.get('distinct_2'))} |")
 
 

@@ -112,21 +112,14 @@ class Persona:
         fields = PROMPT_FIELDS | set(self.templates.words)
         for bucket in ("core", "adv", "safety", "identity"):
             items = getattr(self.templates, bucket)
-            if bucket == "identity" and not items:
-                continue
-            if not items:
+            if not items and bucket != "identity":  # identity asks are optional
                 errors.append(f"{origin}: templates.{bucket} is empty")
             errors += _check_fields(items, fields, f"{origin}: templates.{bucket}")
         for lang, items in self.templates.multi.items():
             if not items:
                 errors.append(f"{origin}: templates.multi.{lang} is empty")
             errors += _check_fields(items, fields, f"{origin}: templates.multi.{lang}")
-        for name, items in self.templates.words.items():
-            if name in PROMPT_FIELDS:
-                errors.append(f"{origin}: templates.words.{name}: {{{name}}} is filled by ft, pick another name")
-            if not items:
-                errors.append(f"{origin}: templates.words.{name} is empty")
-            errors += _check_fields(items, set(), f"{origin}: templates.words.{name}")
+        errors += _check_word_lists(self.templates.words, PROMPT_FIELDS, f"{origin}: templates.words")
         for lang in self.languages:
             if lang not in self.templates.multi:
                 errors.append(f"{origin}: languages: {lang!r} has no templates.multi.{lang} "
@@ -140,20 +133,13 @@ class Persona:
                 if not items:
                     errors.append(f"{origin}: bank.{name} is empty")
                 errors += _check_fields(items, fields, f"{origin}: bank.{name}")
-            for name in ("connectors", "list_intros", "declines"):
+            for name in ("connectors", "list_intros", "declines", "identity", "offers"):
                 errors += _check_fields(getattr(b, name), fields, f"{origin}: bank.{name}")
             for group, items in b.group_bodies.items():
                 errors += _check_fields(items, fields, f"{origin}: bank.group_bodies.{group}")
-            for name, items in b.words.items():
-                if name in BANK_FIELDS:
-                    errors.append(f"{origin}: bank.words.{name}: {{{name}}} is filled by ft, pick another name")
-                if not items:
-                    errors.append(f"{origin}: bank.words.{name} is empty")
-                errors += _check_fields(items, set(), f"{origin}: bank.words.{name}")
+            errors += _check_word_lists(b.words, BANK_FIELDS, f"{origin}: bank.words")
             if self.templates.identity and not (b.identity and b.offers):
                 errors.append(f"{origin}: templates.identity needs bank.identity and bank.offers")
-            for name in ("identity", "offers"):
-                errors += _check_fields(getattr(b, name), fields, f"{origin}: bank.{name}")
             if b.list_share > 0 and not b.list_intros:
                 errors.append(f"{origin}: bank.list_share > 0 needs bank.list_intros")
             if len(b.sentences) != 2 or not 1 <= b.sentences[0] <= b.sentences[1]:
@@ -164,6 +150,18 @@ class Persona:
     @property
     def multi_languages(self) -> list[str]:
         return list(self.languages) or list(self.templates.multi)
+
+
+def _check_word_lists(words: dict[str, list[str]], filled: set[str], where: str) -> list[str]:
+    """Named word lists (templates.words, bank.words): not named like a slot ft fills, not empty, no slots."""
+    errors = []
+    for name, items in words.items():
+        if name in filled:
+            errors.append(f"{where}.{name}: {{{name}}} is filled by ft, pick another name")
+        if not items:
+            errors.append(f"{where}.{name} is empty")
+        errors += _check_fields(items, set(), f"{where}.{name}")
+    return errors
 
 
 def _check_fields(items: list[str], allowed: set[str], where: str) -> list[str]:

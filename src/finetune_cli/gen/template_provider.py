@@ -95,6 +95,9 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
     lo_m, hi_m = persona.marker_band
     pool = bank.bodies + bank.group_bodies.get(group, []) * 3
     first = {"core": bank.openers, "adv": bank.adv_openers, "multi": bank.multi_openers}
+    # a refusal or an identity answer is not about the row's topic: no lead-in that names it
+    conns = bank.connectors if bucket not in TOPICLESS else \
+        [c for c in bank.connectors if not {"topic", "thing"} & set(_slots(c))]
     text = ""
     for _ in range(max_tries):
         fill = dict(base, thing=rng.choice(things))
@@ -122,9 +125,6 @@ def compose_answer(persona: Persona, bucket: str, topic: str, group: str, lang: 
             items = "\n".join(f"{i}. {b}" for i, b in enumerate(body, 1))
             text = "\n".join([" ".join(head + [say(bank.list_intros)]), items] + [" ".join(tail)] * bool(tail))
         else:
-            # a refusal or an identity answer is not about the row's topic: no lead-in that names it
-            conns = bank.connectors if bucket not in TOPICLESS else \
-                [c for c in bank.connectors if not {"topic", "thing"} & set(_slots(c))]
             if conns:
                 body = [say(conns) + " " + _uncap(b)
                         if (i or head) and rng.random() < bank.connector_share else b for i, b in enumerate(body)]
