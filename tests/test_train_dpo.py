@@ -133,7 +133,8 @@ def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(preference, "_trainer", spy)
     try:
-        train("--model", str(tiny_model), "--method", "dpo", "--from", "runs/sft", "--data", str(pairs),
+        # no --model: the SFT run names its base
+        train("--method", "dpo", "--from", "runs/sft", "--data", str(pairs),
               "--max-steps", "1", "--val-split", "0", "--name", "dpo-from", *FAST)
     finally:
         mp.undo()
@@ -144,6 +145,28 @@ def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):
         assert torch.equal(seen["B"][k.replace("lora_B.weight", "lora_B.default.weight")], v)
     run = json.loads(Path("runs/dpo-from/run.json").read_text())
     assert run["from_run"] == "runs/sft" and run["status"] == "completed"
+    sft_run = json.loads(Path("runs/sft/run.json").read_text())
+    assert run["base_model_arg"] == sft_run["base_model_arg"] and run["base_model"] == sft_run["base_model"]
+
+    # --model naming another model than the run's base is refused before a run directory is made
+    other = tmp_path / "other-model"
+    other.mkdir()
+    res = train("--model", str(other), "--method", "dpo", "--from", "runs/sft", "--data", str(pairs),
+                "--name", "dpo-other", *FAST, code=2)
+    assert "was trained on" in res.output and "leave --model out" in res.output
+    assert not Path("runs/dpo-other").exists()
+    # the run's own base, named as it was, is accepted (checked without training: a missing pairs file)
+    res = train("--model", str(tiny_model), "--method", "dpo", "--from", "runs/sft", "--data", "none.jsonl",
+                "--name", "dpo-same", *FAST, code=1)
+    assert "none.jsonl" in res.output and "was trained on" not in res.output
+
+
+def test_model_is_required_without_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = train("--data", "x.jsonl", code=2)
+    assert "missing required option --model" in res.output
+    res = train("--method", "dpo", "--from", "nowhere", "--data", "x.jsonl", code=2)
+    assert "option --from nowhere: not an ft run" in res.output
 
 
 def test_from_without_a_preference_method_is_refused(tiny_model, tmp_path):
@@ -209,3 +232,42 @@ def test_sft_weight_keeps_the_chosen_answers_likely(tiny_model, tmp_path):
           f"margin {base_m:.2f} → {plain_m:.2f} / {rpo_m:.2f}")
     assert rpo_c > plain_c + 1.0 and rpo_m > base_m
     train("--model", str(tiny_model), "--method", "orpo", "--data", str(pairs), "--sft-weight", "1", *FAST, code=2)
+
+
+def test_dpo_from_a_run_that_added_tokens_reads_their_trained_rows(tiny_llama3, tmp_path):
+    """As on SmolLM2 (ft adds a pad) or with ChatML on Llama 3 (its markers): SFT adds tokens whose rows PEFT's
+    trainable tokens hold. TRL's fused DPO head reads the LM head's weight and bias past that wrapper: it must
+    see the trained rows (its log-probs equal the model's own forward) and not fail on the missing bias."""
+    import torch
+    from peft.utils.other import TrainableTokensWrapper
+    from trl.trainer.utils import add_fused_lm_head
+
+    from finetune_cli.train import preference
+    from finetune_cli.train.config import TrainConfig
+
+    data = write_data(tmp_path / "sft.jsonl", 12)
+    train("--model", str(tiny_llama3), "--data", str(data), "--chat-template", "chatml", "--max-steps", "2",
+          "--lr", "1e-2", "--val-split", "0", "--name", "sft", *FAST)
+    assert json.loads(Path("runs/sft/run.json").read_text())["added_tokens"]
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
+    train("--method", "dpo", "--from", "runs/sft", "--data", str(pairs), "--max-steps", "2", "--val-split", "0",
+          "--name", "dpo", *FAST)  # failed with "'TrainableTokensWrapper' object has no attribute 'bias'"
+    assert json.loads(Path("runs/dpo/run.json").read_text())["status"] == "completed"
+
+    from finetune_cli.ui import NULL
+
+    model, tok, _ = preference.load_from_run(TrainConfig(from_run="runs/sft", method="dpo"), NULL)
+    head = model.get_output_embeddings()
+    assert isinstance(head, TrainableTokensWrapper)
+    with torch.no_grad():  # trained rows far from the base's, so reading the base's rows would show
+        for delta in head.token_adapter.trainable_tokens_delta.values():
+            delta += 3.0
+    preference._head_with_added_tokens(model)
+    add_fused_lm_head(model.get_base_model(), outputs=())
+    preference._plain_torch_head("cpu")
+    ids = torch.tensor([tok.encode("Aye, fit like the day?")])
+    model.eval()
+    with torch.no_grad():
+        want = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None])[:, 0]
+        got = model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs[0]
+    assert torch.allclose(got, want, atol=1e-5)

@@ -40,8 +40,9 @@ PREFERENCE = ("dpo", "orpo")
 @dataclass
 class TrainConfig:
     # Model
-    model: str = opt(help="Base model: a local directory, a .gguf file, a Hugging Face id, `tiny` (random "
-                          "weights, for smoke runs) or `smollm2-135m`.", short="-m", required=True, panel="Model")
+    model: str | None = opt(None, "Base model: a local directory, a .gguf file, a Hugging Face id, `tiny` (random "
+                                  "weights, for smoke runs) or `smollm2-135m`. Required, except with --from, whose "
+                                  "run names its base.", short="-m", panel="Model")
     method: str = opt("lora", "Fine-tuning method: LoRA, DoRA (weight-decomposed), rsLoRA (rank-stabilized), "
                               "QLoRA (4-bit base, CUDA only), full fine-tuning, or a preference stage on "
                               "ft pairs' data: DPO or ORPO (on a --adapter lora/dora, see --from).", choices=METHODS, panel="Model")
@@ -166,6 +167,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         errors = []
+        if not self.model and not self.from_run:
+            errors.append("train: missing required option --model")
         missing = report_to_missing(self.report_to)
         if missing:
             errors.append(missing)

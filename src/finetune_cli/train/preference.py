@@ -64,6 +64,23 @@ def split_pairs(rows: list[dict], share: float, seed: int) -> tuple[list[dict], 
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
+def from_run(cfg: TrainConfig) -> tuple[RunDir, dict, str]:
+    """The --from run, its run.json and the base-model argument the new run records: --model when given (it
+    must name the run's own base, which is what gets loaded), else the run's."""
+    rd = RunDir.find(Path(cfg.from_run))
+    if rd is None:
+        raise ConfigError(f"option --from {cfg.from_run}: not an ft run (no run.json there or above it)")
+    run = rd.record()
+    recorded = run.get("base_model_arg") or run.get("base_model")
+    if not recorded:
+        raise ConfigError(f"option --from {cfg.from_run}: {rd.run_json} names no base model", hint="pass --model")
+    if cfg.model and cfg.model not in (run.get("base_model_arg"), run.get("base_model")) and not (
+            run.get("base_model") and Path(cfg.model).expanduser().resolve() == Path(run["base_model"]).resolve()):
+        raise ConfigError(f"option --model {cfg.model}: the --from run {rd.path} was trained on {recorded}, "
+                          "and its adapter is loaded on that base", hint="leave --model out, or name that model")
+    return rd, run, cfg.model or recorded
+
+
 def load_from_run(cfg: TrainConfig, reporter: Reporter):
     """The SFT run's base model, tokenizer (its chat template) and adapter, trainable."""
     import torch
@@ -75,12 +92,11 @@ def load_from_run(cfg: TrainConfig, reporter: Reporter):
     from .backend_hf import Setup
 
     quiet_hf()
-    rd = RunDir.find(Path(cfg.from_run))
-    run = rd.record()
+    rd, run, model_arg = from_run(cfg)
     adapter = rd.adapter_for(Path(cfg.from_run))
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"option --from {cfg.from_run}: no adapter there (a LoRA-family SFT run's adapter/)")
-    base = run.get("base_model") or resolve_model(cfg.model, reporter)
+    base = run.get("base_model") or resolve_model(model_arg, reporter)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = default_dtype(device)
     tok = AutoTokenizer.from_pretrained(str(adapter))
@@ -129,6 +145,31 @@ def _plain_torch_head(device: str) -> None:
         trl_utils._ChunkedLogProbFunction = TorchLogProbs
 
 
+def _head_with_added_tokens(model) -> None:
+    """Let TRL's fused DPO head read the LM head PEFT's trainable tokens wrap (the rows of tokens ft added: a pad,
+    ChatML's markers) as that wrapper's own forward does.
+
+    TRL computes per-token log-probabilities from ``get_output_embeddings().weight`` and ``.bias`` directly, past
+    the wrapper's forward: ``.bias`` does not exist there (an AttributeError at the first step) and ``.weight``
+    would be the base's rows. Here both are what the forward uses: the base weight with the active adapter's
+    trained rows in place (differentiable), and the base layer's bias."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if not isinstance(head, TrainableTokensWrapper) or getattr(type(head), "_ft_merged_head", False):
+        return
+
+    def weight(self):
+        layer = self.token_adapter
+        if self.disable_adapters or not self.active_adapters or layer.merged:
+            return layer.base_layer.weight
+        return layer.get_merged_weights(self.active_adapters)
+
+    head.__class__ = type(f"Merged{type(head).__name__}", (type(head),), {
+        "_ft_merged_head": True, "weight": property(weight),
+        "bias": property(lambda self: getattr(self.token_adapter.base_layer, "bias", None))})
+
+
 def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str, total: int, eval_steps: int,
              logging_steps: int, callbacks: list):
     from datasets import Dataset
@@ -137,6 +178,7 @@ def _trainer(cfg: TrainConfig, setup, model, tok, train, val, *, output_dir: str
     from .backend_hf import tracker_args
 
     _plain_torch_head(setup.device)
+    _head_with_added_tokens(model)
     evaluating = bool(val)
     common = dict(
         output_dir=output_dir, per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -173,7 +215,8 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
     if backend_name != "hf":
         raise ConfigError(f"option --method {cfg.method}: ft trains preferences on the hf backend only for now "
                           "(Unsloth's patched DPO path is CUDA-only and untested here)", hint="pass --backend hf")
-    name = cfg.name or default_name(cfg)
+    model_arg = from_run(cfg)[2] if cfg.from_run else cfg.model  # checked before a run directory exists
+    name = cfg.name or default_name(dataclasses.replace(cfg, model=model_arg))
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
     checkpoint, damaged = check_resume(cfg, rd, 1) if cfg.resume else (None, [])
     rows = load_pairs(cfg.data)
@@ -204,7 +247,7 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
         rd.write_json("heldout_pairs.json", val)
     system = next((m["content"] for m in train[0]["prompt"] if m.get("role") == "system"), None)
     rd.update(name=name, status="running", created=created, started=now(), base_model=setup.base_model,
-              base_model_arg=cfg.model, method=cfg.method, adapter=cfg.adapter, from_run=cfg.from_run,
+              base_model_arg=model_arg, method=cfg.method, adapter=cfg.adapter, from_run=cfg.from_run,
               beta=cfg.beta, sft_weight=cfg.sft_weight, backend="hf", chat_template=setup.template,
               system_prompt=system,
               eos_token=pe.eos_token, pad_token=pe.pad_token, end_of_turn=pe.end_of_turn,
