@@ -161,8 +161,7 @@ def test_from_run_starts_from_the_sft_adapter(tiny_model, tmp_path):
     assert "none.jsonl" in res.output and "was trained on" not in res.output
 
 
-def test_model_is_required_without_from(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_model_is_required_without_from():
     res = train("--data", "x.jsonl", code=2)
     assert "missing required option --model" in res.output
     res = train("--method", "dpo", "--from", "nowhere", "--data", "x.jsonl", code=2)

@@ -81,8 +81,9 @@ def from_run(cfg: TrainConfig) -> tuple[RunDir, dict, str]:
     return rd, run, cfg.model or recorded
 
 
-def load_from_run(cfg: TrainConfig, reporter: Reporter):
-    """The SFT run's base model, tokenizer (its chat template) and adapter, trainable."""
+def load_from_run(cfg: TrainConfig, reporter: Reporter, found: tuple[RunDir, dict, str] | None = None):
+    """The SFT run's base model, tokenizer (its chat template) and adapter, trainable; ``found``: what
+    :func:`from_run` returned, when the caller has it."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,7 +93,7 @@ def load_from_run(cfg: TrainConfig, reporter: Reporter):
     from .backend_hf import Setup
 
     quiet_hf()
-    rd, run, model_arg = from_run(cfg)
+    rd, run, model_arg = found or from_run(cfg)
     adapter = rd.adapter_for(Path(cfg.from_run))
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"option --from {cfg.from_run}: no adapter there (a LoRA-family SFT run's adapter/)")
@@ -215,7 +216,8 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
     if backend_name != "hf":
         raise ConfigError(f"option --method {cfg.method}: ft trains preferences on the hf backend only for now "
                           "(Unsloth's patched DPO path is CUDA-only and untested here)", hint="pass --backend hf")
-    model_arg = from_run(cfg)[2] if cfg.from_run else cfg.model  # checked before a run directory exists
+    found = from_run(cfg) if cfg.from_run else None  # checked before a run directory exists
+    model_arg = found[2] if found else cfg.model
     name = cfg.name or default_name(dataclasses.replace(cfg, model=model_arg))
     rd = RunDir.create(cfg.runs_dir, name, resume=cfg.resume)
     checkpoint, damaged = check_resume(cfg, rd, 1) if cfg.resume else (None, [])
@@ -224,8 +226,8 @@ def run(cfg: TrainConfig, reporter: Reporter, backend_name: str) -> dict:
         train, val = rows, load_pairs([cfg.val_file])
     else:
         train, val = split_pairs(rows, cfg.held_out_share, cfg.seed)
-    if cfg.from_run:
-        model, tok, setup = load_from_run(cfg, reporter)
+    if found:
+        model, tok, setup = load_from_run(cfg, reporter, found)
     else:
         from . import backend_hf
 
