@@ -140,6 +140,41 @@ def test_near_identical_pairs_are_dropped_and_reported(tmp_path):
     assert '"near-identical": 1' in res.output and '"buckets"' in res.output
 
 
+def test_max_rows_keeps_the_rare_buckets_whole_and_the_others_in_proportion(tmp_path):
+    # 100 rows: 5 safety, 5 identity, 60 core, 30 multi; gate rejects for every row
+    buckets = ["safety"] * 5 + ["identity"] * 5 + ["core"] * 60 + ["multi"] * 30
+    d = tmp_path / "d.jsonl"
+    d.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                  {"role": "assistant", "content": f"Aye, answer number {i}."}],
+                                     "meta": {"id": f"j{i}", "bucket": b}}) + "\n" for i, b in enumerate(buckets)))
+    Path(f"{d}.rejects.jsonl").write_text("".join(
+        json.dumps({"id": f"j{i}", "turn": 0, "role": "assistant", "reason": "no_markers",
+                    "text": f"Something else entirely, {i * 7919 % 1000} times over."}) + "\n"
+        for i in range(100)))
+    out = tmp_path / "p.jsonl"
+    res = CliRunner().invoke(app, ["pairs", "--json", "--data", str(d), "--out", str(out), "--rejected-from",
+                                   "rejects", "--max-rows", "30", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    got = rows(out)
+    by = {b: sorted(int(r["meta"]["id"][1:]) for r in got if r["meta"]["bucket"] == b) for b in set(buckets)}
+    assert by["safety"] == list(range(5)) and by["identity"] == list(range(5, 10))
+    assert len(by["core"]) == 13 and len(by["multi"]) == 7  # the other 20 rows in proportion (60:30 → 13.3:6.7)
+    again = tmp_path / "p2.jsonl"  # seeded: the same rows again
+    pairs("--data", str(d), "--out", str(again), "--rejected-from", "rejects", "--max-rows", "30", "--seed", "3")
+    assert [r["meta"]["id"] for r in rows(again)] == [r["meta"]["id"] for r in got]
+
+
+def test_stratified_sample_when_the_rare_buckets_alone_overflow():
+    from finetune_cli.pairs import stratified_sample
+
+    buckets = ["a"] * 8 + ["b"] * 8 + ["c"] * 84
+    got = stratified_sample(buckets, 10, seed=1)
+    assert len(got) == len(set(got)) == 10
+    counts = {b: sum(buckets[i] == b for i in got) for b in "abc"}
+    assert counts == {"a": 1, "b": 1, "c": 8}  # 10 rows cannot hold the 16 rare ones: all in proportion
+    assert sorted(stratified_sample(buckets, 100, seed=1)) == list(range(100))
+
+
 def test_general_prompts_frame_the_base_answer_in_the_persona(tmp_path, monkeypatch):
     from finetune_cli import pairs as pairs_mod
     from finetune_cli.evaluate.generate import Generation

@@ -61,7 +61,9 @@ class PairsConfig:
     persona: str = opt("doric", "--general: the persona whose phrase bank frames the answers (name or file).")
     max_similarity: float = opt(0.9, "Drop a pair whose chosen and rejected texts have a rapidfuzz ratio (0–1) at "
                                      "or above this.", ge=0, le=1)
-    max_rows: int = opt(0, "Use at most this many data rows (a seeded sample); 0 = all.", ge=0)
+    max_rows: int = opt(0, "Use at most this many data rows (a seeded sample, stratified by bucket: every bucket "
+                           "keeps its share, and one under a tenth of the data (safety, identity) is kept whole); "
+                           "0 = all.", ge=0)
     max_new_tokens: int = opt(256, "policy/base/--general: tokens per generated answer.", ge=1)
     batch_size: int = opt(0, "policy/base/--general: prompts generated at once; 0 = chosen from the prompt count and "
                           "the device's free memory (as ft eval and ft replay do).", ge=0)
@@ -108,9 +110,35 @@ def load_chosen(path: str, max_rows: int = 0, seed: int = 0) -> list[dict]:
                       "chosen": msgs[last]["content"], "messages": msgs, "line": line,
                       "id": meta.get("id") or f"line-{line}", "bucket": meta.get("bucket"), "topic": meta.get("topic")})
     if max_rows and len(items) > max_rows:
-        keep = sorted(random.Random(seed).sample(range(len(items)), max_rows))
+        keep = sorted(stratified_sample([it["bucket"] for it in items], max_rows, seed))
         items = [items[i] for i in keep]
     return items
+
+
+def stratified_sample(buckets: list, n: int, seed: int = 0, *, whole_below: float = 0.1) -> list[int]:
+    """``n`` indices into ``buckets``, seeded. A bucket under ``whole_below`` of the rows is kept whole (the rare
+    buckets — refused harmful asks, identity asks — are where a tuned model fails most and a uniform sample would
+    halve them); the other buckets share the rest in proportion to their size. When the rare buckets alone exceed
+    ``n``, they are sampled in proportion too."""
+    rng = random.Random(seed)
+    by: dict = {}
+    for i, b in enumerate(buckets):
+        by.setdefault(b, []).append(i)
+    total = len(buckets)
+    rare = [b for b, ix in by.items() if len(ix) < whole_below * total]
+    if sum(len(by[b]) for b in rare) > n:
+        rare = []
+    keep = [i for b in rare for i in by[b]]
+    rest = [b for b in by if b not in rare]
+    room, pool = n - len(keep), sum(len(by[b]) for b in rest)
+    quota = {b: room * len(by[b]) // pool for b in rest} if pool else {}
+    # the largest remainders get the rows that flooring left over (ties: the larger bucket, then its name)
+    left = room - sum(quota.values())
+    for b in sorted(rest, key=lambda b: (-(room * len(by[b]) % pool), -len(by[b]), str(b)))[:left]:
+        quota[b] += 1
+    for b in rest:
+        keep += rng.sample(by[b], quota[b])
+    return keep
 
 
 def _data_side(cfg: PairsConfig, item: dict) -> dict:
