@@ -23,6 +23,7 @@ REPLAY_SHARE=${REPLAY_SHARE:-0.25}  # the replay file's share of the SFT data (-
 DPO_OPTS=${DPO_OPTS:-}         # more DPO options (e.g. "--sft-weight 1")
 SFT_OPTS=${SFT_OPTS:-}         # more SFT options (e.g. "--lr 1e-3")
 SFTEVAL_DECODING=${SFTEVAL_DECODING:-greedy}  # sfteval's decodings (greedy,sample for the full table)
+EVAL_DECODING=${EVAL_DECODING:-greedy,sample}  # eval's decodings (greedy alone halves its time: the goals are greedy)
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
@@ -51,7 +52,7 @@ if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
     step "$OUT/eval.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding greedy,sample --retention --out "$OUT/eval" --seed 42 --json
+        --train-data "$OUT/doric.jsonl" --decoding "$EVAL_DECODING" --retention --out "$OUT/eval" --seed 42 --json
 fi
 if [ "$STAGE" = sfteval ]; then
     step "$OUT/eval-sft.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --persona doric \
