@@ -25,6 +25,9 @@ SFT_OPTS=${SFT_OPTS:-}         # more SFT options (e.g. "--lr 1e-3")
 SFTEVAL_DECODING=${SFTEVAL_DECODING:-greedy}  # sfteval's decodings (greedy,sample for the full table)
 EVAL_DECODING=${EVAL_DECODING:-greedy,sample}  # eval's decodings (greedy alone halves its time: the goals are greedy)
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
+PAIR_GEN_OPTS=${PAIR_GEN_OPTS:-}  # when set, the pairs' prompts come from a second ft gen run with these options
+                                  # (e.g. "--seed 7 --n-per-topic 5 --safety-ratio 0.15": prompts SFT never saw,
+                                  # more harmful asks) instead of the SFT data
 mkdir -p "$OUT"
 ft() { python -m finetune_cli "$@"; }
 # step RESULT ft ARGS...: run once; RESULT is written only when the command succeeded.
@@ -46,7 +49,13 @@ if [ "$STAGE" = sft ] || [ "$STAGE" = all ]; then
     train sft --data "$OUT/doric.jsonl" --data "$OUT/replay.jsonl:$REPLAY_SHARE" $SFT_OPTS
 fi
 if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
-    step "$OUT/pairs.json" ft pairs --data "$OUT/doric.jsonl" --out "$OUT/pairs.jsonl" --rejected-from policy \
+    PAIR_DATA="$OUT/doric.jsonl"
+    if [ -n "$PAIR_GEN_OPTS" ]; then
+        PAIR_DATA="$OUT/pairdata.jsonl"
+        [ -s "$PAIR_DATA" ] || ft gen --topics-json topics.json --out "$PAIR_DATA" --persona doric --provider template \
+            --quiet $PAIR_GEN_OPTS
+    fi
+    step "$OUT/pairs.json" ft pairs --data "$PAIR_DATA" --out "$OUT/pairs.jsonl" --rejected-from policy \
         --model "$OUT/runs/sft" --general 200 --max-rows "$PAIR_ROWS" --json
     train dpo --method dpo --from "$OUT/runs/sft" --data "$OUT/pairs.jsonl" $DPO_OPTS
 fi
