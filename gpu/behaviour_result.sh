@@ -24,6 +24,7 @@ DPO_OPTS=${DPO_OPTS:-}         # more DPO options (e.g. "--sft-weight 1")
 SFT_OPTS=${SFT_OPTS:-}         # more SFT options (e.g. "--lr 1e-3")
 SFTEVAL_DECODING=${SFTEVAL_DECODING:-greedy}  # sfteval's decodings (greedy,sample for the full table)
 EVAL_DECODING=${EVAL_DECODING:-greedy,sample}  # eval's decodings (greedy alone halves its time: the goals are greedy)
+EVAL_OPTS=${EVAL_OPTS:-}       # more ft eval options for eval and sfteval (e.g. "--max-prompts 16" on a short lease)
 GEN_OPTS=${GEN_OPTS:-}         # more ft gen options (e.g. "--safety-ratio 0.12"), for a variant of the defaults
 PAIR_GEN_OPTS=${PAIR_GEN_OPTS:-}  # when set, the pairs' prompts come from a second ft gen run with these options
                                   # (e.g. "--seed 7 --n-per-topic 5 --safety-ratio 0.15": prompts SFT never saw,
@@ -61,9 +62,9 @@ if [ "$STAGE" = pref ] || [ "$STAGE" = all ]; then
 fi
 if [ "$STAGE" = eval ] || [ "$STAGE" = all ]; then
     step "$OUT/eval.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --adapter "$OUT/runs/dpo" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding "$EVAL_DECODING" --retention --out "$OUT/eval" --seed 42 --json
+        --train-data "$OUT/doric.jsonl" --decoding "$EVAL_DECODING" --retention --out "$OUT/eval" --seed 42 --json $EVAL_OPTS
 fi
 if [ "$STAGE" = sfteval ]; then
     step "$OUT/eval-sft.json" ft eval --base "$MODEL" --adapter "$OUT/runs/sft" --persona doric \
-        --train-data "$OUT/doric.jsonl" --decoding "$SFTEVAL_DECODING" --retention --out "$OUT/eval-sft" --seed 42 --json
+        --train-data "$OUT/doric.jsonl" --decoding "$SFTEVAL_DECODING" --retention --out "$OUT/eval-sft" --seed 42 --json $EVAL_OPTS
 fi
