@@ -1,5 +1,5 @@
 """Issue 20's table from one or more ``ft eval`` results.json files (gpu/behaviour_result.sh's eval/ and eval-sft/):
-one row per model × decoding × condition, the goals' columns. Markdown on stdout.
+one row per model × decoding × condition, the goals' columns. Markdown on stdout (finetune_cli on PYTHONPATH).
 
     python gpu/behaviour_table.py OUT/eval/results.json [MORE/results.json ...]
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+
+from finetune_cli.evaluate.report import views
 
 COLS = [("general: EOS", "general", "eos_rate", "%"), ("general: loops", "general", "loop_rate", "%"),
         ("general: relevance", "general", "relevance_mean", "f"),
@@ -26,16 +28,15 @@ def cell(v, kind: str) -> str:
 
 def rows(doc: dict, seen: set) -> list[str]:
     out = []
-    decs = doc.get("decodings") or [None]
+    per_decoding = views(doc)  # ft eval's own reading of results.json, one view per decoding
     for cand in doc["results"]:
-        for dec in decs:
-            view = doc["by_decoding"][dec] if dec else {"results": doc["results"], "by_source": doc["by_source"]}
+        for dec, results, by_source in per_decoding:
             for cond in doc["conditions"]:
                 key = (cand, dec, cond)
                 if cand == "base" and key in seen:
                     continue  # the base, measured again by a second eval
                 seen.add(key)
-                res, src = view["results"][cand][cond], view["by_source"][cand][cond]
+                res, src = results[cand][cond], by_source[cand][cond]
                 vals = [cell((src.get(g) or {}).get(m) if g else res.get(m), k) for _, g, m, k in COLS]
                 out.append(f"| {cand} | {dec or '–'} | {cond} | " + " | ".join(vals) + " |")
     return out
