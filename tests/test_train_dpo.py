@@ -72,6 +72,16 @@ def test_dpo_raises_the_held_out_margin_and_reloads_in_plain_peft(tiny_model, tm
     # the best checkpoint is the one with the largest held-out margin (accuracy saturates too early to choose)
     assert run["best_eval_margin"] == max(run["eval_margins"])
     assert run["best_checkpoint"].endswith(f"checkpoint-{6 * (run['eval_margins'].index(max(run['eval_margins'])) + 1)}")
+    # metrics.jsonl follows the preference as it trains: each step's margin and accuracy, each evaluation's
+    # held-out margin (the same numbers run.json keeps), and the tokens TRL counted (chosen and rejected sides)
+    rows = [json.loads(line) for line in Path("runs/dpo/metrics.jsonl").read_text().splitlines()]
+    steps, evals = [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
+    assert steps and all({"margin", "accuracy", "logps_chosen", "logps_rejected"} <= r.keys() for r in steps)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in steps)
+    assert [r["eval_margin"] for r in evals] == pytest.approx(run["eval_margins"])
+    assert [r["eval_accuracy"] for r in evals] == pytest.approx(run["eval_accuracies"])
+    seen = [r["tokens_seen"] for r in steps]
+    assert seen[0] > 0 and seen == sorted(seen) and seen[-1] > seen[0]
     held = json.loads(Path("runs/dpo/heldout_pairs.json").read_text())
     assert len(held) == 6 and Path("runs/dpo/heldout.jsonl").is_file()
     assert not Path("runs/dpo/adapter/ref").exists()  # TRL's frozen reference copy is not shipped

@@ -12,6 +12,15 @@ import time
 from ..errors import TrainingError
 from ..rundir import RunDir, is_main
 
+# what TRL's DPO/ORPO trainers log per step (and, with an ``eval_`` prefix, per evaluation), by metrics.jsonl's name
+PREFERENCE = {"rewards/margins": "margin", "rewards/accuracies": "accuracy", "logps/chosen": "logps_chosen",
+              "logps/rejected": "logps_rejected"}
+
+
+def preference_fields(logs: dict, prefix: str = "") -> dict:
+    """The preference metrics in a Trainer log, named as metrics.jsonl has them (``eval_margin``, ...)."""
+    return {prefix + name: float(logs[prefix + key]) for key, name in PREFERENCE.items() if prefix + key in logs}
+
 
 def peak_mem_gib() -> float:
     import torch
@@ -68,16 +77,18 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             """One metrics.jsonl row and the progress display for a log."""
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             if "loss" in logs:
-                t, tokens = self.clock(), state.num_input_tokens_seen
+                # SFT: FtTrainer counts them; DPO: TRL logs its own running count (chosen and rejected)
+                t, tokens = self.clock(), state.num_input_tokens_seen or int(logs.get("num_tokens") or 0)
                 if t > self.last_t and tokens > self.last_tokens:
                     self.tokens_per_s = round((tokens - self.last_tokens) / (t - self.last_t), 1)
                 self.last_t, self.last_tokens = t, tokens
                 row.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                           tokens_per_s=self.tokens_per_s, tokens_seen=tokens, peak_mem_gib=peak_mem_gib())
+                           tokens_per_s=self.tokens_per_s, tokens_seen=tokens, peak_mem_gib=peak_mem_gib(),
+                           **preference_fields(logs))
                 self.fields["loss"] = f"{logs['loss']:.4f}"
                 self.fields["tps"] = f"{self.tokens_per_s:.0f}" if self.tokens_per_s else "-"
             elif "eval_loss" in logs:
-                row.update(eval_loss=logs["eval_loss"])
+                row.update(eval_loss=logs["eval_loss"], **preference_fields(logs, "eval_"))
                 self.fields["eval"] = f"{logs['eval_loss']:.4f}"
                 self.last_t = self.clock()  # eval time is not training throughput
             else:
@@ -86,10 +97,12 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             self.task.update(**self.fields)
             if not reporter.progress_enabled:
                 if "eval_loss" in row:
-                    reporter.info(f"step {state.global_step}/{total_steps} eval loss {self.fields['eval']}")
+                    margin = f" · margin {row['eval_margin']:.3f}" if "eval_margin" in row else ""
+                    reporter.info(f"step {state.global_step}/{total_steps} eval loss {self.fields['eval']}{margin}")
                 else:
                     lr = f" · lr {row['lr']:.3g}" if row.get("lr") is not None else ""
-                    reporter.info(f"step {state.global_step}/{total_steps} loss {self.fields['loss']}{lr} · "
+                    margin = f" · margin {row['margin']:.3f}" if "margin" in row else ""
+                    reporter.info(f"step {state.global_step}/{total_steps} loss {self.fields['loss']}{lr}{margin} · "
                                   f"{self.fields['tps']} tok/s")
 
         def on_train_end(self, args, state, control, **kw):
