@@ -73,7 +73,7 @@ def test_dpo_raises_the_held_out_margin_and_reloads_in_plain_peft(tiny_model, tm
     assert run["best_eval_margin"] == max(run["eval_margins"])
     assert run["best_checkpoint"].endswith(f"checkpoint-{6 * (run['eval_margins'].index(max(run['eval_margins'])) + 1)}")
     # metrics.jsonl follows the preference as it trains: each step's margin and accuracy, each evaluation's
-    # held-out margin (the same numbers run.json keeps), and the tokens TRL counted (chosen and rejected sides)
+    # held-out margin (the same numbers run.json keeps), and the tokens TRL counted (the prompt with each answer)
     rows = [json.loads(line) for line in Path("runs/dpo/metrics.jsonl").read_text().splitlines()]
     steps, evals = [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
     assert steps and all({"margin", "accuracy", "logps_chosen", "logps_rejected"} <= r.keys() for r in steps)

@@ -77,7 +77,7 @@ def make(run_dir: RunDir, reporter, total_steps: int) -> list:
             """One metrics.jsonl row and the progress display for a log."""
             row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             if "loss" in logs:
-                # SFT: FtTrainer counts them; DPO: TRL logs its own running count (chosen and rejected)
+                # SFT: FtTrainer counts them; DPO: TRL logs its own running count (the prompt with each answer)
                 t, tokens = self.clock(), state.num_input_tokens_seen or int(logs.get("num_tokens") or 0)
                 if t > self.last_t and tokens > self.last_tokens:
                     self.tokens_per_s = round((tokens - self.last_tokens) / (t - self.last_t), 1)
